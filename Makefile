@@ -1,0 +1,21 @@
+# orchestrator: PGXS build
+EXTENSION = orchestrator
+MODULE_big = orchestrator
+OBJS = src/orchestrator.o src/cron.o src/template.o src/operator.o src/dag.o
+DATA = sql/orchestrator--0.1.sql
+PGFILEDESC = "orchestrator - data pipelines inside PostgreSQL"
+
+PG_CPPFLAGS = -I$(srcdir)/src
+PG_CFLAGS = -Werror=implicit-function-declaration
+
+# pg_regress suites (sql/NAME.sql, expected/NAME.out), run against a server
+# started with the library preloaded: see test/run.sh
+REGRESS = install cron template definitions validation security
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+.PHONY: test
+test:
+	bash test/run.sh

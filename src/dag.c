@@ -1,0 +1,525 @@
+/*-------------------------------------------------------------------------
+ *
+ * dag.c
+ *	  The definition API: create_dag, add_task, drop_dag, pause and unpause.
+ *
+ * Every argument is checked before anything is written, so a bad
+ * definition raises an ERROR and leaves nothing behind.
+ *
+ * The catalog tables are readable by DAG authors (row-level security shows
+ * each role its own DAGs) but not writable: these functions write them as
+ * the tables' owner, after checking themselves that the calling role owns
+ * the DAG it changes.  The calling role is current_user when the function
+ * is called; it becomes the owner of the DAGs it creates.  The SQL
+ * declarations pin search_path, so that the queries below, run with the
+ * owner's rights, cannot be redirected to a caller's objects.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgtime.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "access/htup_details.h"
+#include "catalog/pg_class.h"
+
+#include "cron.h"
+#include "orchestrator.h"
+
+static const char *const trigger_rules[] = {
+	"all_success", "all_failed", "all_done", "one_success", "one_failed",
+	"none_failed", "none_skipped", "none_failed_min_one_success", "always",
+	NULL
+};
+
+/* State for writing the catalog as its owner. */
+typedef struct CatalogWrite
+{
+	Oid			caller;			/* the role calling the API */
+	Oid			save_userid;
+	int			save_sec_context;
+} CatalogWrite;
+
+static Oid
+catalog_owner(void)
+{
+	Oid			nsp = get_namespace_oid("orchestrator", false);
+	Oid			relid = get_relname_relid("dag", nsp);
+	HeapTuple	tuple;
+	Oid			owner;
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "table orchestrator.dag is missing");
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+static void
+catalog_write_begin(CatalogWrite *cw)
+{
+	cw->caller = GetUserId();
+	SPI_connect();
+	GetUserIdAndSecContext(&cw->save_userid, &cw->save_sec_context);
+	SetUserIdAndSecContext(catalog_owner(),
+						   cw->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+static void
+catalog_write_end(CatalogWrite *cw)
+{
+	SetUserIdAndSecContext(cw->save_userid, cw->save_sec_context);
+	SPI_finish();
+}
+
+static void
+run_query(const char *query, int nargs, Oid *types, Datum *values,
+		  const char *nulls, int expected)
+{
+	int			rc = SPI_execute_with_args(query, nargs, types, values, nulls,
+										   false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "orchestrator catalog query failed (%s): %s",
+			 SPI_result_code_string(rc), query);
+}
+
+/*
+ * Locks a DAG's row and checks that the caller may change it.  Returns false
+ * if there is no such DAG and missing_ok.
+ */
+static bool
+lock_owned_dag(CatalogWrite *cw, const char *dag_id, bool missing_ok)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(dag_id)};
+	bool		isnull;
+	Oid			owner;
+
+	run_query("SELECT owner FROM orchestrator.dag WHERE dag_id = $1 FOR UPDATE",
+			  1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+	{
+		if (missing_ok)
+			return false;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("DAG \"%s\" does not exist", dag_id)));
+	}
+	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+	if (owner != cw->caller && !superuser_arg(cw->caller))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of DAG \"%s\"", dag_id),
+				 errdetail("DAG ids are shared by all roles; another role owns this one."),
+				 errhint("Choose another dag_id.")));
+	return true;
+}
+
+void
+orch_check_id(const char *id, const char *kind)
+{
+	size_t		len = strlen(id);
+
+	if (len == 0 || len > ORCH_MAX_ID_LEN ||
+		strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != len)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid %s \"%s\"", kind, id),
+				 errdetail("A %s is 1 to %d letters, digits, underscores, dashes and dots.",
+						   kind, ORCH_MAX_ID_LEN)));
+}
+
+static void
+require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
+/* Raises ERROR unless the (non-null) interval argument is positive. */
+static void
+check_interval(FunctionCallInfo fcinfo, int argno, const char *name,
+			   bool zero_ok)
+{
+	Interval	zero = {0};
+	int			cmp;
+
+	if (PG_ARGISNULL(argno))
+		return;
+	cmp = DatumGetInt32(DirectFunctionCall2(interval_cmp,
+											PG_GETARG_DATUM(argno),
+											IntervalPGetDatum(&zero)));
+	if (cmp < 0 || (cmp == 0 && !zero_ok))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be %s", name, zero_ok ? "zero or more" : "positive")));
+}
+
+static void
+check_finite(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (!PG_ARGISNULL(argno) && TIMESTAMP_NOT_FINITE(PG_GETARG_TIMESTAMPTZ(argno)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be finite", name),
+				 errhint("Use NULL for no %s.", name)));
+}
+
+PG_FUNCTION_INFO_V1(orch_create_dag);
+
+/*
+ * create_dag(dag_id, schedule, start_date, end_date, catchup,
+ *			  max_active_runs, max_active_tasks, timezone, params,
+ *			  dagrun_timeout, paused, description)
+ */
+Datum
+orch_create_dag(PG_FUNCTION_ARGS)
+{
+	char	   *dag_id;
+	const char *timezone;
+	CatalogWrite cw;
+	Oid			types[13] = {TEXTOID, OIDOID, TEXTOID, TIMESTAMPTZOID,
+		TIMESTAMPTZOID, BOOLOID, INT4OID, INT4OID, TEXTOID, JSONBOID,
+	INTERVALOID, BOOLOID, TEXTOID};
+	Datum		values[13];
+	char		nulls[13];
+
+	require_arg(fcinfo, 0, "dag_id");
+	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	orch_check_id(dag_id, "dag_id");
+
+	if (!PG_ARGISNULL(1))
+	{
+		CronSchedule sched;
+
+		cron_parse(text_to_cstring(PG_GETARG_TEXT_PP(1)), &sched);
+	}
+	check_finite(fcinfo, 2, "start_date");
+	check_finite(fcinfo, 3, "end_date");
+	if (!PG_ARGISNULL(2) && !PG_ARGISNULL(3) &&
+		PG_GETARG_TIMESTAMPTZ(3) < PG_GETARG_TIMESTAMPTZ(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("end_date %s is before start_date %s",
+						timestamptz_to_str(PG_GETARG_TIMESTAMPTZ(3)),
+						timestamptz_to_str(PG_GETARG_TIMESTAMPTZ(2)))));
+	require_arg(fcinfo, 4, "catchup");
+	require_arg(fcinfo, 5, "max_active_runs");
+	require_arg(fcinfo, 6, "max_active_tasks");
+	if (PG_GETARG_INT32(5) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_active_runs must be at least 1")));
+	if (PG_GETARG_INT32(6) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_active_tasks must be at least 1")));
+
+	/* the session's time zone when the DAG is defined, by default */
+	if (PG_ARGISNULL(7))
+		timezone = pg_get_timezone_name(session_timezone);
+	else
+		timezone = text_to_cstring(PG_GETARG_TEXT_PP(7));
+	orch_lookup_timezone(timezone);
+
+	require_arg(fcinfo, 8, "params");
+	if (!JB_ROOT_IS_OBJECT(PG_GETARG_JSONB_P(8)) || JB_ROOT_IS_SCALAR(PG_GETARG_JSONB_P(8)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("params must be a jsonb object")));
+	check_interval(fcinfo, 9, "dagrun_timeout", false);
+	require_arg(fcinfo, 10, "paused");
+
+	catalog_write_begin(&cw);
+
+	values[0] = CStringGetTextDatum(dag_id);
+	values[1] = ObjectIdGetDatum(cw.caller);
+	values[8] = CStringGetTextDatum(timezone);
+	memset(nulls, ' ', sizeof(nulls));
+	/* the other parameters $3..$13 are arguments 1..11 */
+	for (int i = 2; i <= 12; i++)
+	{
+		if (i == 8)
+			continue;
+		if (PG_ARGISNULL(i - 1))
+			nulls[i] = 'n';
+		else
+			values[i] = PG_GETARG_DATUM(i - 1);
+	}
+
+	/* a new DAG, or the definition of one the caller owns */
+	run_query("INSERT INTO orchestrator.dag (dag_id, owner, schedule, start_date, end_date, "
+			  "catchup, max_active_runs, max_active_tasks, timezone, params, "
+			  "dagrun_timeout, paused, description) "
+			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+			  "ON CONFLICT (dag_id) DO NOTHING",
+			  13, types, values, nulls, SPI_OK_INSERT);
+	if (SPI_processed == 0)
+	{
+		lock_owned_dag(&cw, dag_id, false);
+		run_query("UPDATE orchestrator.dag SET schedule = $3, start_date = $4, "
+				  "end_date = $5, catchup = $6, max_active_runs = $7, "
+				  "max_active_tasks = $8, timezone = $9, params = $10, "
+				  "dagrun_timeout = $11, paused = $12, description = $13, "
+				  "updated_at = now() "
+				  "WHERE dag_id = $1",
+				  13, types, values, nulls, SPI_OK_UPDATE);
+		run_query("DELETE FROM orchestrator.task WHERE dag_id = $1",
+				  1, types, values, nulls, SPI_OK_DELETE);
+	}
+
+	catalog_write_end(&cw);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(orch_add_task);
+
+/*
+ * add_task(dag_id, task_id, operator, upstream, retries, retry_delay,
+ *			retry_exponential_backoff, max_retry_delay, execution_timeout,
+ *			trigger_rule)
+ */
+Datum
+orch_add_task(PG_FUNCTION_ARGS)
+{
+	char	   *dag_id;
+	char	   *task_id;
+	Jsonb	   *spec;
+	char	   *input;
+	char	   *rule;
+	bool		rule_ok = false;
+	List	   *upstream = NIL;
+	ArrayBuildState *astate = NULL;
+	CatalogWrite cw;
+	Oid			types[11] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
+		INTERVALOID, BOOLOID, INTERVALOID, INTERVALOID, TEXTOID, TEXTOID};
+	Datum		values[11];
+	char		nulls[11];
+	ListCell   *lc;
+
+	require_arg(fcinfo, 0, "dag_id");
+	require_arg(fcinfo, 1, "task_id");
+	require_arg(fcinfo, 2, "operator");
+	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	task_id = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	orch_check_id(dag_id, "dag_id");
+	orch_check_id(task_id, "task_id");
+	spec = PG_GETARG_JSONB_P(2);
+	operator_validate(spec, task_id);
+
+	/* upstream: no nulls, no duplicates, not the task itself */
+	if (!PG_ARGISNULL(3))
+	{
+		ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(3);
+		Datum	   *elems;
+		bool	   *elem_nulls;
+		int			nelems;
+
+		if (ARR_NDIM(arr) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("upstream must be a one-dimensional array of task ids")));
+		deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, &elem_nulls, &nelems);
+		for (int i = 0; i < nelems; i++)
+		{
+			char	   *up;
+
+			if (elem_nulls[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("upstream must not contain nulls")));
+			up = TextDatumGetCString(elems[i]);
+			if (strcmp(up, task_id) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+						 errmsg("task \"%s\" cannot depend on itself", task_id)));
+			if (!list_member(upstream, makeString(up)))
+				upstream = lappend(upstream, makeString(up));
+		}
+	}
+
+	/* the task whose artifact this one reads is an upstream task */
+	input = operator_input_task(spec);
+	if (input != NULL)
+	{
+		if (strcmp(input, task_id) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+					 errmsg("task \"%s\" cannot read its own output", task_id)));
+		if (!list_member(upstream, makeString(input)))
+			upstream = lappend(upstream, makeString(input));
+	}
+
+	require_arg(fcinfo, 4, "retries");
+	if (PG_GETARG_INT32(4) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("retries must be zero or more, not %d", PG_GETARG_INT32(4))));
+	require_arg(fcinfo, 5, "retry_delay");
+	check_interval(fcinfo, 5, "retry_delay", true);
+	require_arg(fcinfo, 6, "retry_exponential_backoff");
+	check_interval(fcinfo, 7, "max_retry_delay", false);
+	check_interval(fcinfo, 8, "execution_timeout", false);
+	require_arg(fcinfo, 9, "trigger_rule");
+	rule = text_to_cstring(PG_GETARG_TEXT_PP(9));
+	for (int i = 0; trigger_rules[i] != NULL; i++)
+		rule_ok |= (strcmp(rule, trigger_rules[i]) == 0);
+	if (!rule_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown trigger rule \"%s\"", rule),
+				 errhint("Trigger rules are all_success, all_failed, all_done, one_success, one_failed, none_failed, none_skipped, none_failed_min_one_success and always.")));
+
+	catalog_write_begin(&cw);
+	lock_owned_dag(&cw, dag_id, false);
+
+	values[0] = CStringGetTextDatum(dag_id);
+	values[1] = CStringGetTextDatum(task_id);
+	run_query("SELECT 1 FROM orchestrator.task WHERE dag_id = $1 AND task_id = $2",
+			  2, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("task \"%s\" already exists in DAG \"%s\"", task_id, dag_id),
+				 errhint("Redefine a DAG by calling create_dag again, then adding all its tasks.")));
+
+	/* every upstream task exists; an input produces an artifact */
+	foreach(lc, upstream)
+	{
+		char	   *up = strVal(lfirst(lc));
+		bool		isnull;
+		char	   *opname;
+
+		values[1] = CStringGetTextDatum(up);
+		run_query("SELECT spec->>'operator' FROM orchestrator.task WHERE dag_id = $1 AND task_id = $2",
+				  2, types, values, NULL, SPI_OK_SELECT);
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("upstream task \"%s\" of task \"%s\" does not exist in DAG \"%s\"",
+							up, task_id, dag_id),
+					 errhint("Add each task after the tasks it depends on.")));
+		opname = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+		if (input != NULL && strcmp(up, input) == 0 &&
+			!operator_produces_artifact(opname))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+					 errmsg("task \"%s\" reads the output of task \"%s\", which produces none",
+							task_id, input),
+					 errdetail("Task \"%s\" is a %s task; only http_fetch and gunzip tasks produce output to read.",
+							   input, opname)));
+		astate = accumArrayResult(astate, values[1], false, TEXTOID, CurrentMemoryContext);
+	}
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[1] = CStringGetTextDatum(task_id);
+	values[2] = JsonbPGetDatum(spec);
+	values[3] = astate != NULL ? makeArrayResult(astate, CurrentMemoryContext) :
+		PointerGetDatum(construct_empty_array(TEXTOID));
+	for (int i = 4; i <= 8; i++)
+	{
+		if (PG_ARGISNULL(i))
+			nulls[i] = 'n';
+		else
+			values[i] = PG_GETARG_DATUM(i);
+	}
+	values[9] = CStringGetTextDatum(rule);
+	run_query("INSERT INTO orchestrator.task (dag_id, task_id, spec, upstream, retries, "
+			  "retry_delay, retry_exponential_backoff, max_retry_delay, "
+			  "execution_timeout, trigger_rule, position) "
+			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
+			  "coalesce(max(position), 0) + 1 FROM orchestrator.task WHERE dag_id = $1",
+			  10, types, values, nulls, SPI_OK_INSERT);
+
+	catalog_write_end(&cw);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(orch_drop_dag);
+
+/* drop_dag(dag_id text, if_exists boolean): the DAG, its tasks and history */
+Datum
+orch_drop_dag(PG_FUNCTION_ARGS)
+{
+	char	   *dag_id;
+	bool		if_exists = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
+	CatalogWrite cw;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	bool		found;
+
+	require_arg(fcinfo, 0, "dag_id");
+	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	catalog_write_begin(&cw);
+	found = lock_owned_dag(&cw, dag_id, if_exists);
+	if (found)
+	{
+		values[0] = CStringGetTextDatum(dag_id);
+		run_query("DELETE FROM orchestrator.dag WHERE dag_id = $1",
+				  1, types, values, NULL, SPI_OK_DELETE);
+	}
+	catalog_write_end(&cw);
+
+	if (!found)
+		ereport(NOTICE,
+				(errmsg("DAG \"%s\" does not exist, skipping", dag_id)));
+	PG_RETURN_VOID();
+}
+
+static void
+set_paused(FunctionCallInfo fcinfo, bool paused)
+{
+	char	   *dag_id;
+	CatalogWrite cw;
+	Oid			types[2] = {TEXTOID, BOOLOID};
+	Datum		values[2];
+
+	require_arg(fcinfo, 0, "dag_id");
+	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	catalog_write_begin(&cw);
+	lock_owned_dag(&cw, dag_id, false);
+	values[0] = CStringGetTextDatum(dag_id);
+	values[1] = BoolGetDatum(paused);
+	run_query("UPDATE orchestrator.dag SET paused = $2, updated_at = now() WHERE dag_id = $1",
+			  2, types, values, NULL, SPI_OK_UPDATE);
+	catalog_write_end(&cw);
+}
+
+PG_FUNCTION_INFO_V1(orch_pause_dag);
+
+Datum
+orch_pause_dag(PG_FUNCTION_ARGS)
+{
+	set_paused(fcinfo, true);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(orch_unpause_dag);
+
+Datum
+orch_unpause_dag(PG_FUNCTION_ARGS)
+{
+	set_paused(fcinfo, false);
+	PG_RETURN_VOID();
+}
