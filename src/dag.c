@@ -102,7 +102,8 @@ run_query(const char *query, int nargs, Oid *types, Datum *values,
  * if there is no such DAG and missing_ok.
  */
 static bool
-lock_owned_dag(CatalogWrite *cw, const char *dag_id, bool missing_ok)
+lock_owned_dag(CatalogWrite *cw, const char *dag_id, bool missing_ok,
+			   bool creating)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(dag_id)};
@@ -125,8 +126,8 @@ lock_owned_dag(CatalogWrite *cw, const char *dag_id, bool missing_ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of DAG \"%s\"", dag_id),
-				 errdetail("DAG ids are shared by all roles; another role owns this one."),
-				 errhint("Choose another dag_id.")));
+				 creating ? errdetail("DAG ids are shared by all roles; another role owns this one.") : 0,
+				 creating ? errhint("Choose another dag_id.") : 0));
 	return true;
 }
 
@@ -218,8 +219,8 @@ orch_create_dag(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("end_date %s is before start_date %s",
-						timestamptz_to_str(PG_GETARG_TIMESTAMPTZ(3)),
-						timestamptz_to_str(PG_GETARG_TIMESTAMPTZ(2)))));
+						pstrdup(timestamptz_to_str(PG_GETARG_TIMESTAMPTZ(3))),
+						pstrdup(timestamptz_to_str(PG_GETARG_TIMESTAMPTZ(2))))));
 	require_arg(fcinfo, 4, "catchup");
 	require_arg(fcinfo, 5, "max_active_runs");
 	require_arg(fcinfo, 6, "max_active_tasks");
@@ -273,7 +274,7 @@ orch_create_dag(PG_FUNCTION_ARGS)
 			  13, types, values, nulls, SPI_OK_INSERT);
 	if (SPI_processed == 0)
 	{
-		lock_owned_dag(&cw, dag_id, false);
+		lock_owned_dag(&cw, dag_id, false, true);
 		run_query("UPDATE orchestrator.dag SET schedule = $3, start_date = $4, "
 				  "end_date = $5, catchup = $6, max_active_runs = $7, "
 				  "max_active_tasks = $8, timezone = $9, params = $10, "
@@ -389,7 +390,7 @@ orch_add_task(PG_FUNCTION_ARGS)
 				 errhint("Trigger rules are all_success, all_failed, all_done, one_success, one_failed, none_failed, none_skipped, none_failed_min_one_success and always.")));
 
 	catalog_write_begin(&cw);
-	lock_owned_dag(&cw, dag_id, false);
+	lock_owned_dag(&cw, dag_id, false, false);
 
 	values[0] = CStringGetTextDatum(dag_id);
 	values[1] = CStringGetTextDatum(task_id);
@@ -471,7 +472,7 @@ orch_drop_dag(PG_FUNCTION_ARGS)
 	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	catalog_write_begin(&cw);
-	found = lock_owned_dag(&cw, dag_id, if_exists);
+	found = lock_owned_dag(&cw, dag_id, if_exists, false);
 	if (found)
 	{
 		values[0] = CStringGetTextDatum(dag_id);
@@ -498,7 +499,7 @@ set_paused(FunctionCallInfo fcinfo, bool paused)
 	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	catalog_write_begin(&cw);
-	lock_owned_dag(&cw, dag_id, false);
+	lock_owned_dag(&cw, dag_id, false, false);
 	values[0] = CStringGetTextDatum(dag_id);
 	values[1] = BoolGetDatum(paused);
 	run_query("UPDATE orchestrator.dag SET paused = $2, updated_at = now() WHERE dag_id = $1",

@@ -655,7 +655,7 @@ orch_render(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	context_from_args(fcinfo, &ctx);
 	PG_RETURN_TEXT_P(cstring_to_text(template_render(text_to_cstring(PG_GETARG_TEXT_PP(0)),
-													 "the template", &ctx)));
+													 "the template argument", &ctx)));
 }
 
 PG_FUNCTION_INFO_V1(orch_render_table);
@@ -673,7 +673,7 @@ orch_render_table(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	context_from_args(fcinfo, &ctx);
 	names = template_render_name(text_to_cstring(PG_GETARG_TEXT_PP(0)),
-								 "the target", &ctx);
+								 "the target argument", &ctx);
 	initStringInfo(&buf);
 	foreach(lc, names)
 	{

@@ -1,0 +1,163 @@
+-- Every bad definition gets a clear error with a fitting SQLSTATE, and
+-- leaves nothing behind.
+SET TimeZone = 'UTC';
+SET DateStyle = 'ISO, YMD';
+SELECT orchestrator.create_dag('d', '@daily', start_date => '2021-01-01');
+SELECT orchestrator.add_task('d', 'a', orchestrator.sql('SELECT 1'));
+
+-- create_dag
+SELECT orchestrator.create_dag('bad', '61 * * * *');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('bad', '0 0 * * * *');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('bad', '@daily', timezone => 'Nowhere/Atlantis');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('bad', '@daily', start_date => '2021-02-01', end_date => '2021-01-01');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('bad', '@daily', start_date => 'infinity');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('bad', max_active_runs => 0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('bad', max_active_tasks => -1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('bad', params => '[1, 2]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('bad', dagrun_timeout => '-1 hour');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('bad', catchup => NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('bad dag');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag(repeat('x', 251));
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM orchestrator.dags WHERE dag_id <> 'd';
+
+-- add_task
+SELECT orchestrator.add_task('nope', 'a', orchestrator.sql('SELECT 1'));
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'a', orchestrator.sql('SELECT 2'));
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT 1'), upstream => '{missing}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT 1'), upstream => '{a,b}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT 1'), upstream => ARRAY['a', NULL]);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT 1'), trigger_rule => 'all_good');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT 1'), retries => -1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT 1'), retry_delay => '-5 minutes');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT 1'), max_retry_delay => '0');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT 1'), execution_timeout => '-1 second');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b/c', orchestrator.sql('SELECT 1'));
+\echo :LAST_ERROR_SQLSTATE
+-- a task reading the output of one that produces none
+SELECT orchestrator.add_task('d', 'b', orchestrator.gunzip('a'));
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.gunzip('b'));
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.gunzip('missing'));
+\echo :LAST_ERROR_SQLSTATE
+
+-- operators: unknown ones, bad arguments, unknown template variables
+SELECT orchestrator.add_task('d', 'b', '{"operator": "bash", "command": "rm -rf /"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', '{"query": "SELECT 1"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', '"sql"');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', '{"operator": "sql", "query": "SELECT 1", "qeury": "x"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', '{"operator": "sql"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', '{"operator": "sql", "query": 42}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT ''{{ yesterday }}'''));
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', '{"operator": "sql", "query": "SELECT {{ ds"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.sql(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('file:///etc/passwd');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('ftp://example.com/x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('example.com/x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('https://example.com/{{ nope }}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('https://example.com/', method => 'FETCH');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('https://example.com/', headers => '{"X-A": 1}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('https://example.com/', headers => '{"X-A": "a\r\nX-Evil: 1"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('https://example.com/', headers => '{"X-A": "{{ nope }}"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('https://example.com/', headers => '["X-A"]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('https://example.com/', timeout => '0');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('https://example.com/', max_bytes => 0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.gunzip(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', url => 'https://example.com/');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t;drop', input => 'a');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t_{{ nope }}', input => 'a');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', format => 'xml');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', mode => 'upsert');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', compression => 'zstd');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', delimiter => ';;');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', format => 'binary', delimiter => ',');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', format => 'binary', "create" => true);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', columns => 'id int');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', "create" => true, columns => 'id int) ; DROP TABLE x; --');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', "create" => true, columns => 'LIKE other');
+\echo :LAST_ERROR_SQLSTATE
+
+-- nothing was left behind
+SELECT dag_id, task_id FROM orchestrator.tasks ORDER BY dag_id, task_id;
+SELECT dag_id FROM orchestrator.dags ORDER BY dag_id;
+
+-- pause, unpause, drop of a DAG that does not exist
+SELECT orchestrator.pause_dag('nope');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.unpause_dag('nope');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.drop_dag('nope');
+\echo :LAST_ERROR_SQLSTATE
+
+-- in a transaction, an error undoes the whole definition
+BEGIN;
+SELECT orchestrator.create_dag('half', '@daily');
+SELECT orchestrator.add_task('half', 'one', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.add_task('half', 'two', orchestrator.sql('SELECT 1'), upstream => '{three}');
+COMMIT;
+SELECT count(*) FROM orchestrator.dags WHERE dag_id = 'half';
+SELECT count(*) FROM orchestrator.tasks WHERE dag_id = 'half';
+
+SELECT orchestrator.drop_dag('d');
