@@ -35,12 +35,17 @@ _PG_init(void)
 {
 	orch_preloaded = process_shared_preload_libraries_in_progress;
 
+	/*
+	 * A server-start setting can only be defined while preloading; loaded
+	 * later, the library runs no scheduler, and the setting is only read by
+	 * check_setup().
+	 */
 	DefineCustomStringVariable("orchestrator.database",
 							   "Database whose DAGs the scheduler runs.",
 							   NULL,
 							   &orch_database,
 							   "postgres",
-							   PGC_POSTMASTER,
+							   orch_preloaded ? PGC_POSTMASTER : PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
 

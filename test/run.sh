@@ -44,7 +44,8 @@ if ls test/t/*.pl >/dev/null 2>&1; then
 	perl_lib="$(pg_config --pkglibdir)/pgxs/src/test/perl"
 	(cd "$tmp/tap" && orch_as_cluster_user env TESTDIR="$tmp/tap" \
 		PATH="$(orch_bindir):$PATH" PERL5LIB="$perl_lib" ORCH_SRC="$top" \
-		prove -v t/) 2>&1 | tee "$tmp/tap.out"
+		PG_REGRESS="$(pg_config --pkglibdir)/pgxs/src/test/regress/pg_regress" \
+		prove -v --ext=.pl t/) 2>&1 | tee "$tmp/tap.out"
 	if grep -q '^Result: PASS' "$tmp/tap.out"; then
 		n=$(sed -n 's/^Files=[0-9]*, Tests=\([0-9]*\),.*/\1/p' "$tmp/tap.out")
 		passed=$((passed + ${n:-0}))
