@@ -19,3 +19,10 @@ include $(PGXS)
 .PHONY: test
 test:
 	bash test/run.sh
+
+.PHONY: demo demo-stop
+demo:
+	bash demo/demo.sh
+
+demo-stop:
+	bash demo/stop.sh
