@@ -1,7 +1,8 @@
 # orchestrator: PGXS build
 EXTENSION = orchestrator
 MODULE_big = orchestrator
-OBJS = src/orchestrator.o src/cron.o src/template.o src/operator.o src/dag.o
+OBJS = src/orchestrator.o src/cron.o src/template.o src/operator.o src/dag.o \
+	src/scheduler.o src/worker.o src/runs.o src/op_sql.o
 DATA = sql/orchestrator--0.1.sql
 PGFILEDESC = "orchestrator - data pipelines inside PostgreSQL"
 

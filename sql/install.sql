@@ -5,6 +5,7 @@ CREATE EXTENSION orchestrator;
 SELECT orchestrator.check_setup();
 SHOW orchestrator.database;
 SHOW orchestrator.max_workers;
+-- (off: the definition suites run with the scheduler idle)
 SHOW orchestrator.enabled;
 
 -- settings under the prefix are checked: a typo is an error

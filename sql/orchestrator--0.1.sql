@@ -59,10 +59,11 @@ CREATE TABLE orchestrator.dag_run (
 	conf jsonb NOT NULL DEFAULT '{}',
 	queued_at timestamptz NOT NULL DEFAULT now(),
 	started_at timestamptz,
-	finished_at timestamptz
+	finished_at timestamptz,
+	UNIQUE (dag_id, logical_date)
 );
-CREATE INDEX dag_run_dag_id_logical_date_idx
-	ON orchestrator.dag_run (dag_id, logical_date);
+CREATE INDEX dag_run_state_idx ON orchestrator.dag_run (state)
+	WHERE state IN ('queued', 'running');
 
 CREATE TABLE orchestrator.task_instance (
 	run_id bigint NOT NULL REFERENCES orchestrator.dag_run ON DELETE CASCADE,
@@ -81,6 +82,8 @@ CREATE TABLE orchestrator.task_instance (
 	rows_loaded bigint,
 	PRIMARY KEY (run_id, task_id)
 );
+CREATE INDEX task_instance_active_idx ON orchestrator.task_instance (state)
+	WHERE state IN ('queued', 'running');
 
 -- pg_dump keeps the definitions and history
 SELECT pg_catalog.pg_extension_config_dump('orchestrator.dag', '');
@@ -353,6 +356,51 @@ RETURNS void
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'orch_unpause_dag';
+
+------------------------------------------------------------------------
+-- Runs.  These also check ownership and write as the catalog's owner.
+------------------------------------------------------------------------
+
+CREATE FUNCTION orchestrator.trigger_dag(dag_id text, conf jsonb DEFAULT '{}',
+										 logical_date timestamptz DEFAULT now())
+RETURNS bigint
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_trigger_dag';
+COMMENT ON FUNCTION orchestrator.trigger_dag(text, jsonb, timestamptz) IS
+	'Creates a manual run of a DAG you own; returns its run_id';
+
+CREATE FUNCTION orchestrator.backfill(dag_id text, from_date timestamptz, to_date timestamptz)
+RETURNS integer
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_backfill';
+COMMENT ON FUNCTION orchestrator.backfill(text, timestamptz, timestamptz) IS
+	'Creates the runs of the scheduled intervals whose logical dates are in [from_date, to_date]; returns how many';
+
+CREATE FUNCTION orchestrator.clear_task(run_id bigint, task_id text, downstream boolean DEFAULT true)
+RETURNS integer
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_clear_task';
+COMMENT ON FUNCTION orchestrator.clear_task(bigint, text, boolean) IS
+	'Runs a task (and its downstream tasks) of a run again, reopening the run; returns how many task instances were cleared';
+
+CREATE FUNCTION orchestrator.cancel_run(run_id bigint)
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_cancel_run';
+COMMENT ON FUNCTION orchestrator.cancel_run(bigint) IS
+	'Stops a run: its running tasks fail and roll back, the others are skipped';
+
+CREATE FUNCTION orchestrator.wait_run(run_id bigint, timeout interval DEFAULT '1 minute')
+RETURNS text
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_wait_run';
+COMMENT ON FUNCTION orchestrator.wait_run(bigint, interval) IS
+	'Waits until a run ends (or the timeout passes) and returns its state';
 
 ------------------------------------------------------------------------
 -- Setup check

@@ -42,14 +42,6 @@ static const char *const trigger_rules[] = {
 	NULL
 };
 
-/* State for writing the catalog as its owner. */
-typedef struct CatalogWrite
-{
-	Oid			caller;			/* the role calling the API */
-	Oid			save_userid;
-	int			save_sec_context;
-} CatalogWrite;
-
 static Oid
 catalog_owner(void)
 {
@@ -68,7 +60,7 @@ catalog_owner(void)
 	return owner;
 }
 
-static void
+void
 catalog_write_begin(CatalogWrite *cw)
 {
 	cw->caller = GetUserId();
@@ -78,14 +70,14 @@ catalog_write_begin(CatalogWrite *cw)
 						   cw->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 }
 
-static void
+void
 catalog_write_end(CatalogWrite *cw)
 {
 	SetUserIdAndSecContext(cw->save_userid, cw->save_sec_context);
 	SPI_finish();
 }
 
-static void
+void
 run_query(const char *query, int nargs, Oid *types, Datum *values,
 		  const char *nulls, int expected)
 {
@@ -101,7 +93,7 @@ run_query(const char *query, int nargs, Oid *types, Datum *values,
  * Locks a DAG's row and checks that the caller may change it.  Returns false
  * if there is no such DAG and missing_ok.
  */
-static bool
+bool
 lock_owned_dag(CatalogWrite *cw, const char *dag_id, bool missing_ok,
 			   bool creating)
 {
@@ -287,6 +279,7 @@ orch_create_dag(PG_FUNCTION_ARGS)
 	}
 
 	catalog_write_end(&cw);
+	orch_wake_scheduler_at_commit();
 	PG_RETURN_VOID();
 }
 
@@ -452,6 +445,7 @@ orch_add_task(PG_FUNCTION_ARGS)
 			  10, types, values, nulls, SPI_OK_INSERT);
 
 	catalog_write_end(&cw);
+	orch_wake_scheduler_at_commit();
 	PG_RETURN_VOID();
 }
 
@@ -480,6 +474,7 @@ orch_drop_dag(PG_FUNCTION_ARGS)
 				  1, types, values, NULL, SPI_OK_DELETE);
 	}
 	catalog_write_end(&cw);
+	orch_wake_scheduler_at_commit();
 
 	if (!found)
 		ereport(NOTICE,
@@ -505,6 +500,7 @@ set_paused(FunctionCallInfo fcinfo, bool paused)
 	run_query("UPDATE orchestrator.dag SET paused = $2, updated_at = now() WHERE dag_id = $1",
 			  2, types, values, NULL, SPI_OK_UPDATE);
 	catalog_write_end(&cw);
+	orch_wake_scheduler_at_commit();
 }
 
 PG_FUNCTION_INFO_V1(orch_pause_dag);

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * orchestrator.c
- *	  Module initialisation and settings.
+ *	  Module initialisation: settings, shared memory, the scheduler's
+ *	  registration, waking the scheduler at commit, and the clock.
  *
  * The library must be loaded through shared_preload_libraries for DAGs to
  * run: the scheduler is a background worker registered at postmaster
@@ -12,10 +13,18 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
-#include "commands/dbcommands.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 
 #include "orchestrator.h"
 
@@ -28,7 +37,148 @@ bool		orch_enabled = true;
 /* set when loaded through shared_preload_libraries */
 bool		orch_preloaded = false;
 
+OrchShared *orch_shared = NULL;
+
+/*
+ * A fixed time to use instead of the real clock, for tests of schedules and
+ * retries (empty: the real clock).  Not shown by SHOW ALL.
+ */
+static char *orch_test_clock = NULL;
+
+/* the run context of the running task, readable with current_setting() */
+static char *orch_ctx_values[7];
+static const char *const orch_ctx_names[7] = {
+	"orchestrator.run_id", "orchestrator.dag_id", "orchestrator.task_id",
+	"orchestrator.logical_date", "orchestrator.ds", "orchestrator.try_number",
+	"orchestrator.run_type"
+};
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* set by an API call that changes what is due; acted on at commit */
+static bool wake_at_commit = false;
+
 void		_PG_init(void);
+
+static Size
+orch_shmem_size(void)
+{
+	return add_size(offsetof(OrchShared, slots),
+					mul_size(max_worker_processes, sizeof(OrchWorkerSlot)));
+}
+
+static void
+orch_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(orch_shmem_size());
+	RequestNamedLWLockTranche("orchestrator", 1);
+}
+
+static void
+orch_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	orch_shared = ShmemInitStruct("orchestrator", orch_shmem_size(), &found);
+	if (!found)
+	{
+		memset(orch_shared, 0, orch_shmem_size());
+		orch_shared->lock = &(GetNamedLWLockTranche("orchestrator"))->lock;
+		orch_shared->nslots = max_worker_processes;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Sets the scheduler's latch, if a scheduler runs. */
+void
+orch_wake_scheduler(void)
+{
+	Latch	   *latch = NULL;
+
+	if (orch_shared == NULL)
+		return;
+	LWLockAcquire(orch_shared->lock, LW_SHARED);
+	latch = orch_shared->scheduler_latch;
+	LWLockRelease(orch_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/* Wakes the scheduler when (and only if) the current transaction commits. */
+void
+orch_wake_scheduler_at_commit(void)
+{
+	wake_at_commit = true;
+}
+
+static void
+orch_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_at_commit)
+				orch_wake_scheduler();
+			wake_at_commit = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			wake_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * The time the scheduler and workers go by: the real clock, or the fixed
+ * time orchestrator.test_clock gives.
+ */
+TimestampTz
+orch_now(void)
+{
+	static char *parsed_text = NULL;
+	static TimestampTz parsed_value = 0;
+
+	if (orch_test_clock == NULL || orch_test_clock[0] == '\0')
+		return GetCurrentTimestamp();
+	if (parsed_text == NULL || strcmp(parsed_text, orch_test_clock) != 0)
+	{
+		parsed_value = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
+															   CStringGetDatum(orch_test_clock),
+															   ObjectIdGetDatum(InvalidOid),
+															   Int32GetDatum(-1)));
+		if (parsed_text != NULL)
+			free(parsed_text);
+		parsed_text = strdup(orch_test_clock);
+	}
+	return parsed_value;
+}
+
+static void
+orch_register_scheduler(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	/* never on a standby: runs start once it is promoted */
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 10;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "orchestrator");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "orch_scheduler_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "orchestrator scheduler");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "orchestrator scheduler");
+	RegisterBackgroundWorker(&worker);
+}
 
 void
 _PG_init(void)
@@ -68,20 +218,53 @@ _PG_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomStringVariable("orchestrator.test_clock",
+							   "A fixed time the scheduler uses instead of the clock (tests only).",
+							   NULL,
+							   &orch_test_clock,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
+
+	for (int i = 0; i < lengthof(orch_ctx_names); i++)
+		DefineCustomStringVariable(orch_ctx_names[i],
+								   "Context of the running task (set by the worker).",
+								   NULL,
+								   &orch_ctx_values[i],
+								   "",
+								   PGC_USERSET,
+								   GUC_NOT_IN_SAMPLE | GUC_NO_RESET_ALL,
+								   NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("orchestrator");
+
+	RegisterXactCallback(orch_xact_callback, NULL);
+
+	if (!orch_preloaded)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = orch_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = orch_shmem_startup;
+
+	orch_register_scheduler();
 }
 
 PG_FUNCTION_INFO_V1(orch_check_setup);
 
 /*
  * check_setup() RETURNS boolean: warns if DAGs defined in this database
- * cannot run, and says what to change.  CREATE EXTENSION calls it.
+ * cannot run, and says what to change.  CREATE EXTENSION calls it, which
+ * also wakes the scheduler to start on the new catalog.
  */
 Datum
 orch_check_setup(PG_FUNCTION_ARGS)
 {
 	const char *dbname = get_database_name(MyDatabaseId);
 
+	orch_wake_scheduler_at_commit();
 	if (!orch_preloaded)
 	{
 		ereport(WARNING,

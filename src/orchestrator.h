@@ -8,7 +8,13 @@
 #ifndef ORCHESTRATOR_H
 #define ORCHESTRATOR_H
 
+#include "datatype/timestamp.h"
+#include "fmgr.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
 #include "utils/jsonb.h"
+
+#define ORCH_MAX_ID_LEN 250
 
 /* settings (orchestrator.c) */
 extern char *orch_database;
@@ -16,17 +22,68 @@ extern int	orch_max_workers;
 extern bool orch_enabled;
 extern bool orch_preloaded;
 
+/*
+ * Shared memory (orchestrator.c): the scheduler's latch, and one slot per
+ * task worker saying which task instance it runs.
+ */
+typedef enum OrchSlotPhase
+{
+	SLOT_IDLE,					/* no task */
+	SLOT_CLAIMING,				/* claim not yet committed */
+	SLOT_RUNNING				/* claim committed: running the task */
+} OrchSlotPhase;
+
+typedef struct OrchWorkerSlot
+{
+	pid_t		pid;			/* 0: free */
+	OrchSlotPhase phase;
+	int64		run_id;
+	char		task_id[ORCH_MAX_ID_LEN + 1];
+} OrchWorkerSlot;
+
+typedef struct OrchShared
+{
+	LWLock	   *lock;
+	pid_t		scheduler_pid;
+	Latch	   *scheduler_latch;
+	int			nslots;
+	OrchWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} OrchShared;
+
+extern OrchShared *orch_shared;
+
+extern void orch_wake_scheduler(void);
+extern void orch_wake_scheduler_at_commit(void);
+extern TimestampTz orch_now(void);
+
+/* the scheduler and workers (scheduler.c, worker.c) */
+extern PGDLLEXPORT void orch_scheduler_main(Datum arg);
+extern PGDLLEXPORT void orch_worker_main(Datum arg);
+extern void orch_record_failure(int64 run_id, const char *task_id, int pid,
+								int try_number, const char *error,
+								TimestampTz now);
+
 /* operator specs (operator.c) */
 extern void operator_validate(Jsonb *spec, const char *task_id);
 extern char *operator_input_task(Jsonb *spec);
 extern const char *operator_name(Jsonb *spec);
 extern bool operator_produces_artifact(const char *name);
-
-/* Jsonb helpers (operator.c) */
 extern JsonbValue *jsonb_get_key(Jsonb *obj, const char *key);
 
-/* definitions (dag.c) */
-#define ORCH_MAX_ID_LEN 250
+/* definitions (dag.c), also used by the run API (runs.c) */
+typedef struct CatalogWrite
+{
+	Oid			caller;			/* the role calling the API */
+	Oid			save_userid;
+	int			save_sec_context;
+} CatalogWrite;
+
 extern void orch_check_id(const char *id, const char *kind);
+extern void catalog_write_begin(CatalogWrite *cw);
+extern void catalog_write_end(CatalogWrite *cw);
+extern bool lock_owned_dag(CatalogWrite *cw, const char *dag_id,
+						   bool missing_ok, bool creating);
+extern void run_query(const char *query, int nargs, Oid *types,
+					  Datum *values, const char *nulls, int expected);
 
 #endif							/* ORCHESTRATOR_H */

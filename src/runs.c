@@ -1,0 +1,389 @@
+/*-------------------------------------------------------------------------
+ *
+ * runs.c
+ *	  Operations on runs: trigger_dag, backfill, clear_task, cancel_run and
+ *	  wait_run.
+ *
+ * Like the definition API, these check that the caller owns the DAG, then
+ * write the catalog as its owner, and wake the scheduler when (and only
+ * if) the transaction commits.  Stopping the workers of a cancelled run is
+ * the scheduler's job: it sees the instances cancelled under them.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "cron.h"
+#include "orchestrator.h"
+
+/* at most this many runs from one backfill() call */
+#define MAX_BACKFILL_RUNS 10000
+
+static void
+check_conf(FunctionCallInfo fcinfo, int argno)
+{
+	Jsonb	   *conf;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("conf must not be null")));
+	conf = PG_GETARG_JSONB_P(argno);
+	if (!JB_ROOT_IS_OBJECT(conf) || JB_ROOT_IS_SCALAR(conf))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("conf must be a jsonb object")));
+}
+
+static void
+check_timestamp(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+	if (TIMESTAMP_NOT_FINITE(PG_GETARG_TIMESTAMPTZ(argno)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be finite", name)));
+}
+
+PG_FUNCTION_INFO_V1(orch_trigger_dag);
+
+/* trigger_dag(dag_id text, conf jsonb, logical_date timestamptz) RETURNS bigint */
+Datum
+orch_trigger_dag(PG_FUNCTION_ARGS)
+{
+	char	   *dag_id;
+	CatalogWrite cw;
+	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, JSONBOID};
+	Datum		values[3];
+	int64		run_id;
+	bool		isnull;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("dag_id must not be null")));
+	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	check_conf(fcinfo, 1);
+	check_timestamp(fcinfo, 2, "logical_date");
+
+	catalog_write_begin(&cw);
+	lock_owned_dag(&cw, dag_id, false, false);
+	values[0] = CStringGetTextDatum(dag_id);
+	values[1] = PG_GETARG_DATUM(2);
+	values[2] = PG_GETARG_DATUM(1);
+	run_query("INSERT INTO orchestrator.dag_run (dag_id, run_type, logical_date, "
+			  " data_interval_start, data_interval_end, state, conf) "
+			  "VALUES ($1, 'manual', $2, $2, $2, 'queued', $3) "
+			  "ON CONFLICT (dag_id, logical_date) DO NOTHING RETURNING run_id",
+			  3, types, values, NULL, SPI_OK_INSERT_RETURNING);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("DAG \"%s\" already has a run with logical date %s",
+						dag_id, timestamptz_to_str(PG_GETARG_TIMESTAMPTZ(2))),
+				 errhint("Give another logical_date, or run the existing run's tasks again with clear_task().")));
+	run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	catalog_write_end(&cw);
+
+	orch_wake_scheduler_at_commit();
+	PG_RETURN_INT64(run_id);
+}
+
+PG_FUNCTION_INFO_V1(orch_backfill);
+
+/*
+ * backfill(dag_id text, from_date timestamptz, to_date timestamptz)
+ * RETURNS int: creates the runs of the schedule's intervals whose logical
+ * dates fall in [from_date, to_date], except those that exist.
+ */
+Datum
+orch_backfill(PG_FUNCTION_ARGS)
+{
+	char	   *dag_id;
+	TimestampTz from,
+				to,
+				start,
+				end;
+	CatalogWrite cw;
+	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum		values[3];
+	CronSchedule sched;
+	pg_tz	   *tz;
+	char	   *schedule;
+	int			created = 0;
+	int			intervals = 0;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("dag_id must not be null")));
+	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	check_timestamp(fcinfo, 1, "from_date");
+	check_timestamp(fcinfo, 2, "to_date");
+	from = PG_GETARG_TIMESTAMPTZ(1);
+	to = PG_GETARG_TIMESTAMPTZ(2);
+	if (to < from)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("to_date is before from_date")));
+
+	catalog_write_begin(&cw);
+	lock_owned_dag(&cw, dag_id, false, false);
+	values[0] = CStringGetTextDatum(dag_id);
+	run_query("SELECT schedule, timezone FROM orchestrator.dag WHERE dag_id = $1",
+			  1, types, values, NULL, SPI_OK_SELECT);
+	schedule = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (schedule == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("DAG \"%s\" has no schedule to backfill", dag_id),
+				 errhint("Use trigger_dag() for a DAG without a schedule.")));
+	cron_parse(schedule, &sched);
+	if (sched.once)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("DAG \"%s\" runs @once and has no intervals to backfill", dag_id)));
+	tz = orch_lookup_timezone(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+
+	for (TimestampTz t = from - 1;
+		 cron_next_time(&sched, tz, t, &start) && start <= to;
+		 t = start)
+	{
+		if (++intervals > MAX_BACKFILL_RUNS)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("backfill would create more than %d runs", MAX_BACKFILL_RUNS),
+					 errhint("Backfill a shorter period at a time.")));
+		if (!cron_next_time(&sched, tz, start, &end))
+			break;
+		values[1] = TimestampTzGetDatum(start);
+		values[2] = TimestampTzGetDatum(end);
+		run_query("INSERT INTO orchestrator.dag_run (dag_id, run_type, logical_date, "
+				  " data_interval_start, data_interval_end, state) "
+				  "VALUES ($1, 'backfill', $2, $2, $3, 'queued') "
+				  "ON CONFLICT (dag_id, logical_date) DO NOTHING",
+				  3, types, values, NULL, SPI_OK_INSERT);
+		created += (int) SPI_processed;
+	}
+	catalog_write_end(&cw);
+
+	orch_wake_scheduler_at_commit();
+	PG_RETURN_INT32(created);
+}
+
+/* Locks a run and checks that the caller owns its DAG; returns its state. */
+static char *
+lock_owned_run(CatalogWrite *cw, int64 run_id, char **dag_id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(run_id)};
+	char	   *state;
+
+	run_query("SELECT dag_id, state FROM orchestrator.dag_run WHERE run_id = $1 FOR UPDATE",
+			  1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("run " INT64_FORMAT " does not exist", run_id)));
+	*dag_id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	lock_owned_dag(cw, *dag_id, false, false);
+	return state;
+}
+
+PG_FUNCTION_INFO_V1(orch_clear_task);
+
+/*
+ * clear_task(run_id bigint, task_id text, downstream boolean) RETURNS int:
+ * the task (and its downstream tasks) run again, with their retries anew;
+ * a finished run reopens.  Returns how many task instances were cleared.
+ */
+Datum
+orch_clear_task(PG_FUNCTION_ARGS)
+{
+	int64		run_id;
+	char	   *task_id;
+	bool		downstream = PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2);
+	char	   *dag_id;
+	CatalogWrite cw;
+	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, BOOLOID};
+	Datum		values[4];
+	int			cleared;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("run_id and task_id must not be null")));
+	run_id = PG_GETARG_INT64(0);
+	task_id = text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	catalog_write_begin(&cw);
+	lock_owned_run(&cw, run_id, &dag_id);
+
+	values[0] = Int64GetDatum(run_id);
+	values[1] = CStringGetTextDatum(task_id);
+	values[2] = CStringGetTextDatum(dag_id);
+	values[3] = BoolGetDatum(downstream);
+	run_query("SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 AND task_id = $2",
+			  2, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("run " INT64_FORMAT " has no task \"%s\"", run_id, task_id)));
+
+#define CLEAR_SET \
+	"WITH RECURSIVE cleared(task_id) AS ( " \
+	"  SELECT $2::text " \
+	"  UNION " \
+	"  SELECT t.task_id FROM orchestrator.task t JOIN cleared c ON c.task_id = ANY (t.upstream) " \
+	"  WHERE $4 AND t.dag_id = $3) "
+
+	run_query(CLEAR_SET
+			  "SELECT ti.task_id FROM orchestrator.task_instance ti JOIN cleared USING (task_id) "
+			  "WHERE ti.run_id = $1 AND ti.state IN ('queued', 'running') "
+			  "FOR UPDATE OF ti",
+			  4, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("task \"%s\" of run " INT64_FORMAT " is queued or running",
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), run_id),
+				 errhint("Wait for it to finish, or cancel the run with cancel_run() first.")));
+
+	run_query(CLEAR_SET
+			  "UPDATE orchestrator.task_instance ti SET state = 'scheduled', "
+			  " max_tries = ti.try_number + coalesce(t.retries, 0) + 1, "
+			  " queued_at = NULL, started_at = NULL, finished_at = NULL, "
+			  " next_try_at = NULL, error = NULL, worker_pid = NULL "
+			  "FROM cleared LEFT JOIN orchestrator.task t ON t.dag_id = $3 AND t.task_id = cleared.task_id "
+			  "WHERE ti.run_id = $1 AND ti.task_id = cleared.task_id",
+			  4, types, values, NULL, SPI_OK_UPDATE);
+	cleared = (int) SPI_processed;
+
+	/* a finished run opens again, and starts as max_active_runs allows */
+	run_query("UPDATE orchestrator.dag_run SET state = 'queued', finished_at = NULL "
+			  "WHERE run_id = $1 AND state IN ('success', 'failed')",
+			  1, types, values, NULL, SPI_OK_UPDATE);
+	catalog_write_end(&cw);
+
+	orch_wake_scheduler_at_commit();
+	PG_RETURN_INT32(cleared);
+}
+
+PG_FUNCTION_INFO_V1(orch_cancel_run);
+
+/*
+ * cancel_run(run_id bigint) RETURNS void: the run fails; its running tasks
+ * fail (their workers are stopped and their work rolls back), the tasks not
+ * started are skipped.
+ */
+Datum
+orch_cancel_run(PG_FUNCTION_ARGS)
+{
+	int64		run_id;
+	char	   *dag_id;
+	char	   *state;
+	CatalogWrite cw;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("run_id must not be null")));
+	run_id = PG_GETARG_INT64(0);
+
+	catalog_write_begin(&cw);
+	state = lock_owned_run(&cw, run_id, &dag_id);
+	if (strcmp(state, "success") == 0 || strcmp(state, "failed") == 0)
+	{
+		ereport(NOTICE,
+				(errmsg("run " INT64_FORMAT " has already ended (%s)", run_id, state)));
+		catalog_write_end(&cw);
+		PG_RETURN_VOID();
+	}
+	values[0] = Int64GetDatum(run_id);
+	/* wait for a claim in progress, then decide on committed states */
+	run_query("SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 FOR UPDATE",
+			  1, types, values, NULL, SPI_OK_SELECT);
+	run_query("UPDATE orchestrator.task_instance SET "
+			  " state = CASE WHEN state = 'running' THEN 'failed' ELSE 'skipped' END, "
+			  " error = CASE WHEN state = 'running' THEN 'cancelled by cancel_run()' ELSE error END, "
+			  " finished_at = now(), next_try_at = NULL "
+			  "WHERE run_id = $1 AND state IN ('scheduled', 'queued', 'running', 'up_for_retry')",
+			  1, types, values, NULL, SPI_OK_UPDATE);
+	run_query("UPDATE orchestrator.dag_run SET state = 'failed', finished_at = now() WHERE run_id = $1",
+			  1, types, values, NULL, SPI_OK_UPDATE);
+	catalog_write_end(&cw);
+
+	orch_wake_scheduler_at_commit();
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(orch_wait_run);
+
+/*
+ * wait_run(run_id bigint, timeout interval) RETURNS text: waits until the
+ * run ends, or the timeout passes, and returns its state then.  Reads as
+ * the caller, so it sees only the caller's runs.
+ */
+Datum
+orch_wait_run(PG_FUNCTION_ARGS)
+{
+	int64		run_id;
+	TimestampTz deadline;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	char	   *state = NULL;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("run_id must not be null")));
+	run_id = PG_GETARG_INT64(0);
+	deadline = PG_ARGISNULL(1) ? DT_NOEND :
+		DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+												TimestampTzGetDatum(GetCurrentTimestamp()),
+												PG_GETARG_DATUM(1)));
+	values[0] = Int64GetDatum(run_id);
+
+	SPI_connect();
+	for (;;)
+	{
+		run_query("SELECT state FROM orchestrator.dag_run WHERE run_id = $1",
+				  1, types, values, NULL, SPI_OK_SELECT);
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("run " INT64_FORMAT " does not exist", run_id)));
+		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		SPI_freetuptable(SPI_tuptable);
+		if (strcmp(state, "success") == 0 || strcmp(state, "failed") == 0 ||
+			GetCurrentTimestamp() >= deadline)
+			break;
+		pfree(state);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	/* the result outlives SPI's memory */
+	{
+		char	   *result = SPI_palloc(strlen(state) + 1);
+
+		strcpy(result, state);
+		SPI_finish();
+		PG_RETURN_TEXT_P(cstring_to_text(result));
+	}
+}

@@ -1,0 +1,432 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  Task workers: dynamic background workers that claim queued task
+ *	  instances, run them as the DAG's owner, and record the outcome.
+ *
+ * A task instance's try, from the worker's side:
+ *
+ * 1. Claim, in a short transaction of its own: the oldest queued instance
+ *	  becomes running, with its try number, this worker's pid and the start
+ *	  time, so a SELECT shows it at once.  The worker's shared-memory slot
+ *	  names the instance, which is how the scheduler tells a live try from a
+ *	  lost one.
+ * 2. Work, in one transaction: the operator runs as the DAG's owner, then
+ *	  the instance becomes success, and both commit together.  The success
+ *	  update only applies while the instance is still this worker's running
+ *	  try; if the run was cancelled or timed out meanwhile, it raises an
+ *	  error instead, so the work is rolled back.
+ * 3. On error: roll back, then record the error and the next state
+ *	  (up_for_retry, or failed when no tries remain) in a new transaction.
+ *
+ * Then the worker wakes the scheduler and claims the next queued instance;
+ * it exits when there is none.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+#include "orchestrator.h"
+#include "task.h"
+
+static OrchWorkerSlot *my_slot = NULL;
+static TimeoutId task_timeout_id;
+static volatile sig_atomic_t task_timed_out = false;
+
+/* execution_timeout: cancel the running statement, as a query cancel does */
+static void
+task_timeout_handler(void)
+{
+	task_timed_out = true;
+	InterruptPending = true;
+	QueryCancelPending = true;
+	SetLatch(MyLatch);
+}
+
+static void
+slot_set(OrchSlotPhase phase, int64 run_id, const char *task_id)
+{
+	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
+	my_slot->phase = phase;
+	my_slot->run_id = run_id;
+	strlcpy(my_slot->task_id, task_id ? task_id : "", sizeof(my_slot->task_id));
+	LWLockRelease(orch_shared->lock);
+}
+
+static void
+slot_release(int code, Datum arg)
+{
+	if (my_slot == NULL)
+		return;
+	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
+	memset(my_slot, 0, sizeof(OrchWorkerSlot));
+	LWLockRelease(orch_shared->lock);
+	my_slot = NULL;
+}
+
+static bool
+slot_acquire(void)
+{
+	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < orch_shared->nslots; i++)
+	{
+		if (orch_shared->slots[i].pid == 0)
+		{
+			my_slot = &orch_shared->slots[i];
+			memset(my_slot, 0, sizeof(OrchWorkerSlot));
+			my_slot->pid = MyProcPid;
+			break;
+		}
+	}
+	LWLockRelease(orch_shared->lock);
+	if (my_slot == NULL)
+		return false;
+	before_shmem_exit(slot_release, 0);
+	return true;
+}
+
+static void
+begin_xact(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+static void
+end_xact(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+}
+
+static char *
+getstr(HeapTuple tuple, TupleDesc desc, int col, MemoryContext cxt)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tuple, desc, col, &isnull);
+
+	if (isnull)
+		return NULL;
+	return MemoryContextStrdup(cxt, TextDatumGetCString(d));
+}
+
+/*
+ * Records a failed try: up_for_retry with its next try time, or failed when
+ * no tries remain.  Only applies to the given running try, so that a try
+ * already cancelled, timed out or recovered is left as it is.  Runs inside
+ * a transaction with SPI connected.
+ */
+void
+orch_record_failure(int64 run_id, const char *task_id, int pid,
+					int try_number, const char *error, TimestampTz now)
+{
+	Oid			types[6] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[6];
+
+	values[0] = Int64GetDatum(run_id);
+	values[1] = CStringGetTextDatum(task_id);
+	values[2] = Int32GetDatum(pid);
+	values[3] = Int32GetDatum(try_number);
+	values[4] = CStringGetTextDatum(error);
+	values[5] = TimestampTzGetDatum(now);
+	run_query("UPDATE orchestrator.task_instance ti SET "
+			  " state = CASE WHEN ti.try_number < ti.max_tries THEN 'up_for_retry' ELSE 'failed' END, "
+			  " next_try_at = CASE WHEN ti.try_number < ti.max_tries THEN $6 + "
+			  "   CASE WHEN t.retry_exponential_backoff "
+			  "        THEN LEAST(coalesce(t.retry_delay, '5 minutes') * power(2, LEAST(ti.try_number - 1, 30)), "
+			  "                   coalesce(t.max_retry_delay, '1 day')) "
+			  "        ELSE LEAST(coalesce(t.retry_delay, '5 minutes'), coalesce(t.max_retry_delay, coalesce(t.retry_delay, '5 minutes'))) END "
+			  "   END, "
+			  " finished_at = $6, error = $5 "
+			  "FROM orchestrator.dag_run r "
+			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
+			  "WHERE r.run_id = ti.run_id AND ti.run_id = $1 AND ti.task_id = $2 "
+			  "  AND ti.state = 'running' AND ti.worker_pid = $3 AND ti.try_number = $4",
+			  6, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * Claims the oldest queued task instance of a running run; false if there
+ * is none.
+ */
+static bool
+claim_next(TaskRun *task, MemoryContext cxt)
+{
+	HeapTuple	tuple;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	Oid			types[4] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID};
+	Datum		values[4];
+	TimestampTz now;
+
+	begin_xact();
+	pgstat_report_activity(STATE_RUNNING, "claiming a task");
+
+	run_query("SELECT ti.run_id, ti.task_id, ti.try_number + 1, r.dag_id, r.run_type, "
+			  "       r.logical_date, r.data_interval_start, r.data_interval_end, "
+			  "       d.owner, d.params || r.conf, t.spec, "
+			  "       (extract(epoch FROM t.execution_timeout) * 1000)::int8 "
+			  "FROM orchestrator.task_instance ti "
+			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
+			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
+			  "WHERE ti.state = 'queued' AND r.state = 'running' "
+			  "ORDER BY ti.queued_at, ti.run_id, ti.task_id "
+			  "LIMIT 1 FOR UPDATE OF ti SKIP LOCKED",
+			  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+	{
+		end_xact();
+		return false;
+	}
+
+	tuple = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	memset(task, 0, sizeof(TaskRun));
+	task->run_id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+	task->task_id = getstr(tuple, desc, 2, cxt);
+	task->try_number = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
+	task->dag_id = getstr(tuple, desc, 4, cxt);
+	task->run_type = getstr(tuple, desc, 5, cxt);
+	task->ctx.logical_date = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 6, &isnull));
+	d = SPI_getbinval(tuple, desc, 7, &isnull);
+	task->ctx.data_interval_start = isnull ? task->ctx.logical_date : DatumGetTimestampTz(d);
+	d = SPI_getbinval(tuple, desc, 8, &isnull);
+	task->ctx.data_interval_end = isnull ? task->ctx.logical_date : DatumGetTimestampTz(d);
+	task->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 9, &isnull));
+	d = SPI_getbinval(tuple, desc, 10, &isnull);
+	if (!isnull)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		task->ctx.params = DatumGetJsonbPCopy(d);
+		MemoryContextSwitchTo(old);
+	}
+	d = SPI_getbinval(tuple, desc, 11, &isnull);
+	if (!isnull)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		task->spec = DatumGetJsonbPCopy(d);
+		MemoryContextSwitchTo(old);
+	}
+	d = SPI_getbinval(tuple, desc, 12, &isnull);
+	task->timeout_ms = isnull ? 0 : DatumGetInt64(d);
+	task->ctx.dag_id = task->dag_id;
+	task->ctx.task_id = task->task_id;
+	/* Airflow's run id: "scheduled__2021-01-02T06:00:00+00:00" */
+	task->ctx.run_id = MemoryContextStrdup(cxt,
+										   psprintf("%s__%s", task->run_type,
+													template_render("{{ ts }}", "ts", &task->ctx)));
+
+	now = orch_now();
+	values[0] = Int64GetDatum(task->run_id);
+	values[1] = CStringGetTextDatum(task->task_id);
+	values[2] = Int32GetDatum(MyProcPid);
+	values[3] = TimestampTzGetDatum(now);
+	run_query("UPDATE orchestrator.task_instance SET state = 'running', "
+			  " try_number = try_number + 1, worker_pid = $3, started_at = $4, "
+			  " finished_at = NULL, next_try_at = NULL, error = NULL "
+			  "WHERE run_id = $1 AND task_id = $2",
+			  4, types, values, NULL, SPI_OK_UPDATE);
+
+	/* the slot names the try before the claim is visible */
+	slot_set(SLOT_CLAIMING, task->run_id, task->task_id);
+	end_xact();
+	slot_set(SLOT_RUNNING, task->run_id, task->task_id);
+	return true;
+}
+
+static void
+set_context(const char *name, const char *value)
+{
+	set_config_option(name, value, PGC_USERSET, PGC_S_SESSION,
+					  GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/* The work and the success row, in one transaction. */
+static void
+run_task(TaskRun *task)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	const char *opname;
+	Oid			types[4] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID};
+	Datum		values[4];
+	int			nestlevel;
+
+	begin_xact();
+	pgstat_report_activity(STATE_RUNNING,
+						   psprintf("task %s.%s of run " INT64_FORMAT,
+									task->dag_id, task->task_id, task->run_id));
+
+	if (task->spec == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("task \"%s\" is no longer defined in DAG \"%s\"",
+						task->task_id, task->dag_id)));
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(task->owner)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the owner of DAG \"%s\" (role OID %u) no longer exists",
+						task->dag_id, task->owner),
+				 errhint("Recreate the DAG as an existing role.")));
+
+	/* the run's context, readable with current_setting() */
+	set_context("orchestrator.run_id", psprintf(INT64_FORMAT, task->run_id));
+	set_context("orchestrator.dag_id", task->dag_id);
+	set_context("orchestrator.task_id", task->task_id);
+	set_context("orchestrator.logical_date",
+				template_render("{{ ts }}", "ts", &task->ctx));
+	set_context("orchestrator.ds", template_render("{{ ds }}", "ds", &task->ctx));
+	set_context("orchestrator.try_number", psprintf("%d", task->try_number));
+	set_context("orchestrator.run_type", task->run_type);
+
+	task_timed_out = false;
+	if (task->timeout_ms > 0)
+		enable_timeout_after(task_timeout_id, (int) Min(task->timeout_ms, INT_MAX));
+
+	/*
+	 * As the owner, with exactly the owner's rights: a local user id change,
+	 * as in a SECURITY DEFINER function, so that the task's SQL cannot SET
+	 * ROLE or SET SESSION AUTHORIZATION its way back to the worker's
+	 * superuser.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(task->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+
+	opname = operator_name(task->spec);
+	if (opname != NULL && strcmp(opname, "sql") == 0)
+		op_sql_run(task);
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("operator %s cannot run yet", opname ? opname : "?")));
+
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	disable_timeout(task_timeout_id, false);
+
+	/* our own queries, whatever the task did to search_path */
+	nestlevel = NewGUCNestLevel();
+	set_config_option("search_path", "pg_catalog, pg_temp", PGC_SUSET,
+					  PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	values[0] = Int64GetDatum(task->run_id);
+	values[1] = CStringGetTextDatum(task->task_id);
+	values[2] = Int32GetDatum(task->try_number);
+	values[3] = TimestampTzGetDatum(orch_now());
+	run_query("UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4 "
+			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
+			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
+			  4, types, values, NULL, SPI_OK_UPDATE);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("task \"%s\" of run " INT64_FORMAT " was cancelled while it ran; its work is rolled back",
+						task->task_id, task->run_id)));
+	AtEOXact_GUC(true, nestlevel);
+	end_xact();
+}
+
+static char *
+error_text(ErrorData *edata, TaskRun *task)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (task_timed_out)
+		appendStringInfo(&buf, "execution_timeout exceeded after %.3f s",
+						 task->timeout_ms / 1000.0);
+	else
+		appendStringInfoString(&buf, edata->message ? edata->message : "unknown error");
+	if (edata->detail)
+		appendStringInfo(&buf, "\nDETAIL:  %s", edata->detail);
+	if (edata->hint)
+		appendStringInfo(&buf, "\nHINT:  %s", edata->hint);
+	return buf.data;
+}
+
+void
+orch_worker_main(Datum arg)
+{
+	MemoryContext task_cxt;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(orch_database, NULL, 0);
+	pgstat_report_appname("orchestrator worker");
+
+	if (orch_shared == NULL || !slot_acquire())
+		proc_exit(0);
+	task_timeout_id = RegisterTimeout(USER_TIMEOUT, task_timeout_handler);
+	task_cxt = AllocSetContextCreate(TopMemoryContext, "orchestrator task",
+									 ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		TaskRun		task;
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(task_cxt);
+		if (!claim_next(&task, task_cxt))
+			break;
+
+		PG_TRY();
+		{
+			run_task(&task);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+			char	   *text;
+
+			MemoryContextSwitchTo(task_cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			disable_all_timeouts(false);
+			QueryCancelPending = false;
+			AbortCurrentTransaction();
+
+			text = error_text(edata, &task);
+			ereport(LOG,
+					(errmsg("task \"%s\" of DAG \"%s\" (run " INT64_FORMAT ", try %d) failed: %s",
+							task.task_id, task.dag_id, task.run_id, task.try_number, text)));
+			begin_xact();
+			orch_record_failure(task.run_id, task.task_id, MyProcPid,
+								task.try_number, text, orch_now());
+			end_xact();
+		}
+		PG_END_TRY();
+
+		slot_set(SLOT_IDLE, 0, NULL);
+		/* a cancel meant for the finished task is not for the next one */
+		QueryCancelPending = false;
+		orch_wake_scheduler();
+	}
+
+	orch_wake_scheduler();
+	proc_exit(0);
+}
