@@ -30,7 +30,8 @@ typedef enum OrchSlotPhase
 {
 	SLOT_IDLE,					/* no task */
 	SLOT_CLAIMING,				/* claim not yet committed */
-	SLOT_RUNNING				/* claim committed: running the task */
+	SLOT_RUNNING,				/* claim committed: running the task */
+	SLOT_FINISHING				/* recording the outcome: not to be signalled */
 } OrchSlotPhase;
 
 typedef struct OrchWorkerSlot
@@ -59,7 +60,7 @@ extern TimestampTz orch_now(void);
 /* the scheduler and workers (scheduler.c, worker.c) */
 extern PGDLLEXPORT void orch_scheduler_main(Datum arg);
 extern PGDLLEXPORT void orch_worker_main(Datum arg);
-extern void orch_record_failure(int64 run_id, const char *task_id, int pid,
+extern bool orch_record_failure(int64 run_id, const char *task_id, int pid,
 								int try_number, const char *error,
 								TimestampTz now);
 

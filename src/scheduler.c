@@ -165,43 +165,51 @@ copy_slots(void)
 static void
 recover_lost(void)
 {
-	OrchWorkerSlot *slots = copy_slots();
+	OrchWorkerSlot *slots;
+	SPITupleTable *tuptable;
 	uint64		n;
 
+	/*
+	 * The instances first, then the slots: a claim committed before this
+	 * snapshot had its slot set before it committed, so the slots copied
+	 * next show it.
+	 */
 	run_query("SELECT run_id, task_id, worker_pid, try_number "
 			  "FROM orchestrator.task_instance WHERE state = 'running'",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	n = SPI_processed;
 	if (n == 0)
 		return;
+	tuptable = SPI_tuptable;
+	slots = copy_slots();
 
+	for (uint64 i = 0; i < n; i++)
 	{
-		SPITupleTable *tuptable = SPI_tuptable;
+		HeapTuple	tuple = tuptable->vals[i];
+		TupleDesc	desc = tuptable->tupdesc;
+		bool		isnull;
+		int64		run_id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+		char	   *task_id = TextDatumGetCString(SPI_getbinval(tuple, desc, 2, &isnull));
+		Datum		pidd = SPI_getbinval(tuple, desc, 3, &isnull);
+		int			pid = isnull ? 0 : DatumGetInt32(pidd);
+		int			try_number = DatumGetInt32(SPI_getbinval(tuple, desc, 4, &isnull));
+		bool		alive = false;
 
-		for (uint64 i = 0; i < n; i++)
-		{
-			bool		isnull;
-			int64		run_id = DatumGetInt64(SPI_getbinval(tuptable->vals[i], tuptable->tupdesc, 1, &isnull));
-			char	   *task_id = TextDatumGetCString(SPI_getbinval(tuptable->vals[i], tuptable->tupdesc, 2, &isnull));
-			Datum		pidd = SPI_getbinval(tuptable->vals[i], tuptable->tupdesc, 3, &isnull);
-			int			pid = isnull ? 0 : DatumGetInt32(pidd);
-			int			try_number = DatumGetInt32(SPI_getbinval(tuptable->vals[i], tuptable->tupdesc, 4, &isnull));
-			bool		alive = false;
+		for (int s = 0; s < orch_shared->nslots && !alive; s++)
+			alive = (slots[s].pid == pid && slots[s].phase != SLOT_IDLE &&
+					 slots[s].run_id == run_id &&
+					 strcmp(slots[s].task_id, task_id) == 0);
+		if (alive)
+			continue;
 
-			for (int s = 0; s < orch_shared->nslots && !alive; s++)
-				alive = (slots[s].pid == pid && slots[s].phase != SLOT_IDLE &&
-						 slots[s].run_id == run_id &&
-						 strcmp(slots[s].task_id, task_id) == 0);
-			if (alive)
-				continue;
+		/* applies only if it is still that running try */
+		if (orch_record_failure(run_id, task_id, pid, try_number,
+								psprintf("the worker (pid %d) stopped without recording an outcome (killed, crashed, or the server restarted)",
+										 pid),
+								tick_now))
 			ereport(LOG,
 					(errmsg("orchestrator: task \"%s\" of run " INT64_FORMAT " lost its worker (pid %d); counting try %d as failed",
 							task_id, run_id, pid, try_number)));
-			orch_record_failure(run_id, task_id, pid, try_number,
-								psprintf("the worker (pid %d) stopped without recording an outcome (killed, crashed, or the server restarted)",
-										 pid),
-								tick_now);
-		}
 	}
 }
 

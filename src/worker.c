@@ -137,9 +137,9 @@ getstr(HeapTuple tuple, TupleDesc desc, int col, MemoryContext cxt)
  * Records a failed try: up_for_retry with its next try time, or failed when
  * no tries remain.  Only applies to the given running try, so that a try
  * already cancelled, timed out or recovered is left as it is.  Runs inside
- * a transaction with SPI connected.
+ * a transaction with SPI connected.  Returns whether it applied.
  */
-void
+bool
 orch_record_failure(int64 run_id, const char *task_id, int pid,
 					int try_number, const char *error, TimestampTz now)
 {
@@ -166,6 +166,7 @@ orch_record_failure(int64 run_id, const char *task_id, int pid,
 			  "WHERE r.run_id = ti.run_id AND ti.run_id = $1 AND ti.task_id = $2 "
 			  "  AND ti.state = 'running' AND ti.worker_pid = $3 AND ti.try_number = $4",
 			  6, types, values, NULL, SPI_OK_UPDATE);
+	return SPI_processed > 0;
 }
 
 /*
@@ -330,6 +331,9 @@ run_task(TaskRun *task)
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	disable_timeout(task_timeout_id, false);
 
+	/* from here on the scheduler leaves this worker be */
+	slot_set(SLOT_FINISHING, task->run_id, task->task_id);
+
 	/* our own queries, whatever the task did to search_path */
 	nestlevel = NewGUCNestLevel();
 	set_config_option("search_path", "pg_catalog, pg_temp", PGC_SUSET,
@@ -406,6 +410,7 @@ orch_worker_main(Datum arg)
 			MemoryContextSwitchTo(task_cxt);
 			edata = CopyErrorData();
 			FlushErrorState();
+			slot_set(SLOT_FINISHING, task.run_id, task.task_id);
 			disable_all_timeouts(false);
 			QueryCancelPending = false;
 			AbortCurrentTransaction();

@@ -176,5 +176,7 @@ like(query($node, "SELECT error FROM orchestrator.task_instances WHERE run_id = 
 $run = query($node, "SELECT orchestrator.trigger_dag('chain', '{\"extra\": 1}')");
 is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', 'and other DAGs still run');
 
+ok(!$node->log_contains('lost its worker'), 'no live worker was ever taken for lost');
+
 $node->stop;
 done_testing();

@@ -167,5 +167,7 @@ wait_for($node, "SELECT count(*) FROM pg_stat_activity WHERE pid = $pid",
 	'0', 'and its worker is stopped');
 is(query($node, "SELECT count(*) FROM slow_t"), '0', 'what it wrote is rolled back');
 
+ok(!$node->log_contains('lost its worker'), 'no live worker was ever taken for lost');
+
 $node->stop;
 done_testing();

@@ -124,5 +124,16 @@ $run = query($node, "SELECT orchestrator.trigger_dag('narrow')");
 is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', 'six tasks run');
 cmp_ok(query($node, "SELECT max(n) FROM mat"), '<=', 2, 'never more than max_active_tasks = 2 at once');
 
+# many short tasks: claims race each other and the scheduler; none is lost
+query($node, q{
+SELECT orchestrator.create_dag('many', max_active_tasks => 16);
+SELECT orchestrator.add_task('many', 't' || i, orchestrator.sql('SELECT 1')) FROM generate_series(1, 200) i;
+});
+$run = query($node, "SELECT orchestrator.trigger_dag('many')");
+is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', '200 short tasks run');
+is(query($node, "SELECT count(*) FILTER (WHERE try_number = 1 AND state = 'success') FROM orchestrator.task_instances WHERE run_id = $run"),
+	'200', 'each once, at its first try');
+ok(!$node->log_contains('lost its worker'), 'no live worker was ever taken for lost');
+
 $node->stop;
 done_testing();
