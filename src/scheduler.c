@@ -11,8 +11,6 @@
  *
  * 1. recover lost work: running task instances whose worker is gone count
  *	  as a failed try;
- * 2. stop workers whose task instance was cancelled or timed out under
- *	  them;
  * 3. create the runs that schedules make due (Airflow's data intervals);
  * 4. start queued runs, up to each DAG's max_active_runs;
  * 5. in each running run, decide which task instances are ready (trigger
@@ -20,8 +18,9 @@
  *	  ready ones up to max_active_tasks; end runs whose tasks are all done,
  *	  their state decided by the leaf tasks; fail runs past dagrun_timeout;
  *
- * and, after the commit, start task workers for the queued instances, at
- * most orchestrator.max_workers at once.  The scheduler never waits on a
+ * and, after the commit, 2. stop workers whose task instance was cancelled
+ * or timed out under them, and start task workers for the queued instances,
+ * at most orchestrator.max_workers at once.  The scheduler never waits on a
  * task and never touches the network.
  *
  * Each DAG and each run is handled in a subtransaction of its own, so that
@@ -64,6 +63,14 @@
 /* task workers started and not yet seen stopped */
 static List *worker_handles = NIL;
 static bool start_failure_logged = false;
+
+/*
+ * Worker starts in the current second: workers that keep exiting without a
+ * task (a broken catalog, say) must not make the scheduler spin.
+ */
+#define MAX_STARTS_PER_SECOND	(4 * orch_max_workers)
+static TimestampTz start_window = 0;
+static int	starts_in_window = 0;
 
 /* the tick's time and its earliest next due time */
 static TimestampTz tick_now;
@@ -615,6 +622,8 @@ evaluate_run(void *arg)
 					  3, types, values, NULL, SPI_OK_UPDATE);
 			run_query("UPDATE orchestrator.dag_run SET state = 'failed', finished_at = $3 WHERE run_id = $1",
 					  3, types, values, NULL, SPI_OK_UPDATE);
+			/* a run slot is free: schedule again at once */
+			wake_by(tick_now);
 			return;
 		}
 		wake_by(run->deadline);
@@ -727,6 +736,8 @@ evaluate_run(void *arg)
 		values[1] = CStringGetTextDatum(failed ? "failed" : "success");
 		run_query("UPDATE orchestrator.dag_run SET state = $2, finished_at = $3 WHERE run_id = $1",
 				  3, types, values, NULL, SPI_OK_UPDATE);
+		/* a run slot is free: schedule again at once */
+		wake_by(tick_now);
 	}
 }
 
@@ -787,11 +798,24 @@ start_workers(int64 queued)
 	}
 	active = list_length(worker_handles);
 
+	if (GetCurrentTimestamp() - start_window >= USECS_PER_SEC)
+	{
+		start_window = GetCurrentTimestamp();
+		starts_in_window = 0;
+	}
+
 	for (int64 i = 0; i < queued && active < orch_max_workers; i++)
 	{
 		BackgroundWorker worker;
 		BackgroundWorkerHandle *handle;
 		MemoryContext old;
+
+		if (starts_in_window >= MAX_STARTS_PER_SECOND)
+		{
+			wake_by(tick_now + USECS_PER_SEC);
+			return;
+		}
+		starts_in_window++;
 
 		memset(&worker, 0, sizeof(worker));
 		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -848,7 +872,6 @@ scheduler_tick(void)
 	if (OidIsValid(get_extension_oid("orchestrator", true)))
 	{
 		recover_lost();
-		stop_orphaned_workers();
 		if (orch_enabled)
 		{
 			schedule_dags();
@@ -862,6 +885,20 @@ scheduler_tick(void)
 		}
 	}
 
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	/*
+	 * Once what this tick decided is committed (a run timed out, say), and
+	 * also what API calls committed (cancel_run), workers whose task was
+	 * taken from them are stopped.
+	 */
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (OidIsValid(get_extension_oid("orchestrator", true)))
+		stop_orphaned_workers();
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
