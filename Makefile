@@ -11,7 +11,7 @@ PG_CFLAGS = -Werror=implicit-function-declaration
 
 # pg_regress suites (sql/NAME.sql, expected/NAME.out), run against a server
 # started with the library preloaded: see test/run.sh
-REGRESS = install cron template definitions validation security fuzz
+REGRESS = install cron template definitions validation security runs fuzz
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
