@@ -60,6 +60,8 @@ extern TimestampTz orch_now(void);
 /* the scheduler and workers (scheduler.c, worker.c) */
 extern PGDLLEXPORT void orch_scheduler_main(Datum arg);
 extern PGDLLEXPORT void orch_worker_main(Datum arg);
+extern void orch_begin_xact(void);
+extern void orch_end_xact(void);
 extern bool orch_record_failure(int64 run_id, const char *task_id, int pid,
 								int try_number, const char *error,
 								TimestampTz now);

@@ -859,10 +859,7 @@ scheduler_tick(void)
 	TimestampTz real_now;
 	long		sleep_ms;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING, "scheduling");
 
 	tick_now = orch_now();
@@ -885,24 +882,17 @@ scheduler_tick(void)
 		}
 	}
 
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	orch_end_xact();
 
 	/*
 	 * Once what this tick decided is committed (a run timed out, say), and
 	 * also what API calls committed (cancel_run), workers whose task was
 	 * taken from them are stopped.
 	 */
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	orch_begin_xact();
 	if (OidIsValid(get_extension_oid("orchestrator", true)))
 		stop_orphaned_workers();
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
+	orch_end_xact();
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	if (queued > 0)

@@ -104,8 +104,9 @@ slot_acquire(void)
 	return true;
 }
 
-static void
-begin_xact(void)
+/* A transaction with a snapshot and SPI, for a background worker. */
+void
+orch_begin_xact(void)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -113,8 +114,8 @@ begin_xact(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 }
 
-static void
-end_xact(void)
+void
+orch_end_xact(void)
 {
 	SPI_finish();
 	PopActiveSnapshot();
@@ -184,7 +185,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	Datum		values[4];
 	TimestampTz now;
 
-	begin_xact();
+	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING, "claiming a task");
 
 	run_query("SELECT ti.run_id, ti.task_id, ti.try_number + 1, r.dag_id, r.run_type, "
@@ -201,7 +202,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 	{
-		end_xact();
+		orch_end_xact();
 		return false;
 	}
 
@@ -257,7 +258,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 
 	/* the slot names the try before the claim is visible */
 	slot_set(SLOT_CLAIMING, task->run_id, task->task_id);
-	end_xact();
+	orch_end_xact();
 	slot_set(SLOT_RUNNING, task->run_id, task->task_id);
 	return true;
 }
@@ -280,7 +281,7 @@ run_task(TaskRun *task)
 	Datum		values[4];
 	int			nestlevel;
 
-	begin_xact();
+	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING,
 						   psprintf("task %s.%s of run " INT64_FORMAT,
 									task->dag_id, task->task_id, task->run_id));
@@ -352,7 +353,7 @@ run_task(TaskRun *task)
 				 errmsg("task \"%s\" of run " INT64_FORMAT " was cancelled while it ran; its work is rolled back",
 						task->task_id, task->run_id)));
 	AtEOXact_GUC(true, nestlevel);
-	end_xact();
+	orch_end_xact();
 }
 
 static char *
@@ -419,10 +420,10 @@ orch_worker_main(Datum arg)
 			ereport(LOG,
 					(errmsg("task \"%s\" of DAG \"%s\" (run " INT64_FORMAT ", try %d) failed: %s",
 							task.task_id, task.dag_id, task.run_id, task.try_number, text)));
-			begin_xact();
+			orch_begin_xact();
 			orch_record_failure(task.run_id, task.task_id, MyProcPid,
 								task.try_number, text, orch_now());
-			end_xact();
+			orch_end_xact();
 		}
 		PG_END_TRY();
 
