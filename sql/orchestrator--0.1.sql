@@ -85,12 +85,38 @@ CREATE TABLE orchestrator.task_instance (
 CREATE INDEX task_instance_active_idx ON orchestrator.task_instance (state)
 	WHERE state IN ('queued', 'running');
 
+-- A task's output (http_fetch, gunzip): a large object, owned by the DAG's
+-- owner, written in the task's transaction.  Deleting the row (with its
+-- run) unlinks the large object.
+CREATE TABLE orchestrator.artifact (
+	run_id bigint NOT NULL,
+	task_id text NOT NULL,
+	loid oid NOT NULL,
+	size bigint NOT NULL,
+	sha256 text NOT NULL,
+	content_type text,
+	http_status integer,
+	url text,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (run_id, task_id),
+	FOREIGN KEY (run_id, task_id) REFERENCES orchestrator.task_instance ON DELETE CASCADE
+);
+
+CREATE FUNCTION orchestrator.artifact_unlink()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'orch_artifact_unlink';
+
+CREATE TRIGGER artifact_unlink AFTER DELETE ON orchestrator.artifact
+	FOR EACH ROW EXECUTE FUNCTION orchestrator.artifact_unlink();
+
 -- pg_dump keeps the definitions and history
 SELECT pg_catalog.pg_extension_config_dump('orchestrator.dag', '');
 SELECT pg_catalog.pg_extension_config_dump('orchestrator.task', '');
 SELECT pg_catalog.pg_extension_config_dump('orchestrator.dag_run', '');
 SELECT pg_catalog.pg_extension_config_dump('orchestrator.dag_run_run_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('orchestrator.task_instance', '');
+SELECT pg_catalog.pg_extension_config_dump('orchestrator.artifact', '');
 
 ------------------------------------------------------------------------
 -- Row-level security: a role sees its own DAGs and their tasks and
@@ -104,6 +130,7 @@ ALTER TABLE orchestrator.dag ENABLE ROW LEVEL SECURITY;
 ALTER TABLE orchestrator.task ENABLE ROW LEVEL SECURITY;
 ALTER TABLE orchestrator.dag_run ENABLE ROW LEVEL SECURITY;
 ALTER TABLE orchestrator.task_instance ENABLE ROW LEVEL SECURITY;
+ALTER TABLE orchestrator.artifact ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY dag_owner ON orchestrator.dag
 	USING (owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER))
@@ -123,6 +150,12 @@ CREATE POLICY task_instance_owner ON orchestrator.task_instance
 	USING (EXISTS (SELECT 1 FROM orchestrator.dag_run dr
 				   JOIN orchestrator.dag d ON d.dag_id = dr.dag_id
 				   WHERE dr.run_id = task_instance.run_id
+					 AND d.owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)));
+
+CREATE POLICY artifact_owner ON orchestrator.artifact
+	USING (EXISTS (SELECT 1 FROM orchestrator.dag_run dr
+				   JOIN orchestrator.dag d ON d.dag_id = dr.dag_id
+				   WHERE dr.run_id = artifact.run_id
 					 AND d.owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)));
 
 ------------------------------------------------------------------------
@@ -197,10 +230,47 @@ SELECT ti.run_id,
   FROM orchestrator.task_instance ti
   JOIN orchestrator.dag_run r USING (run_id);
 
+CREATE VIEW orchestrator.artifacts WITH (security_invoker = true) AS
+SELECT a.run_id,
+	   r.dag_id,
+	   a.task_id,
+	   a.size,
+	   a.sha256,
+	   a.content_type,
+	   a.http_status,
+	   a.url,
+	   a.created_at,
+	   a.loid
+  FROM orchestrator.artifact a
+  JOIN orchestrator.dag_run r USING (run_id);
+
+-- the tasks running now, from shared memory
+CREATE FUNCTION orchestrator.worker_progress(OUT pid integer, OUT run_id bigint,
+											 OUT task_id text, OUT started_at timestamptz,
+											 OUT bytes_read bigint, OUT rows_loaded bigint)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'orch_worker_progress';
+
+CREATE VIEW orchestrator.progress WITH (security_invoker = true) AS
+SELECT p.run_id,
+	   ti.dag_id,
+	   p.task_id,
+	   p.pid AS worker_pid,
+	   p.started_at,
+	   p.bytes_read,
+	   p.rows_loaded,
+	   round((p.bytes_read / nullif(extract(epoch FROM clock_timestamp() - p.started_at), 0))::numeric)
+		   AS bytes_per_second,
+	   round((p.rows_loaded / nullif(extract(epoch FROM clock_timestamp() - p.started_at), 0))::numeric)
+		   AS rows_per_second
+  FROM orchestrator.worker_progress() p
+  JOIN orchestrator.task_instances ti ON ti.run_id = p.run_id AND ti.task_id = p.task_id;
+
 GRANT SELECT ON orchestrator.dag, orchestrator.task, orchestrator.dag_run,
-	orchestrator.task_instance TO PUBLIC;
+	orchestrator.task_instance, orchestrator.artifact TO PUBLIC;
 GRANT SELECT ON orchestrator.dags, orchestrator.tasks, orchestrator.dag_runs,
-	orchestrator.task_instances TO PUBLIC;
+	orchestrator.task_instances, orchestrator.artifacts, orchestrator.progress TO PUBLIC;
 
 ------------------------------------------------------------------------
 -- Schedules and templates
@@ -401,6 +471,14 @@ SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'orch_wait_run';
 COMMENT ON FUNCTION orchestrator.wait_run(bigint, interval) IS
 	'Waits until a run ends (or the timeout passes) and returns its state';
+
+CREATE FUNCTION orchestrator.purge_history(older_than interval)
+RETURNS bigint
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_purge_history';
+COMMENT ON FUNCTION orchestrator.purge_history(interval) IS
+	'Removes your runs that ended before now() - older_than, with their task instances and artifacts; returns how many runs';
 
 ------------------------------------------------------------------------
 -- Setup check

@@ -33,6 +33,7 @@ PG_MODULE_MAGIC;
 char	   *orch_database = NULL;
 int			orch_max_workers = 4;
 bool		orch_enabled = true;
+char	   *orch_http_allowed_hosts = NULL;
 
 /* set when loaded through shared_preload_libraries */
 bool		orch_preloaded = false;
@@ -217,6 +218,15 @@ _PG_init(void)
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("orchestrator.http_allowed_hosts",
+							   "Hosts that http_fetch and copy_into tasks may reach (comma-separated; empty: any).",
+							   "Applies to every request and every redirect.",
+							   &orch_http_allowed_hosts,
+							   "",
+							   PGC_SUSET,
+							   GUC_LIST_INPUT,
+							   NULL, NULL, NULL);
 
 	DefineCustomStringVariable("orchestrator.test_clock",
 							   "A fixed time the scheduler uses instead of the clock (tests only).",

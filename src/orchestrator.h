@@ -21,6 +21,7 @@ extern char *orch_database;
 extern int	orch_max_workers;
 extern bool orch_enabled;
 extern bool orch_preloaded;
+extern char *orch_http_allowed_hosts;
 
 /*
  * Shared memory (orchestrator.c): the scheduler's latch, and one slot per
@@ -40,6 +41,10 @@ typedef struct OrchWorkerSlot
 	OrchSlotPhase phase;
 	int64		run_id;
 	char		task_id[ORCH_MAX_ID_LEN + 1];
+	/* progress of the running task, written by its worker alone */
+	TimestampTz started_at;
+	volatile uint64 bytes_read;
+	volatile uint64 rows_loaded;
 } OrchWorkerSlot;
 
 typedef struct OrchShared
@@ -60,6 +65,8 @@ extern TimestampTz orch_now(void);
 /* the scheduler and workers (scheduler.c, worker.c) */
 extern PGDLLEXPORT void orch_scheduler_main(Datum arg);
 extern PGDLLEXPORT void orch_worker_main(Datum arg);
+extern void orch_progress_add_bytes(uint64 bytes);
+extern void orch_progress_set_rows(uint64 rows);
 extern void orch_begin_xact(void);
 extern void orch_end_xact(void);
 extern bool orch_record_failure(int64 run_id, const char *task_id, int pid,

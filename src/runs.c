@@ -13,6 +13,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -361,12 +362,22 @@ orch_wait_run(PG_FUNCTION_ARGS)
 	SPI_connect();
 	for (;;)
 	{
-		run_query("SELECT state FROM orchestrator.dag_run WHERE run_id = $1",
+		bool		isnull;
+
+		run_query("SELECT state, xmin FROM orchestrator.dag_run WHERE run_id = $1",
 				  1, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("run " INT64_FORMAT " does not exist", run_id)));
+		/* the scheduler cannot see a run this transaction has not committed */
+		if (TransactionIdIsCurrentTransactionId(DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
+																				   SPI_tuptable->tupdesc, 2, &isnull))))
+			ereport(ERROR,
+					(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+					 errmsg("run " INT64_FORMAT " was created or changed in this transaction, which must commit before it can run",
+							run_id),
+					 errhint("Call wait_run() in a transaction of its own, after the one that calls trigger_dag().")));
 		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		SPI_freetuptable(SPI_tuptable);
 		if (strcmp(state, "success") == 0 || strcmp(state, "failed") == 0 ||
@@ -386,4 +397,46 @@ orch_wait_run(PG_FUNCTION_ARGS)
 		SPI_finish();
 		PG_RETURN_TEXT_P(cstring_to_text(result));
 	}
+}
+
+PG_FUNCTION_INFO_V1(orch_purge_history);
+
+/*
+ * purge_history(older_than interval) RETURNS bigint: deletes the caller's
+ * runs (a superuser's: all runs) that ended before now() - older_than,
+ * with their task instances and artifacts (whose large objects a trigger
+ * unlinks).  Runs still going are never touched.  Deletes in batches, each
+ * locking only the runs it deletes.
+ */
+Datum
+orch_purge_history(PG_FUNCTION_ARGS)
+{
+	CatalogWrite cw;
+	Oid			types[3] = {INTERVALOID, OIDOID, BOOLOID};
+	Datum		values[3];
+	int64		total = 0;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("older_than must not be null")));
+
+	catalog_write_begin(&cw);
+	values[0] = PG_GETARG_DATUM(0);
+	values[1] = ObjectIdGetDatum(cw.caller);
+	values[2] = BoolGetDatum(superuser_arg(cw.caller));
+	do
+	{
+		run_query("DELETE FROM orchestrator.dag_run WHERE run_id IN ("
+				  " SELECT r.run_id FROM orchestrator.dag_run r "
+				  " JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+				  " WHERE r.state IN ('success', 'failed') AND r.finished_at < now() - $1 "
+				  "   AND ($3 OR d.owner = $2) "
+				  " LIMIT 1000 FOR UPDATE OF r SKIP LOCKED)",
+				  3, types, values, NULL, SPI_OK_DELETE);
+		total += SPI_processed;
+		CHECK_FOR_INTERRUPTS();
+	} while (SPI_processed > 0);
+	catalog_write_end(&cw);
+	PG_RETURN_INT64(total);
 }

@@ -46,6 +46,7 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
+#include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -214,9 +215,20 @@ recover_lost(void)
 								psprintf("the worker (pid %d) stopped without recording an outcome (killed, crashed, or the server restarted)",
 										 pid),
 								tick_now))
+		{
+			StringInfoData live;
+
+			/* which workers there were, should a loss ever be questioned */
+			initStringInfo(&live);
+			for (int s = 0; s < orch_shared->nslots; s++)
+				if (slots[s].pid != 0)
+					appendStringInfo(&live, "%s%d (%s " INT64_FORMAT ")", live.len ? ", " : "",
+									 slots[s].pid, slots[s].task_id, slots[s].run_id);
 			ereport(LOG,
 					(errmsg("orchestrator: task \"%s\" of run " INT64_FORMAT " lost its worker (pid %d); counting try %d as failed",
-							task_id, run_id, pid, try_number)));
+							task_id, run_id, pid, try_number),
+					 errdetail("Live workers: %s.", live.len ? live.data : "none")));
+		}
 	}
 }
 

@@ -11,6 +11,7 @@
 #include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 
+#include "stream.h"
 #include "template.h"
 
 typedef struct TaskRun
@@ -24,9 +25,22 @@ typedef struct TaskRun
 	Jsonb	   *spec;			/* NULL if the task is no longer defined */
 	int64		timeout_ms;		/* execution_timeout, 0 for none */
 	TemplateContext ctx;		/* for rendering templates */
+	Oid			input_loid;		/* the input task's artifact, if any */
+
+	/* what the operator produced, recorded with the task's success */
+	bool		has_artifact;
+	ArtifactInfo artifact;
+	char	   *url;
+	long		http_status;
+	char	   *content_type;
+	bool		has_rows;
+	uint64		rows_loaded;
 } TaskRun;
 
-/* operators (op_sql.c) */
+/* operators (op_sql.c, op_data.c) */
 extern void op_sql_run(TaskRun *task);
+extern void op_http_fetch_run(TaskRun *task);
+extern void op_gunzip_run(TaskRun *task);
+extern void op_copy_into_run(TaskRun *task);
 
 #endif							/* ORCHESTRATOR_TASK_H */

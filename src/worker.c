@@ -34,6 +34,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
+#include "storage/large_object.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
@@ -44,6 +45,7 @@
 #include "utils/syscache.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
+#include "funcapi.h"
 
 #include "orchestrator.h"
 #include "task.h"
@@ -66,10 +68,69 @@ static void
 slot_set(OrchSlotPhase phase, int64 run_id, const char *task_id)
 {
 	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
+	if (phase == SLOT_CLAIMING || phase == SLOT_IDLE)
+	{
+		my_slot->started_at = GetCurrentTimestamp();
+		my_slot->bytes_read = 0;
+		my_slot->rows_loaded = 0;
+	}
 	my_slot->phase = phase;
 	my_slot->run_id = run_id;
 	strlcpy(my_slot->task_id, task_id ? task_id : "", sizeof(my_slot->task_id));
 	LWLockRelease(orch_shared->lock);
+}
+
+/* bytes read by the running task's source, for the progress view */
+void
+orch_progress_add_bytes(uint64 bytes)
+{
+	if (my_slot != NULL)
+		my_slot->bytes_read += bytes;
+}
+
+/* rows loaded so far by the running task's COPY */
+void
+orch_progress_set_rows(uint64 rows)
+{
+	if (my_slot != NULL)
+		my_slot->rows_loaded = rows;
+}
+
+PG_FUNCTION_INFO_V1(orch_worker_progress);
+
+/*
+ * worker_progress() RETURNS SETOF (pid, run_id, task_id, started_at,
+ * bytes_read, rows_loaded): the tasks running now, from shared memory.
+ * The view orchestrator.progress shows each role its own.
+ */
+Datum
+orch_worker_progress(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (orch_shared == NULL)
+		return (Datum) 0;
+	for (int i = 0; i < orch_shared->nslots; i++)
+	{
+		OrchWorkerSlot slot;
+		Datum		values[6];
+		bool		nulls[6] = {0};
+
+		LWLockAcquire(orch_shared->lock, LW_SHARED);
+		slot = orch_shared->slots[i];
+		LWLockRelease(orch_shared->lock);
+		if (slot.pid == 0 || slot.phase != SLOT_RUNNING)
+			continue;
+		values[0] = Int32GetDatum(slot.pid);
+		values[1] = Int64GetDatum(slot.run_id);
+		values[2] = CStringGetTextDatum(slot.task_id);
+		values[3] = TimestampTzGetDatum(slot.started_at);
+		values[4] = Int64GetDatum((int64) slot.bytes_read);
+		values[5] = Int64GetDatum((int64) slot.rows_loaded);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }
 
 static void
@@ -270,6 +331,37 @@ set_context(const char *name, const char *value)
 					  GUC_ACTION_LOCAL, true, 0, false);
 }
 
+/* The task's artifact replaces the one of an earlier (cleared) success. */
+static void
+record_artifact(TaskRun *task)
+{
+	Oid			types[8] = {INT8OID, TEXTOID, OIDOID, INT8OID, TEXTOID, TEXTOID, INT4OID, TEXTOID};
+	Datum		values[8];
+	char		nulls[8] = "        ";
+
+	values[0] = Int64GetDatum(task->run_id);
+	values[1] = CStringGetTextDatum(task->task_id);
+	values[2] = ObjectIdGetDatum(task->artifact.loid);
+	values[3] = Int64GetDatum(task->artifact.size);
+	values[4] = CStringGetTextDatum(task->artifact.sha256);
+	if (task->content_type)
+		values[5] = CStringGetTextDatum(task->content_type);
+	else
+		nulls[5] = 'n';
+	values[6] = Int32GetDatum((int32) task->http_status);
+	if (task->http_status == 0)
+		nulls[6] = 'n';
+	if (task->url)
+		values[7] = CStringGetTextDatum(task->url);
+	else
+		nulls[7] = 'n';
+	run_query("DELETE FROM orchestrator.artifact WHERE run_id = $1 AND task_id = $2",
+			  2, types, values, NULL, SPI_OK_DELETE);
+	run_query("INSERT INTO orchestrator.artifact (run_id, task_id, loid, size, sha256, "
+			  " content_type, http_status, url) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+			  8, types, values, nulls, SPI_OK_INSERT);
+}
+
 /* The work and the success row, in one transaction. */
 static void
 run_task(TaskRun *task)
@@ -277,8 +369,8 @@ run_task(TaskRun *task)
 	Oid			save_userid;
 	int			save_sec_context;
 	const char *opname;
-	Oid			types[4] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID};
-	Datum		values[4];
+	Oid			types[5] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID};
+	Datum		values[5];
 	int			nestlevel;
 
 	orch_begin_xact();
@@ -297,6 +389,28 @@ run_task(TaskRun *task)
 				 errmsg("the owner of DAG \"%s\" (role OID %u) no longer exists",
 						task->dag_id, task->owner),
 				 errhint("Recreate the DAG as an existing role.")));
+
+	/* the artifact of the task this one reads, found before leaving superuser */
+	{
+		char	   *input = operator_input_task(task->spec);
+
+		if (input != NULL)
+		{
+			Oid			itypes[2] = {INT8OID, TEXTOID};
+			Datum		ivalues[2] = {Int64GetDatum(task->run_id), CStringGetTextDatum(input)};
+			bool		isnull;
+
+			run_query("SELECT loid FROM orchestrator.artifact WHERE run_id = $1 AND task_id = $2",
+					  2, itypes, ivalues, NULL, SPI_OK_SELECT);
+			if (SPI_processed == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_OBJECT),
+						 errmsg("task \"%s\" has no output in run " INT64_FORMAT " for task \"%s\" to read",
+								input, task->run_id, task->task_id)));
+			task->input_loid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+															  SPI_tuptable->tupdesc, 1, &isnull));
+		}
+	}
 
 	/* the run's context, readable with current_setting() */
 	set_context("orchestrator.run_id", psprintf(INT64_FORMAT, task->run_id));
@@ -321,13 +435,20 @@ run_task(TaskRun *task)
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(task->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
+	/* a spec changed behind the API's back gets a clear error, not a crash */
+	operator_validate(task->spec, task->task_id);
 	opname = operator_name(task->spec);
-	if (opname != NULL && strcmp(opname, "sql") == 0)
+	if (strcmp(opname, "sql") == 0)
 		op_sql_run(task);
+	else if (strcmp(opname, "http_fetch") == 0)
+		op_http_fetch_run(task);
+	else if (strcmp(opname, "gunzip") == 0)
+		op_gunzip_run(task);
+	else if (strcmp(opname, "copy_into") == 0)
+		op_copy_into_run(task);
 	else
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("operator %s cannot run yet", opname ? opname : "?")));
+		elog(ERROR, "unknown operator \"%s\"", opname);
+	artifact_done();
 
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	disable_timeout(task_timeout_id, false);
@@ -343,15 +464,19 @@ run_task(TaskRun *task)
 	values[1] = CStringGetTextDatum(task->task_id);
 	values[2] = Int32GetDatum(task->try_number);
 	values[3] = TimestampTzGetDatum(orch_now());
-	run_query("UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4 "
+	values[4] = Int64GetDatum((int64) task->rows_loaded);
+	run_query("UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
+			  " rows_loaded = $5 "
 			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
 			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
-			  4, types, values, NULL, SPI_OK_UPDATE);
+			  5, types, values, task->has_rows ? "     " : "    n", SPI_OK_UPDATE);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("task \"%s\" of run " INT64_FORMAT " was cancelled while it ran; its work is rolled back",
 						task->task_id, task->run_id)));
+	if (task->has_artifact)
+		record_artifact(task);
 	AtEOXact_GUC(true, nestlevel);
 	orch_end_xact();
 }
@@ -415,6 +540,7 @@ orch_worker_main(Datum arg)
 			disable_all_timeouts(false);
 			QueryCancelPending = false;
 			AbortCurrentTransaction();
+			close_lo_relation(false);
 
 			text = error_text(edata, &task);
 			ereport(LOG,

@@ -1,0 +1,163 @@
+/*-------------------------------------------------------------------------
+ *
+ * op_data.c
+ *	  The data operators, each a composition of stream stages:
+ *
+ *	  http_fetch:			http -> artifact
+ *	  gunzip:				artifact -> gunzip -> artifact
+ *	  copy_into(input =>):	artifact -> [gunzip] -> copy
+ *	  copy_into(url =>):	http -> [gunzip] -> copy, with no intermediate
+ *
+ * They run as the DAG's owner, inside the worker's transaction; what they
+ * produce (an artifact, rows loaded) is recorded by the worker with the
+ * task's success, in the same transaction.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "orchestrator.h"
+#include "stream.h"
+#include "task.h"
+
+static char *
+spec_string(TaskRun *task, const char *key, bool render)
+{
+	JsonbValue *v = jsonb_get_key(task->spec, key);
+	char	   *s;
+
+	if (v == NULL || v->type != jbvString)
+		return NULL;
+	s = pnstrdup(v->val.string.val, v->val.string.len);
+	if (!render)
+		return s;
+	return template_render(s, psprintf("the %s of task \"%s\"", key, task->task_id),
+						   &task->ctx);
+}
+
+static bool
+spec_bool(TaskRun *task, const char *key, bool dflt)
+{
+	JsonbValue *v = jsonb_get_key(task->spec, key);
+
+	return (v != NULL && v->type == jbvBool) ? v->val.boolean : dflt;
+}
+
+static int64
+interval_ms(const char *text)
+{
+	Interval   *iv = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+														   CStringGetDatum(text),
+														   ObjectIdGetDatum(InvalidOid),
+														   Int32GetDatum(-1)));
+
+	return (iv->time + (iv->day + (int64) iv->month * DAYS_PER_MONTH) * USECS_PER_DAY) / 1000;
+}
+
+/* The request a spec describes, its templates rendered. */
+static Stream *
+http_from_spec(TaskRun *task, HttpResult *result)
+{
+	HttpRequest req;
+	JsonbValue *v;
+	char	   *timeout;
+
+	memset(&req, 0, sizeof(req));
+	req.url = spec_string(task, "url", true);
+	req.method = spec_string(task, "method", false);
+	if (req.method == NULL)
+		req.method = "GET";
+	req.body = spec_string(task, "body", true);
+	timeout = spec_string(task, "timeout", false);
+	req.timeout_ms = timeout ? interval_ms(timeout) : 10 * 60 * 1000;
+	v = jsonb_get_key(task->spec, "max_bytes");
+	if (v != NULL && v->type == jbvNumeric)
+		req.max_bytes = DatumGetInt64(DirectFunctionCall1(numeric_int8,
+														  NumericGetDatum(v->val.numeric)));
+	v = jsonb_get_key(task->spec, "headers");
+	if (v != NULL && v->type == jbvBinary)
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbValue	hv;
+		JsonbIteratorToken tok;
+		char	   *name = NULL;
+
+		while ((tok = JsonbIteratorNext(&it, &hv, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+				name = pnstrdup(hv.val.string.val, hv.val.string.len);
+			else if (tok == WJB_VALUE && hv.type == jbvString)
+			{
+				char	   *value = template_render(pnstrdup(hv.val.string.val, hv.val.string.len),
+													psprintf("header \"%s\" of task \"%s\"", name, task->task_id),
+													&task->ctx);
+
+				if (strpbrk(value, "\r\n") != NULL)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("header \"%s\" of task \"%s\" renders with a line break", name, task->task_id)));
+				req.headers = lappend(req.headers, psprintf("%s: %s", name, value));
+			}
+		}
+	}
+	task->url = pstrdup(req.url);
+	return http_source(&req, result);
+}
+
+void
+op_http_fetch_run(TaskRun *task)
+{
+	HttpResult result;
+	Stream	   *body = http_from_spec(task, &result);
+
+	artifact_sink(body, &task->artifact);
+	task->has_artifact = true;
+	task->http_status = result.status;
+	task->content_type = result.content_type;
+}
+
+void
+op_gunzip_run(TaskRun *task)
+{
+	artifact_sink(gunzip_filter(artifact_source(task->input_loid)), &task->artifact);
+	task->has_artifact = true;
+}
+
+void
+op_copy_into_run(TaskRun *task)
+{
+	CopyTarget target;
+	Stream	   *source;
+	HttpResult result;
+	char	   *name;
+
+	memset(&target, 0, sizeof(target));
+	name = spec_string(task, "target", false);
+	target.names = template_render_name(name,
+										psprintf("the target of task \"%s\"", task->task_id),
+										&task->ctx);
+	target.format = spec_string(task, "format", false);
+	if (target.format == NULL)
+		target.format = "csv";
+	target.header = spec_bool(task, "header", true);
+	target.delimiter = spec_string(task, "delimiter", false);
+	target.null_string = spec_string(task, "null_string", false);
+	target.mode = spec_string(task, "mode", false);
+	if (target.mode == NULL)
+		target.mode = "append";
+	target.create = spec_bool(task, "create", false);
+	target.columns = spec_string(task, "columns", false);
+
+	if (OidIsValid(task->input_loid))
+		source = artifact_source(task->input_loid);
+	else
+		source = http_from_spec(task, &result);
+	source = maybe_gunzip(source, spec_string(task, "compression", false));
+
+	task->rows_loaded = copy_sink(source, &target);
+	task->has_rows = true;
+}
