@@ -8,8 +8,9 @@ use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
 
-our @EXPORT = qw(orch_node set_clock wait_for query);
+our @EXPORT = qw(orch_node set_clock wait_for query start_http_server);
 
 # A started cluster running the DAGs of database "postgres".
 sub orch_node
@@ -48,6 +49,36 @@ sub wait_for
 	diag("last result of: $sql\n" . $node->safe_psql('postgres', $sql)) unless $ok;
 	return $ok;
 }
+
+# Starts test/http_server.pl on a free port, serving $root; returns the
+# port.  The server stops when the test ends.
+my @servers;
+
+sub start_http_server
+{
+	my ($root) = @_;
+	my $port_file = "$root/port";
+	unlink $port_file;
+	my $pid = fork;
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		exec($^X, "$FindBin::Bin/../http_server.pl", '--root', $root, '--port-file', $port_file)
+		  or die "exec: $!";
+	}
+	push @servers, $pid;
+	for (1 .. 100)
+	{
+		last if -s $port_file;
+		select(undef, undef, undef, 0.1);
+	}
+	open my $fh, '<', $port_file or die "the HTTP test server did not start";
+	my $port = <$fh>;
+	chomp $port;
+	return $port;
+}
+
+END { kill 'TERM', @servers if @servers; }
 
 sub query
 {
