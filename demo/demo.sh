@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# make demo: installs what is missing, builds and installs the extension,
-# starts a throwaway cluster with the library preloaded, defines the course
-# pipeline (examples/yellow_taxi.sql) and shows what it will do, and runs a
-# small SQL pipeline through the scheduler.  The cluster keeps running for
-# you to look around; make demo-stop stops it.
+# make demo: the course pipeline, end to end.  Installs what is missing,
+# builds and installs the extension, starts a throwaway cluster with the
+# library preloaded, generates three months of yellow-taxi trips (full
+# size by default; DEMO_ROWS=N for N rows a month) and serves them on
+# 127.0.0.1, defines examples/yellow_taxi.sql, shows progress while its
+# three runs catch up, and prints the runs, the task instances and the
+# tables.  The cluster and the server keep running for you to look
+# around; make demo-stop stops them.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 . test/lib.sh
 
 dir=/tmp/orchestrator-demo
+data=/tmp/orchestrator-demo-data
+months="2021-01 2021-02 2021-03"
+
 orch_install_deps
 orch_build_install
 
 # a demo from before is replaced
-if [ -d "$dir" ]; then
-	orch_cluster_stop "$dir"
-	rm -rf "$dir"
-fi
+bash demo/stop.sh >/dev/null
 port=$(orch_free_port 55433)
 orch_cluster_start "$dir" "$port" "orchestrator.database = 'postgres'"
 echo "$port" >"$dir/port"
@@ -26,68 +29,83 @@ psql_demo() {
 	psql -X -q -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"
 }
 
+# the data: generated once, kept for the next demo
+mkdir -p "$data"
+for m in $months; do
+	f="$data/yellow_tripdata_$m.csv.gz"
+	rows_file="$data/yellow_tripdata_$m.rows"
+	want="${DEMO_ROWS:-full}"
+	if [ ! -s "$f" ] || [ "$(cat "$rows_file" 2>/dev/null)" != "$want" ]; then
+		echo "generating $(basename "$f") (${DEMO_ROWS:-full-size} rows)"
+		perl test/gen_taxi.pl --month "$m" ${DEMO_ROWS:+--rows "$DEMO_ROWS"} | gzip -6 >"$f.tmp"
+		mv "$f.tmp" "$f"
+		echo "$want" >"$rows_file"
+	fi
+done
+rm -f "$data/port"
+perl test/http_server.pl --root "$data" --port-file "$data/port" >"$dir/http.log" 2>&1 &
+echo $! >"$dir/http.pid"
+for _ in $(seq 50); do [ -s "$data/port" ] && break; sleep 0.1; done
+http_port=$(cat "$data/port")
+echo "serving $data on http://127.0.0.1:$http_port/"
+ls -l "$data"/*.csv.gz | awk '{print "  " $NF ": " $5 " bytes"}'
+
 echo
-echo "== CREATE EXTENSION orchestrator, then examples/yellow_taxi.sql"
+echo "== CREATE EXTENSION orchestrator; then examples/yellow_taxi.sql"
 psql_demo -c 'CREATE EXTENSION orchestrator'
-# its download, unzip and load tasks cannot run yet: paused in the same
-# transaction that defines it, so that no run starts
-sed "s/^COMMIT;/SELECT orchestrator.pause_dag('yellow_taxi');\nCOMMIT;/" examples/yellow_taxi.sql |
-	psql_demo >/dev/null
+sed "s|http://127.0.0.1:8000|http://127.0.0.1:$http_port|" examples/yellow_taxi.sql | psql_demo >/dev/null
+psql_demo <<'SQL'
+\pset footer off
+SELECT dag_id, schedule, start_date, end_date, catchup, max_active_runs, task_count FROM orchestrator.dags;
+SELECT task_id, operator, upstream, retries FROM orchestrator.tasks ORDER BY position;
+SQL
+
+echo "== the scheduler catches up: one run per month (SELECT * FROM orchestrator.progress)"
+start=$(date +%s)
+while :; do
+	line=$(psql_demo -At -c "
+		SELECT coalesce((SELECT string_agg(format('%s %s: %s rows, %s MB read, %s rows/s',
+		                  to_char(r.logical_date, 'YYYY-MM'), p.task_id, p.rows_loaded,
+		                  round(p.bytes_read / 1e6, 1), coalesce(p.rows_per_second, 0)), '; ')
+		                 FROM orchestrator.progress p JOIN orchestrator.dag_runs r USING (run_id)), 'between tasks')
+		       || '  |  runs: ' || coalesce((SELECT string_agg(state || ' ' || n, ', ')
+		            FROM (SELECT state, count(*) n FROM orchestrator.dag_runs GROUP BY 1 ORDER BY 1) s), 'none yet')")
+	echo "  [$(($(date +%s) - start))s] $line"
+	done_runs=$(psql_demo -At -c "SELECT count(*) FROM orchestrator.dag_runs WHERE state IN ('success', 'failed')")
+	[ "$done_runs" -ge 3 ] && break
+	if [ $(($(date +%s) - start)) -gt 1800 ]; then
+		echo "the runs did not finish in 30 minutes" >&2
+		exit 1
+	fi
+	sleep 2
+done
 
 psql_demo <<'SQL'
 \pset footer off
 \echo
-\echo == SELECT * FROM orchestrator.dags
-SELECT dag_id, owner, schedule, timezone, start_date, end_date, catchup,
-	   max_active_runs, task_count
-  FROM orchestrator.dags;
-\echo == SELECT * FROM orchestrator.tasks
-SELECT task_id, operator, upstream, downstream, retries, trigger_rule
-  FROM orchestrator.tasks ORDER BY position;
-\echo == The runs the schedule makes (catchup from start_date to end_date): their
-\echo == logical dates, the URL each downloads and the table each loads
-SELECT t AS logical_date,
-	   orchestrator.render(dl.spec->>'url', t, d.params) AS url,
-	   orchestrator.render_table(ld.spec->>'target', t, d.params) AS target_table
-  FROM orchestrator.dag d
-  JOIN orchestrator.task dl ON dl.dag_id = d.dag_id AND dl.task_id = 'download'
-  JOIN orchestrator.task ld ON ld.dag_id = d.dag_id AND ld.task_id = 'ingest'
- CROSS JOIN LATERAL orchestrator.cron_next(d.schedule, d.start_date - interval '1 second', d.timezone, 12) t
- WHERE d.dag_id = 'yellow_taxi' AND t <= d.end_date;
+\echo == SELECT * FROM orchestrator.dag_runs
+SELECT run_id, dag_id, run_type, logical_date, data_interval_end, state,
+       finished_at - started_at AS took
+  FROM orchestrator.dag_runs ORDER BY logical_date;
+\echo == SELECT * FROM orchestrator.task_instances
+SELECT run_id, task_id, state, try_number, duration, rows_loaded
+  FROM orchestrator.task_instances ORDER BY run_id, started_at;
+\echo == the artifacts (downloads and their unzipped contents, as large objects)
+SELECT run_id, task_id, pg_size_pretty(size) AS size, left(sha256, 16) AS sha256, http_status
+  FROM orchestrator.artifacts ORDER BY run_id, task_id;
+\echo == the tables, created from the data
+SELECT c.relname AS "table", pg_size_pretty(pg_total_relation_size(c.oid)) AS size
+  FROM pg_class c WHERE c.relname LIKE 'yellow_taxi_2021_%' AND c.relkind = 'r' ORDER BY 1;
 SQL
-
-echo
-echo "== A pipeline of SQL tasks, run by the scheduler: trips -> daily summary -> check"
-psql_demo <<'SQL'
-\pset footer off
-CREATE TABLE trips AS
-SELECT timestamptz '2021-01-01' + (i * interval '7 minutes') AS pickup,
-       round((1 + (i * 7919) % 300 / 10.0)::numeric, 2) AS fare
-  FROM generate_series(1, 20000) i;
-SELECT orchestrator.create_dag('trips_summary', description => 'daily trip counts and fares');
-SELECT orchestrator.add_task('trips_summary', 'summarize', orchestrator.sql($$
-    CREATE TABLE IF NOT EXISTS trips_daily (day date PRIMARY KEY, trips bigint, fares numeric);
-    DELETE FROM trips_daily;
-    INSERT INTO trips_daily SELECT pickup::date, count(*), sum(fare) FROM trips GROUP BY 1$$), retries => 2);
-SELECT orchestrator.add_task('trips_summary', 'check', orchestrator.sql($q$
-    DO $c$ BEGIN
-      IF (SELECT sum(trips) FROM trips_daily) <> (SELECT count(*) FROM trips) THEN
-        RAISE EXCEPTION 'summary does not add up';
-      END IF;
-    END $c$ $q$), upstream => '{summarize}');
-SELECT orchestrator.trigger_dag('trips_summary') AS run_id \gset
-SELECT orchestrator.wait_run(:run_id, '5 minutes') AS run_state;
-SELECT run_id, dag_id, run_type, state, finished_at - started_at AS took FROM orchestrator.dag_runs;
-SELECT task_id, state, try_number, duration, worker_pid FROM orchestrator.task_instances ORDER BY started_at;
-SELECT * FROM trips_daily ORDER BY day LIMIT 5;
-SQL
+for t in yellow_taxi_2021_01 yellow_taxi_2021_02 yellow_taxi_2021_03; do
+	echo "  $t: $(psql_demo -At -c "SELECT count(*) FROM $t") rows"
+done
+failed=$(psql_demo -At -c "SELECT count(*) FROM orchestrator.dag_runs WHERE state <> 'success'")
 
 cat <<MSG
 
-The yellow-taxi DAG is defined and paused: its download, unzip and load
-operators run once the data stages land.  The SQL pipeline above ran
-through the scheduler and its workers.
-
 Look around:   psql -h $dir -p $port -U postgres postgres
+               (SELECT * FROM orchestrator.dag_runs; \d yellow_taxi_2021_01; ...)
 Stop it:       make demo-stop
 MSG
+[ "$failed" -eq 0 ]

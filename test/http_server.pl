@@ -6,7 +6,7 @@
 #   http_server.pl --root DIR [--port N] [--port-file FILE]
 #
 # Paths (NAME is a file under DIR):
-#   /files/NAME              the file, with Content-Length
+#   /files/NAME, /NAME       the file, with Content-Length
 #   /chunked/NAME            the file, with Transfer-Encoding: chunked
 #   /trickle/NAME            the file, 64 kB at a time with a pause between
 #   /slow/SECONDS/NAME       waits, then sends the file
@@ -217,6 +217,11 @@ sub handle
 	elsif ($path =~ m{^/count(/.*)$})
 	{
 		respond($c, 200, count_requests($1) . "\n");
+	}
+	elsif ($path =~ m{^/([^/]+)$} and my $f8 = file_of($1))
+	{
+		respond($c, 200, $method eq 'HEAD' ? '' : slurp($f8), 'Content-Type' => content_type($1),
+			'Content-Length' => -s $f8);
 	}
 	else
 	{

@@ -42,7 +42,7 @@ orch_cluster_stop "$tmp/regress"
 # TAP suites, run as the cluster user in a directory it owns
 if ls test/t/*.pl >/dev/null 2>&1; then
 	mkdir -p "$tmp/tap"
-	cp -r test/t test/http_server.pl "$tmp/tap/"
+	cp -r test/t test/http_server.pl test/gen_taxi.pl examples "$tmp/tap/"
 	[ "$(id -u)" -eq 0 ] && chown -R postgres: "$tmp/tap"
 	perl_lib="$(pg_config --pkglibdir)/pgxs/src/test/perl"
 	(cd "$tmp/tap" && orch_as_cluster_user env TESTDIR="$tmp/tap" \

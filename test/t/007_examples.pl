@@ -1,0 +1,68 @@
+# The examples work as written: examples/yellow_taxi.sql (download, unzip,
+# ingest) and examples/yellow_taxi_stream.sql (streamed ingest and a daily
+# summary), on generated months served by the local HTTP server.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::Bin;
+use OrchTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = orch_node('examples');
+my $www = PostgreSQL::Test::Utils::tempdir;
+my %rows = ('2021-01' => 3000, '2021-02' => 2000, '2021-03' => 2500);
+for my $m (sort keys %rows)
+{
+	system("$^X $FindBin::Bin/../gen_taxi.pl --month $m --rows $rows{$m} | gzip > $www/yellow_tripdata_$m.csv.gz") == 0
+	  or die "generating $m failed";
+}
+my $port = start_http_server($www);
+
+sub run_example
+{
+	my ($file) = @_;
+	open my $fh, '<', "$FindBin::Bin/../examples/$file" or die "$file: $!";
+	my $sql = do { local $/; <$fh> };
+	close $fh;
+	$sql =~ s{http://127\.0\.0\.1:8000}{http://127.0.0.1:$port}g;
+	$node->safe_psql('postgres', $sql);
+}
+
+# --- examples/yellow_taxi.sql
+run_example('yellow_taxi.sql');
+wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi' AND state = 'success'",
+	'3', 'yellow_taxi.sql: three monthly runs succeed');
+is(query($node, "SELECT string_agg(to_char(logical_date AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), ' ' ORDER BY logical_date) FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi'"),
+	'2021-01-02 06:00 2021-02-02 06:00 2021-03-02 06:00', 'with the course schedule\'s logical dates');
+is(query($node, "SELECT count(*) FROM yellow_taxi_2021_01") . ' ' . query($node, "SELECT count(*) FROM yellow_taxi_2021_02")
+	  . ' ' . query($node, "SELECT count(*) FROM yellow_taxi_2021_03"),
+	'3000 2000 2500', 'each month in its own table');
+is( query($node,
+		"SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'yellow_taxi_2021_01'::regclass AND attnum > 0"),
+	'VendorID bigint, tpep_pickup_datetime timestamp without time zone, tpep_dropoff_datetime timestamp without time zone, '
+	  . 'passenger_count bigint, trip_distance double precision, RatecodeID bigint, store_and_fwd_flag text, '
+	  . 'PULocationID bigint, DOLocationID bigint, payment_type bigint, fare_amount double precision, extra double precision, '
+	  . 'mta_tax double precision, tip_amount double precision, tolls_amount double precision, '
+	  . 'improvement_surcharge double precision, total_amount double precision, congestion_surcharge double precision',
+	'the tables are created from the data: its 18 columns, with fitting types');
+cmp_ok(query($node, 'SELECT count(*) FROM yellow_taxi_2021_01 WHERE "VendorID" IS NULL'), '>', 0,
+	'empty fields load as NULL');
+
+# --- examples/yellow_taxi_stream.sql
+run_example('yellow_taxi_stream.sql');
+wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi_stream' AND state = 'success'",
+	'3', 'yellow_taxi_stream.sql: three monthly runs succeed');
+is(query($node, "SELECT count(*) || ' ' || sum(trips) FROM yellow_taxi_daily"), '90 7500',
+	'the daily summary has every day of the three months, and every trip');
+is(query($node, "SELECT sum(trips) FROM yellow_taxi_daily WHERE day < '2021-02-01'"), '3000', 'January alone');
+
+# a month run again (cleared) replaces its rows and its days, never doubles them
+my $run = query($node, "SELECT run_id FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi_stream' ORDER BY logical_date LIMIT 1");
+query($node, "SELECT orchestrator.clear_task($run, 'ingest')");
+is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', 'a cleared month runs again');
+is(query($node, "SELECT count(*) FROM yellow_taxi_stream_2021_01") . ' ' . query($node, "SELECT sum(trips) FROM yellow_taxi_daily"),
+	'3000 7500', 'with nothing counted twice');
+
+$node->stop;
+done_testing();
