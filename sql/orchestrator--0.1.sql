@@ -126,6 +126,12 @@ SELECT pg_catalog.pg_extension_config_dump('orchestrator.artifact', '');
 -- creating or moving a DAG into another role's hands.
 ------------------------------------------------------------------------
 
+-- the role the policies compare owners with
+CREATE FUNCTION orchestrator.current_role_oid()
+RETURNS oid
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER);
+
 ALTER TABLE orchestrator.dag ENABLE ROW LEVEL SECURITY;
 ALTER TABLE orchestrator.task ENABLE ROW LEVEL SECURITY;
 ALTER TABLE orchestrator.dag_run ENABLE ROW LEVEL SECURITY;
@@ -133,30 +139,30 @@ ALTER TABLE orchestrator.task_instance ENABLE ROW LEVEL SECURITY;
 ALTER TABLE orchestrator.artifact ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY dag_owner ON orchestrator.dag
-	USING (owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER))
-	WITH CHECK (owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER));
+	USING (owner = orchestrator.current_role_oid())
+	WITH CHECK (owner = orchestrator.current_role_oid());
 
 CREATE POLICY task_owner ON orchestrator.task
 	USING (EXISTS (SELECT 1 FROM orchestrator.dag d
 				   WHERE d.dag_id = task.dag_id
-					 AND d.owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)));
+					 AND d.owner = orchestrator.current_role_oid()));
 
 CREATE POLICY dag_run_owner ON orchestrator.dag_run
 	USING (EXISTS (SELECT 1 FROM orchestrator.dag d
 				   WHERE d.dag_id = dag_run.dag_id
-					 AND d.owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)));
+					 AND d.owner = orchestrator.current_role_oid()));
 
 CREATE POLICY task_instance_owner ON orchestrator.task_instance
 	USING (EXISTS (SELECT 1 FROM orchestrator.dag_run dr
 				   JOIN orchestrator.dag d ON d.dag_id = dr.dag_id
 				   WHERE dr.run_id = task_instance.run_id
-					 AND d.owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)));
+					 AND d.owner = orchestrator.current_role_oid()));
 
 CREATE POLICY artifact_owner ON orchestrator.artifact
 	USING (EXISTS (SELECT 1 FROM orchestrator.dag_run dr
 				   JOIN orchestrator.dag d ON d.dag_id = dr.dag_id
 				   WHERE dr.run_id = artifact.run_id
-					 AND d.owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)));
+					 AND d.owner = orchestrator.current_role_oid()));
 
 ------------------------------------------------------------------------
 -- Views (security_invoker: row-level security applies to the reader)

@@ -406,19 +406,25 @@ schedule_dag(void *arg)
 			start = last_end;
 		else if (!cron_next_time(&sched, tz, dag->start - 1, &start))
 			return;
-		if (!dag->catchup &&
-			latest_interval(&sched, tz, tick_now, &latest_start, &latest_end) &&
-			latest_start > start && latest_start >= dag->start)
-			start = latest_start;
-		if (dag->has_end && start > dag->end_date)
-			return;
 		if (!cron_next_time(&sched, tz, start, &end))
 			return;
 		if (end > tick_now)
 		{
-			wake_by(end);
+			/* the next interval has not ended: nothing to skip either */
+			if (!dag->has_end || start <= dag->end_date)
+				wake_by(end);
 			return;
 		}
+		/* without catchup, only the latest complete interval */
+		if (!dag->catchup &&
+			latest_interval(&sched, tz, tick_now, &latest_start, &latest_end) &&
+			latest_start > start && latest_start >= dag->start)
+		{
+			start = latest_start;
+			end = latest_end;
+		}
+		if (dag->has_end && start > dag->end_date)
+			return;
 		insert_run(dag->dag_id, "scheduled", start, end);
 		have_last = true;
 		last_end = end;
