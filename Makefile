@@ -3,7 +3,8 @@ EXTENSION = orchestrator
 MODULE_big = orchestrator
 OBJS = src/orchestrator.o src/cron.o src/template.o src/operator.o src/dag.o \
 	src/scheduler.o src/worker.o src/runs.o src/op_sql.o src/op_data.o \
-	src/stream.o src/http.o src/gunzip.o src/artifact.o src/copy.o
+	src/stream.o src/http.o src/gunzip.o src/artifact.o src/copy.o \
+	src/pictures.o
 SHLIB_LINK = -lcurl -lz
 DATA = sql/orchestrator--0.1.sql
 PGFILEDESC = "orchestrator - data pipelines inside PostgreSQL"
@@ -13,7 +14,7 @@ PG_CFLAGS = -Werror=implicit-function-declaration
 
 # pg_regress suites (sql/NAME.sql, expected/NAME.out), run against a server
 # started with the library preloaded: see test/run.sh
-REGRESS = install cron template definitions validation security runs fuzz
+REGRESS = install cron template definitions validation security runs pictures fuzz
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)

@@ -100,6 +100,12 @@ SQL
 for t in yellow_taxi_2021_01 yellow_taxi_2021_02 yellow_taxi_2021_03; do
 	echo "  $t: $(psql_demo -At -c "SELECT count(*) FROM $t") rows"
 done
+echo
+echo "== SELECT * FROM orchestrator.grid('yellow_taxi')"
+psql_demo -At -c "SELECT * FROM orchestrator.grid('yellow_taxi')" | sed 's/^/  /'
+echo
+echo "== SELECT orchestrator.dag_graph('yellow_taxi', run_id => 3)   -- Mermaid; 'dot' for Graphviz"
+psql_demo -At -c "SELECT orchestrator.dag_graph('yellow_taxi', run_id => 3)" | sed 's/^/  /'
 failed=$(psql_demo -At -c "SELECT count(*) FROM orchestrator.dag_runs WHERE state <> 'success'")
 
 cat <<MSG

@@ -487,6 +487,25 @@ COMMENT ON FUNCTION orchestrator.purge_history(interval) IS
 	'Removes your runs that ended before now() - older_than, with their task instances and artifacts; returns how many runs';
 
 ------------------------------------------------------------------------
+-- Pictures (read as the caller: each role sees its own DAGs)
+------------------------------------------------------------------------
+
+CREATE FUNCTION orchestrator.dag_graph(dag_id text, format text DEFAULT 'mermaid',
+									   run_id bigint DEFAULT NULL)
+RETURNS text
+LANGUAGE C STABLE
+AS 'MODULE_PATHNAME', 'orch_dag_graph';
+COMMENT ON FUNCTION orchestrator.dag_graph(text, text, bigint) IS
+	'A DAG as Mermaid (graph LR) or Graphviz DOT, coloured by state when a run is given';
+
+CREATE FUNCTION orchestrator.grid(dag_id text, runs integer DEFAULT 10)
+RETURNS SETOF text
+LANGUAGE C STABLE
+AS 'MODULE_PATHNAME', 'orch_grid';
+COMMENT ON FUNCTION orchestrator.grid(text, integer) IS
+	'Airflow''s grid view for a terminal: a line per task, a column per run (newest right)';
+
+------------------------------------------------------------------------
 -- Setup check
 ------------------------------------------------------------------------
 

@@ -1,0 +1,294 @@
+/*-------------------------------------------------------------------------
+ *
+ * pictures.c
+ *	  Pictures of DAGs and runs, for psql: dag_graph() draws a DAG as
+ *	  Mermaid or Graphviz DOT, its nodes coloured by state when a run is
+ *	  named; grid() draws Airflow's grid view as lines of text.
+ *
+ * Both read the views as the caller, so row-level security shows each
+ * role only its own DAGs.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+
+#include "orchestrator.h"
+
+static const struct
+{
+	const char *state;
+	const char *color;			/* fill, for the graphs */
+	char		symbol;			/* for the grid */
+}			state_styles[] = {
+	{"success", "#8fd18f", '#'},
+	{"failed", "#f28b82", 'X'},
+	{"upstream_failed", "#fbbc74", '^'},
+	{"skipped", "#e0e0e0", '-'},
+	{"running", "#8ab4f8", '>'},
+	{"queued", "#d7c3f1", '~'},
+	{"scheduled", "#fff3b0", '.'},
+	{"up_for_retry", "#fdd663", 'R'},
+};
+
+static int
+state_style(const char *state)
+{
+	for (int i = 0; i < lengthof(state_styles); i++)
+		if (state != NULL && strcmp(state, state_styles[i].state) == 0)
+			return i;
+	return -1;
+}
+
+static void
+check_dag_visible(const char *dag_id)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(dag_id)};
+
+	run_query("SELECT 1 FROM orchestrator.dags WHERE dag_id = $1",
+			  1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("DAG \"%s\" does not exist", dag_id)));
+}
+
+PG_FUNCTION_INFO_V1(orch_dag_graph);
+
+/* dag_graph(dag_id text, format text, run_id bigint) RETURNS text */
+Datum
+orch_dag_graph(PG_FUNCTION_ARGS)
+{
+	char	   *dag_id;
+	char	   *format;
+	bool		mermaid;
+	bool		with_run = !PG_ARGISNULL(2);
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		values[2];
+	StringInfoData out;
+	text	   *result;
+	uint64		ntasks;
+	SPITupleTable *tasks;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	format = PG_ARGISNULL(1) ? "mermaid" : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (strcmp(format, "mermaid") != 0 && strcmp(format, "dot") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown graph format \"%s\"", format),
+				 errhint("The formats are mermaid and dot.")));
+	mermaid = (strcmp(format, "mermaid") == 0);
+
+	SPI_connect();
+	check_dag_visible(dag_id);
+	values[0] = CStringGetTextDatum(dag_id);
+	values[1] = Int64GetDatum(with_run ? PG_GETARG_INT64(2) : 0);
+	if (with_run)
+	{
+		run_query("SELECT 1 FROM orchestrator.dag_runs WHERE run_id = $2 AND dag_id = $1",
+				  2, types, values, NULL, SPI_OK_SELECT);
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("DAG \"%s\" has no run " INT64_FORMAT, dag_id, PG_GETARG_INT64(2))));
+	}
+	run_query("SELECT t.task_id, t.position, ti.state, "
+			  "       (SELECT string_agg(u.position::text, ',' ORDER BY u.position) "
+			  "          FROM orchestrator.tasks u WHERE u.dag_id = t.dag_id AND u.task_id = ANY (t.upstream)) "
+			  "FROM orchestrator.tasks t "
+			  "LEFT JOIN orchestrator.task_instances ti ON ti.run_id = $2 AND ti.task_id = t.task_id "
+			  "WHERE t.dag_id = $1 ORDER BY t.position",
+			  2, types, values, NULL, SPI_OK_SELECT);
+	ntasks = SPI_processed;
+	tasks = SPI_tuptable;
+
+	initStringInfo(&out);
+	if (mermaid)
+		appendStringInfoString(&out, "graph LR\n");
+	else
+	{
+		appendStringInfo(&out, "digraph %s {\n", quote_identifier(dag_id));
+		appendStringInfoString(&out, "    rankdir=LR;\n");
+		appendStringInfoString(&out, "    node [shape=box, style=\"rounded,filled\", fillcolor=\"#ffffff\"];\n");
+	}
+	/* the nodes, named by position (task ids may hold '.' and '-') */
+	for (uint64 i = 0; i < ntasks; i++)
+	{
+		char	   *task_id = SPI_getvalue(tasks->vals[i], tasks->tupdesc, 1);
+		char	   *pos = SPI_getvalue(tasks->vals[i], tasks->tupdesc, 2);
+		int			style = state_style(SPI_getvalue(tasks->vals[i], tasks->tupdesc, 3));
+
+		if (mermaid)
+			appendStringInfo(&out, "    t%s[\"%s\"]\n", pos, task_id);
+		else
+			appendStringInfo(&out, "    t%s [label=\"%s\"%s%s%s];\n", pos, task_id,
+							 style >= 0 ? ", fillcolor=\"" : "",
+							 style >= 0 ? state_styles[style].color : "",
+							 style >= 0 ? "\"" : "");
+	}
+	/* the edges */
+	for (uint64 i = 0; i < ntasks; i++)
+	{
+		char	   *pos = SPI_getvalue(tasks->vals[i], tasks->tupdesc, 2);
+		char	   *ups = SPI_getvalue(tasks->vals[i], tasks->tupdesc, 4);
+		char	   *tok;
+		char	   *save;
+
+		if (ups == NULL)
+			continue;
+		for (tok = strtok_r(ups, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+			appendStringInfo(&out, mermaid ? "    t%s --> t%s\n" : "    t%s -> t%s;\n", tok, pos);
+	}
+	/* the states' colours, for Mermaid */
+	if (mermaid && with_run)
+	{
+		for (int s = 0; s < lengthof(state_styles); s++)
+		{
+			StringInfoData members;
+
+			initStringInfo(&members);
+			for (uint64 i = 0; i < ntasks; i++)
+				if (state_style(SPI_getvalue(tasks->vals[i], tasks->tupdesc, 3)) == s)
+					appendStringInfo(&members, "%st%s", members.len ? "," : "",
+									 SPI_getvalue(tasks->vals[i], tasks->tupdesc, 2));
+			if (members.len == 0)
+				continue;
+			appendStringInfo(&out, "    classDef %s fill:%s\n", state_styles[s].state, state_styles[s].color);
+			appendStringInfo(&out, "    class %s %s\n", members.data, state_styles[s].state);
+		}
+	}
+	if (!mermaid)
+		appendStringInfoString(&out, "}\n");
+
+	result = (text *) SPI_palloc(VARHDRSZ + out.len);
+	SET_VARSIZE(result, VARHDRSZ + out.len);
+	memcpy(VARDATA(result), out.data, out.len);
+	SPI_finish();
+	PG_RETURN_TEXT_P(result);
+}
+
+PG_FUNCTION_INFO_V1(orch_grid);
+
+/*
+ * grid(dag_id text, runs int) RETURNS SETOF text: Airflow's grid view, one
+ * line per task and one column per run, oldest left, newest right.
+ */
+Datum
+orch_grid(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *dag_id;
+	int32		nruns;
+	Oid			types[2] = {TEXTOID, INT4OID};
+	Datum		values[2];
+	uint64		n;
+	SPITupleTable *runs;
+	int			width = 4;		/* "run" */
+	int64	   *run_ids;
+	StringInfoData line;
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (PG_ARGISNULL(0))
+		return (Datum) 0;
+	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	nruns = PG_ARGISNULL(1) ? 10 : PG_GETARG_INT32(1);
+	if (nruns < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("runs must be at least 1")));
+
+#define EMIT(str) \
+	do { \
+		Datum v = CStringGetTextDatum(str); \
+		bool nl = false; \
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &v, &nl); \
+	} while (0)
+
+	SPI_connect();
+	check_dag_visible(dag_id);
+	values[0] = CStringGetTextDatum(dag_id);
+	values[1] = Int32GetDatum(nruns);
+	run_query("SELECT run_id, state, to_char(logical_date, 'YYYY-MM-DD HH24:MI') FROM ("
+			  " SELECT * FROM orchestrator.dag_runs WHERE dag_id = $1 "
+			  " ORDER BY logical_date DESC, run_id DESC LIMIT $2) r "
+			  "ORDER BY logical_date, run_id",
+			  2, types, values, NULL, SPI_OK_SELECT);
+	n = SPI_processed;
+	runs = SPI_tuptable;
+	run_ids = palloc(sizeof(int64) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+		run_ids[i] = pg_strtoint64(SPI_getvalue(runs->vals[i], runs->tupdesc, 1));
+
+	run_query("SELECT task_id FROM orchestrator.tasks WHERE dag_id = $1 ORDER BY position",
+			  1, types, values, NULL, SPI_OK_SELECT);
+	{
+		SPITupleTable *tasks = SPI_tuptable;
+		uint64		ntasks = SPI_processed;
+
+		for (uint64 t = 0; t < ntasks; t++)
+			width = Max(width, (int) strlen(SPI_getvalue(tasks->vals[t], tasks->tupdesc, 1)));
+
+		initStringInfo(&line);
+		appendStringInfo(&line, "DAG %s: %s, oldest left", dag_id,
+						 n == 0 ? "no runs" : psprintf(UINT64_FORMAT " run%s", n, n == 1 ? "" : "s"));
+		EMIT(line.data);
+
+		/* the runs' own states, then each task's */
+		resetStringInfo(&line);
+		appendStringInfo(&line, "%-*s |", width, "run");
+		for (uint64 i = 0; i < n; i++)
+		{
+			int			s = state_style(SPI_getvalue(runs->vals[i], runs->tupdesc, 2));
+
+			appendStringInfo(&line, " %c", s >= 0 ? state_styles[s].symbol : '?');
+		}
+		EMIT(line.data);
+
+		for (uint64 t = 0; t < ntasks; t++)
+		{
+			char	   *task_id = SPI_getvalue(tasks->vals[t], tasks->tupdesc, 1);
+			Oid			ttypes[2] = {TEXTOID, INT8OID};
+
+			resetStringInfo(&line);
+			appendStringInfo(&line, "%-*s |", width, task_id);
+			for (uint64 i = 0; i < n; i++)
+			{
+				Datum		tvalues[2] = {CStringGetTextDatum(task_id), Int64GetDatum(run_ids[i])};
+				int			s = -1;
+
+				run_query("SELECT state FROM orchestrator.task_instances WHERE task_id = $1 AND run_id = $2",
+						  2, ttypes, tvalues, NULL, SPI_OK_SELECT);
+				if (SPI_processed > 0)
+					s = state_style(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+				appendStringInfo(&line, " %c", s >= 0 ? state_styles[s].symbol : ' ');
+			}
+			EMIT(line.data);
+		}
+	}
+
+	resetStringInfo(&line);
+	appendStringInfoString(&line, "legend:");
+	for (int s = 0; s < lengthof(state_styles); s++)
+		appendStringInfo(&line, " %c %s", state_styles[s].symbol, state_styles[s].state);
+	EMIT(line.data);
+	for (uint64 i = 0; i < n; i++)
+	{
+		resetStringInfo(&line);
+		appendStringInfo(&line, "column %d: run %s, %s, %s", (int) i + 1,
+						 SPI_getvalue(runs->vals[i], runs->tupdesc, 1),
+						 SPI_getvalue(runs->vals[i], runs->tupdesc, 3),
+						 SPI_getvalue(runs->vals[i], runs->tupdesc, 2));
+		EMIT(line.data);
+	}
+	SPI_finish();
+	return (Datum) 0;
+}
