@@ -34,6 +34,7 @@ char	   *orch_database = NULL;
 int			orch_max_workers = 4;
 bool		orch_enabled = true;
 char	   *orch_http_allowed_hosts = NULL;
+char	   *orch_history_retention = NULL;
 
 /* set when loaded through shared_preload_libraries */
 bool		orch_preloaded = false;
@@ -61,6 +62,46 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static bool wake_at_commit = false;
 
 void		_PG_init(void);
+
+/* orchestrator.history_retention: an interval of zero or more, or empty */
+static bool
+check_history_retention(char **newval, void **extra, GucSource source)
+{
+	Interval   *iv = NULL;
+	Interval	zero = {0};
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+
+	/* interval_in raises on bad input; a check hook must not */
+	PG_TRY();
+	{
+		iv = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+												   CStringGetDatum(*newval),
+												   ObjectIdGetDatum(InvalidOid),
+												   Int32GetDatum(-1)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		iv = NULL;
+	}
+	PG_END_TRY();
+	if (iv == NULL)
+	{
+		GUC_check_errdetail("It must be an interval, such as '90 days', or empty for ever.");
+		return false;
+	}
+	if (DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(iv),
+										  IntervalPGetDatum(&zero))) < 0)
+	{
+		GUC_check_errdetail("The retention must not be negative.");
+		return false;
+	}
+	return true;
+}
 
 static Size
 orch_shmem_size(void)
@@ -227,6 +268,15 @@ _PG_init(void)
 							   PGC_SUSET,
 							   GUC_LIST_INPUT,
 							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("orchestrator.history_retention",
+							   "How long the scheduler keeps ended runs, with their task instances and artifacts (empty: for ever).",
+							   "Applied once a day; the same as calling orchestrator.purge_history() with it.",
+							   &orch_history_retention,
+							   "90 days",
+							   PGC_SIGHUP,
+							   0,
+							   check_history_retention, NULL, NULL);
 
 	DefineCustomStringVariable("orchestrator.test_clock",
 							   "A fixed time the scheduler uses instead of the clock (tests only).",

@@ -22,6 +22,7 @@ extern int	orch_max_workers;
 extern bool orch_enabled;
 extern bool orch_preloaded;
 extern char *orch_http_allowed_hosts;
+extern char *orch_history_retention;
 
 /*
  * Shared memory (orchestrator.c): the scheduler's latch, and one slot per
@@ -95,5 +96,8 @@ extern bool lock_owned_dag(CatalogWrite *cw, const char *dag_id,
 						   bool missing_ok, bool creating);
 extern void run_query(const char *query, int nargs, Oid *types,
 					  Datum *values, const char *nulls, int expected);
+
+/* retention (runs.c) */
+extern int64 orch_purge_batch(TimestampTz cutoff, Oid owner, int limit);
 
 #endif							/* ORCHESTRATOR_H */

@@ -399,44 +399,63 @@ orch_wait_run(PG_FUNCTION_ARGS)
 	}
 }
 
+/*
+ * Deletes at most "limit" runs that ended before "cutoff", with their task
+ * instances and artifacts (whose large objects a trigger unlinks); only the
+ * DAGs of "owner", unless it is InvalidOid.  Runs still going are never
+ * touched, and runs locked by someone else are skipped.  Returns how many
+ * it deleted.  Needs SPI, and the rights of the catalog's owner.
+ */
+int64
+orch_purge_batch(TimestampTz cutoff, Oid owner, int limit)
+{
+	Oid			types[3] = {TIMESTAMPTZOID, OIDOID, INT4OID};
+	Datum		values[3];
+
+	values[0] = TimestampTzGetDatum(cutoff);
+	values[1] = ObjectIdGetDatum(owner);
+	values[2] = Int32GetDatum(limit);
+	run_query("DELETE FROM orchestrator.dag_run WHERE run_id IN ("
+			  " SELECT r.run_id FROM orchestrator.dag_run r "
+			  " JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  " WHERE r.state IN ('success', 'failed') AND r.finished_at < $1 "
+			  "   AND ($2 = 0 OR d.owner = $2) "
+			  " LIMIT $3 FOR UPDATE OF r SKIP LOCKED)",
+			  3, types, values, NULL, SPI_OK_DELETE);
+	return (int64) SPI_processed;
+}
+
 PG_FUNCTION_INFO_V1(orch_purge_history);
 
 /*
  * purge_history(older_than interval) RETURNS bigint: deletes the caller's
- * runs (a superuser's: all runs) that ended before now() - older_than,
- * with their task instances and artifacts (whose large objects a trigger
- * unlinks).  Runs still going are never touched.  Deletes in batches, each
- * locking only the runs it deletes.
+ * runs (a superuser's: all runs) that ended before now() - older_than, in
+ * batches.  The scheduler does the same once a day, by
+ * orchestrator.history_retention.
  */
 Datum
 orch_purge_history(PG_FUNCTION_ARGS)
 {
 	CatalogWrite cw;
-	Oid			types[3] = {INTERVALOID, OIDOID, BOOLOID};
-	Datum		values[3];
+	TimestampTz cutoff;
+	int64		n;
 	int64		total = 0;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("older_than must not be null")));
+	cutoff = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+													 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
+													 PG_GETARG_DATUM(0)));
 
 	catalog_write_begin(&cw);
-	values[0] = PG_GETARG_DATUM(0);
-	values[1] = ObjectIdGetDatum(cw.caller);
-	values[2] = BoolGetDatum(superuser_arg(cw.caller));
 	do
 	{
-		run_query("DELETE FROM orchestrator.dag_run WHERE run_id IN ("
-				  " SELECT r.run_id FROM orchestrator.dag_run r "
-				  " JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
-				  " WHERE r.state IN ('success', 'failed') AND r.finished_at < now() - $1 "
-				  "   AND ($3 OR d.owner = $2) "
-				  " LIMIT 1000 FOR UPDATE OF r SKIP LOCKED)",
-				  3, types, values, NULL, SPI_OK_DELETE);
-		total += SPI_processed;
+		n = orch_purge_batch(cutoff, superuser_arg(cw.caller) ? InvalidOid : cw.caller, 1000);
+		total += n;
 		CHECK_FOR_INTERRUPTS();
-	} while (SPI_processed > 0);
+	} while (n > 0);
 	catalog_write_end(&cw);
 	PG_RETURN_INT64(total);
 }

@@ -73,6 +73,9 @@ static bool start_failure_logged = false;
 static TimestampTz start_window = 0;
 static int	starts_in_window = 0;
 
+/* when the scheduler last applied orchestrator.history_retention */
+static TimestampTz last_purge = DT_NOBEGIN;
+
 /* the tick's time and its earliest next due time */
 static TimestampTz tick_now;
 static TimestampTz tick_wake;
@@ -867,6 +870,49 @@ start_workers(int64 queued)
 }
 
 /*
+ * Once a day (and when the scheduler starts): ended runs older than
+ * orchestrator.history_retention go, with their task instances and
+ * artifacts, in batches of a transaction each, so that no lock is held
+ * long.  Runs still going are never touched.
+ */
+static void
+apply_retention(void)
+{
+	TimestampTz cutoff;
+	int64		n;
+	int64		total = 0;
+
+	if (orch_history_retention == NULL || orch_history_retention[0] == '\0')
+		return;
+	if (last_purge != DT_NOBEGIN && tick_now - last_purge < USECS_PER_DAY)
+	{
+		wake_by(last_purge + USECS_PER_DAY);
+		return;
+	}
+	last_purge = tick_now;
+	wake_by(last_purge + USECS_PER_DAY);
+	cutoff = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+													 TimestampTzGetDatum(tick_now),
+													 DirectFunctionCall3(interval_in,
+																		 CStringGetDatum(orch_history_retention),
+																		 ObjectIdGetDatum(InvalidOid),
+																		 Int32GetDatum(-1))));
+	do
+	{
+		orch_begin_xact();
+		n = OidIsValid(get_extension_oid("orchestrator", true)) ?
+			orch_purge_batch(cutoff, InvalidOid, 1000) : 0;
+		orch_end_xact();
+		total += n;
+		CHECK_FOR_INTERRUPTS();
+	} while (n > 0);
+	if (total > 0)
+		ereport(LOG,
+				(errmsg("orchestrator: removed " INT64_FORMAT " runs that ended before %s (orchestrator.history_retention = '%s')",
+						total, timestamptz_to_str(cutoff), orch_history_retention)));
+}
+
+/*
  * One tick; returns how long to sleep, in milliseconds.
  */
 static long
@@ -912,6 +958,8 @@ scheduler_tick(void)
 		stop_orphaned_workers();
 	orch_end_xact();
 	pgstat_report_activity(STATE_IDLE, NULL);
+
+	apply_retention();
 
 	if (queued > 0)
 		start_workers(queued);

@@ -167,6 +167,20 @@ wait_for($node, "SELECT count(*) FROM pg_stat_activity WHERE pid = $pid",
 	'0', 'and its worker is stopped');
 is(query($node, "SELECT count(*) FROM slow_t"), '0', 'what it wrote is rolled back');
 
+# --- orchestrator.history_retention: the scheduler purges once a day
+my $old = query($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE finished_at < '2021-05-26'");
+my $recent = query($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE finished_at >= '2021-05-26' OR finished_at IS NULL");
+cmp_ok($old, '>', 0, 'there are runs that ended before 2021-05-26');
+my ($rc, $out, $err) = $node->psql('postgres', "ALTER SYSTEM SET orchestrator.history_retention = 'soon'");
+like($err, qr/invalid value for parameter "orchestrator.history_retention": "soon"/, 'a retention that is not an interval is refused');
+query($node, "ALTER SYSTEM SET orchestrator.history_retention = '45 days'; SELECT pg_reload_conf()");
+set_clock($node, '2021-07-10 00:00+00');
+wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs", $recent,
+	'with history_retention = 45 days, runs that ended before 2021-05-26 are purged');
+is(query($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE finished_at < '2021-05-26'"), '0', 'all of them');
+cmp_ok(query($node, "SELECT count(*) FROM orchestrator.dags"), '>=', 10, 'the definitions stay');
+ok($node->log_contains("orchestrator: removed $old runs that ended before"), 'the scheduler logs what it removed');
+
 ok(!$node->log_contains('lost its worker'), 'no live worker was ever taken for lost');
 
 $node->stop;

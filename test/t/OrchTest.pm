@@ -25,6 +25,7 @@ orchestrator.database = 'postgres'
 orchestrator.max_workers = 4
 max_worker_processes = 16
 restart_after_crash = on
+orchestrator.history_retention = ''
 } . ($extra_conf // ''));
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION orchestrator');
