@@ -102,6 +102,20 @@ CREATE TABLE orchestrator.artifact (
 	FOREIGN KEY (run_id, task_id) REFERENCES orchestrator.task_instance ON DELETE CASCADE
 );
 
+-- What each try said (task_log view): its SQL's NOTICE, INFO and WARNING
+-- messages and the operator's own lines, at most 1,000 lines a try.
+CREATE TABLE orchestrator.log (
+	id bigserial PRIMARY KEY,
+	run_id bigint NOT NULL,
+	task_id text NOT NULL,
+	try_number integer NOT NULL,
+	logged_at timestamptz NOT NULL,
+	level text NOT NULL,
+	message text NOT NULL,
+	FOREIGN KEY (run_id, task_id) REFERENCES orchestrator.task_instance ON DELETE CASCADE
+);
+CREATE INDEX log_run_task_idx ON orchestrator.log (run_id, task_id, try_number);
+
 CREATE FUNCTION orchestrator.artifact_unlink()
 RETURNS trigger
 LANGUAGE C
@@ -117,6 +131,8 @@ SELECT pg_catalog.pg_extension_config_dump('orchestrator.dag_run', '');
 SELECT pg_catalog.pg_extension_config_dump('orchestrator.dag_run_run_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('orchestrator.task_instance', '');
 SELECT pg_catalog.pg_extension_config_dump('orchestrator.artifact', '');
+SELECT pg_catalog.pg_extension_config_dump('orchestrator.log', '');
+SELECT pg_catalog.pg_extension_config_dump('orchestrator.log_id_seq', '');
 
 ------------------------------------------------------------------------
 -- Row-level security: a role sees its own DAGs and their tasks and
@@ -137,6 +153,7 @@ ALTER TABLE orchestrator.task ENABLE ROW LEVEL SECURITY;
 ALTER TABLE orchestrator.dag_run ENABLE ROW LEVEL SECURITY;
 ALTER TABLE orchestrator.task_instance ENABLE ROW LEVEL SECURITY;
 ALTER TABLE orchestrator.artifact ENABLE ROW LEVEL SECURITY;
+ALTER TABLE orchestrator.log ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY dag_owner ON orchestrator.dag
 	USING (owner = orchestrator.current_role_oid())
@@ -162,6 +179,12 @@ CREATE POLICY artifact_owner ON orchestrator.artifact
 	USING (EXISTS (SELECT 1 FROM orchestrator.dag_run dr
 				   JOIN orchestrator.dag d ON d.dag_id = dr.dag_id
 				   WHERE dr.run_id = artifact.run_id
+					 AND d.owner = orchestrator.current_role_oid()));
+
+CREATE POLICY log_owner ON orchestrator.log
+	USING (EXISTS (SELECT 1 FROM orchestrator.dag_run dr
+				   JOIN orchestrator.dag d ON d.dag_id = dr.dag_id
+				   WHERE dr.run_id = log.run_id
 					 AND d.owner = orchestrator.current_role_oid()));
 
 ------------------------------------------------------------------------
@@ -250,6 +273,18 @@ SELECT a.run_id,
   FROM orchestrator.artifact a
   JOIN orchestrator.dag_run r USING (run_id);
 
+CREATE VIEW orchestrator.task_log WITH (security_invoker = true) AS
+SELECT l.run_id,
+	   r.dag_id,
+	   l.task_id,
+	   l.try_number,
+	   l.logged_at,
+	   l.level,
+	   l.message,
+	   l.id
+  FROM orchestrator.log l
+  JOIN orchestrator.dag_run r USING (run_id);
+
 -- the tasks running now, from shared memory
 CREATE FUNCTION orchestrator.worker_progress(OUT pid integer, OUT run_id bigint,
 											 OUT task_id text, OUT started_at timestamptz,
@@ -274,9 +309,10 @@ SELECT p.run_id,
   JOIN orchestrator.task_instances ti ON ti.run_id = p.run_id AND ti.task_id = p.task_id;
 
 GRANT SELECT ON orchestrator.dag, orchestrator.task, orchestrator.dag_run,
-	orchestrator.task_instance, orchestrator.artifact TO PUBLIC;
+	orchestrator.task_instance, orchestrator.artifact, orchestrator.log TO PUBLIC;
 GRANT SELECT ON orchestrator.dags, orchestrator.tasks, orchestrator.dag_runs,
-	orchestrator.task_instances, orchestrator.artifacts, orchestrator.progress TO PUBLIC;
+	orchestrator.task_instances, orchestrator.artifacts, orchestrator.progress,
+	orchestrator.task_log TO PUBLIC;
 
 ------------------------------------------------------------------------
 -- Schedules and templates

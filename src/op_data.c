@@ -23,6 +23,7 @@
 #include "orchestrator.h"
 #include "stream.h"
 #include "task.h"
+#include "tasklog.h"
 
 static char *
 spec_string(TaskRun *task, const char *key, bool render)
@@ -108,23 +109,39 @@ http_from_spec(TaskRun *task, HttpResult *result)
 	return http_source(&req, result);
 }
 
+static double
+seconds_since(TimestampTz start)
+{
+	return (GetCurrentTimestamp() - start) / 1000000.0;
+}
+
 void
 op_http_fetch_run(TaskRun *task)
 {
 	HttpResult result;
+	TimestampTz start = GetCurrentTimestamp();
 	Stream	   *body = http_from_spec(task, &result);
 
+	task_log("fetching %s", task->url);
 	artifact_sink(body, &task->artifact);
 	task->has_artifact = true;
 	task->http_status = result.status;
 	task->content_type = result.content_type;
+	task_log("HTTP %ld, %s, " INT64_FORMAT " bytes in %.3f s, sha256 %s",
+			 result.status, result.content_type ? result.content_type : "no content type",
+			 task->artifact.size, seconds_since(start), task->artifact.sha256);
 }
 
 void
 op_gunzip_run(TaskRun *task)
 {
-	artifact_sink(gunzip_filter(artifact_source(task->input_loid)), &task->artifact);
+	TimestampTz start = GetCurrentTimestamp();
+	Stream	   *source = artifact_source(task->input_loid);
+
+	artifact_sink(gunzip_filter(source), &task->artifact);
 	task->has_artifact = true;
+	task_log("gunzip: " UINT64_FORMAT " bytes in, " INT64_FORMAT " bytes out in %.3f s",
+			 source->bytes, task->artifact.size, seconds_since(start));
 }
 
 void
@@ -134,6 +151,8 @@ op_copy_into_run(TaskRun *task)
 	Stream	   *source;
 	HttpResult result;
 	char	   *name;
+	Stream	   *input;
+	TimestampTz start = GetCurrentTimestamp();
 
 	memset(&target, 0, sizeof(target));
 	name = spec_string(task, "target", false);
@@ -153,11 +172,17 @@ op_copy_into_run(TaskRun *task)
 	target.columns = spec_string(task, "columns", false);
 
 	if (OidIsValid(task->input_loid))
-		source = artifact_source(task->input_loid);
+		input = artifact_source(task->input_loid);
 	else
-		source = http_from_spec(task, &result);
-	source = maybe_gunzip(source, spec_string(task, "compression", false));
+	{
+		input = http_from_spec(task, &result);
+		task_log("streaming %s", task->url);
+	}
+	source = maybe_gunzip(input, spec_string(task, "compression", false));
 
 	task->rows_loaded = copy_sink(source, &target);
 	task->has_rows = true;
+	task_log("loaded " UINT64_FORMAT " rows into %s (" UINT64_FORMAT " bytes read%s) in %.3f s",
+			 task->rows_loaded, name, input->bytes, source != input ? ", gunzipped" : "",
+			 seconds_since(start));
 }

@@ -49,6 +49,7 @@
 
 #include "orchestrator.h"
 #include "task.h"
+#include "tasklog.h"
 
 static OrchWorkerSlot *my_slot = NULL;
 static TimeoutId task_timeout_id;
@@ -228,7 +229,13 @@ orch_record_failure(int64 run_id, const char *task_id, int pid,
 			  "WHERE r.run_id = ti.run_id AND ti.run_id = $1 AND ti.task_id = $2 "
 			  "  AND ti.state = 'running' AND ti.worker_pid = $3 AND ti.try_number = $4",
 			  6, types, values, NULL, SPI_OK_UPDATE);
-	return SPI_processed > 0;
+	if (SPI_processed == 0)
+		return false;
+	/* the error ends the try's log */
+	run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
+			  "VALUES ($1, $2, $4, $6, 'ERROR', $5)",
+			  6, types, values, NULL, SPI_OK_INSERT);
+	return true;
 }
 
 /*
@@ -422,6 +429,11 @@ run_task(TaskRun *task)
 	set_context("orchestrator.try_number", psprintf("%d", task->try_number));
 	set_context("orchestrator.run_type", task->run_type);
 
+	task_log_begin();
+	task_log("try %d of task %s.%s, run " INT64_FORMAT ", logical date %s",
+			 task->try_number, task->dag_id, task->task_id, task->run_id,
+			 template_render("{{ ts }}", "ts", &task->ctx));
+
 	task_timed_out = false;
 	if (task->timeout_ms > 0)
 		enable_timeout_after(task_timeout_id, (int) Min(task->timeout_ms, INT_MAX));
@@ -455,6 +467,7 @@ run_task(TaskRun *task)
 
 	/* from here on the scheduler leaves this worker be */
 	slot_set(SLOT_FINISHING, task->run_id, task->task_id);
+	task_log_end();
 
 	/* our own queries, whatever the task did to search_path */
 	nestlevel = NewGUCNestLevel();
@@ -477,6 +490,7 @@ run_task(TaskRun *task)
 						task->task_id, task->run_id)));
 	if (task->has_artifact)
 		record_artifact(task);
+	task_log_write(task->run_id, task->task_id, task->try_number);
 	AtEOXact_GUC(true, nestlevel);
 	orch_end_xact();
 }
@@ -537,6 +551,7 @@ orch_worker_main(Datum arg)
 			edata = CopyErrorData();
 			FlushErrorState();
 			slot_set(SLOT_FINISHING, task.run_id, task.task_id);
+			task_log_end();
 			disable_all_timeouts(false);
 			QueryCancelPending = false;
 			AbortCurrentTransaction();
@@ -547,6 +562,7 @@ orch_worker_main(Datum arg)
 					(errmsg("task \"%s\" of DAG \"%s\" (run " INT64_FORMAT ", try %d) failed: %s",
 							task.task_id, task.dag_id, task.run_id, task.try_number, text)));
 			orch_begin_xact();
+			task_log_write(task.run_id, task.task_id, task.try_number);
 			orch_record_failure(task.run_id, task.task_id, MyProcPid,
 								task.try_number, text, orch_now());
 			orch_end_xact();

@@ -92,6 +92,30 @@ is( query($node,
 like(query($node, "SELECT error FROM orchestrator.task_instances WHERE run_id = $run AND task_id = 'bad'"),
 	qr/division by zero/, 'a failed task records its real error');
 
+# --- task logs: what each try says, kept per try
+query($node, q{
+SELECT orchestrator.create_dag('talky');
+SELECT orchestrator.add_task('talky', 't', orchestrator.sql($q$
+  DO $d$ BEGIN
+    RAISE NOTICE 'notice from try %', current_setting('orchestrator.try_number');
+    RAISE INFO 'an info line';
+    RAISE WARNING 'a warning';
+    IF current_setting('orchestrator.try_number') = '1' THEN RAISE EXCEPTION 'the first try fails'; END IF;
+  END $d$ $q$), retries => 1, retry_delay => '0');
+});
+$run = query($node, "SELECT orchestrator.trigger_dag('talky', logical_date => '2021-05-01')");
+is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', 'a talkative task succeeds on its second try');
+is( query($node,
+		"SELECT string_agg(try_number || ' ' || level || ' ' || message, E'\n' ORDER BY id) FROM orchestrator.task_log WHERE run_id = $run"),
+	join("\n",
+		"1 INFO try 1 of task talky.t, run $run, logical date 2021-05-01T00:00:00+00:00",
+		'1 NOTICE notice from try 1', '1 INFO an info line', '1 WARNING a warning', '1 ERROR the first try fails',
+		"2 INFO try 2 of task talky.t, run $run, logical date 2021-05-01T00:00:00+00:00",
+		'2 NOTICE notice from try 2', '2 INFO an info line', '2 WARNING a warning'),
+	'task_log keeps each try\'s NOTICE, INFO and WARNING lines, and its error');
+ok(!$node->log_contains('(NOTICE|INFO):  (notice from try|an info line)'), 'NOTICE and INFO stay out of the server log');
+ok($node->log_contains('WARNING:  a warning'), 'WARNING goes there too');
+
 # leaves that are all success or skipped: the run succeeds
 query($node, q{
 SELECT orchestrator.create_dag('skips');

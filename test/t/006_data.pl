@@ -82,6 +82,12 @@ is(query($node, "SELECT count(*) || ' ' || sum(amount) FROM multi_t"), '2000 200
 is(query($node, "SELECT count(*) FROM multi_gz_t"), '2000', 'copy_into recognises gzip by its magic bytes');
 is(query($node, "SELECT string_agg(task_id || '=' || coalesce(rows_loaded::text, '-'), ' ' ORDER BY task_id) FROM orchestrator.task_instances WHERE run_id = $run"),
 	'bin=- load=2000 load_gz=2000 multi=- unzip=-', 'rows_loaded is recorded for copy tasks');
+like(query($node, "SELECT string_agg(message, E'\n' ORDER BY id) FROM orchestrator.task_log WHERE run_id = $run AND task_id = 'bin'"),
+	qr/fetching http:\S+binary.bin\nHTTP 200, application\/octet-stream, @{[length($binary)]} bytes in [\d.]+ s, sha256 @{[sha256_hex($binary)]}/,
+	'the task log says what was fetched');
+like(query($node, "SELECT string_agg(message, E'\n' ORDER BY id) FROM orchestrator.task_log WHERE run_id = $run AND task_id IN ('unzip', 'load')"),
+	qr/gunzip: \d+ bytes in, @{[length($part1 . $part2)]} bytes out in [\d.]+ s\n.*loaded 2000 rows into multi_t \(@{[length($part1 . $part2)]} bytes read\) in/s,
+	'and what was unzipped and loaded');
 is(query($node, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'multi_t'::regclass AND attnum > 0 ORDER BY attnum"),
 	"bigint\ntext\ndouble precision", 'create => true infers column types from the data');
 
