@@ -24,6 +24,8 @@ CREATE TABLE orchestrator.dag (
 	dagrun_timeout interval,
 	paused boolean NOT NULL DEFAULT false,
 	description text,
+	on_failure_callback jsonb,
+	on_success_callback jsonb,
 	created_at timestamptz NOT NULL DEFAULT now(),
 	updated_at timestamptz NOT NULL DEFAULT now(),
 	CHECK (end_date >= start_date)
@@ -42,6 +44,9 @@ CREATE TABLE orchestrator.task (
 	max_retry_delay interval,
 	execution_timeout interval,
 	trigger_rule text NOT NULL DEFAULT 'all_success',
+	on_failure_callback jsonb,
+	on_success_callback jsonb,
+	on_retry_callback jsonb,
 	position integer NOT NULL,
 	PRIMARY KEY (dag_id, task_id)
 );
@@ -101,6 +106,21 @@ CREATE TABLE orchestrator.artifact (
 	PRIMARY KEY (run_id, task_id),
 	FOREIGN KEY (run_id, task_id) REFERENCES orchestrator.task_instance ON DELETE CASCADE
 );
+
+-- Callbacks due: enqueued in the transaction that decides the outcome they
+-- follow, run by the task workers.  Internal: not granted to anyone.
+CREATE TABLE orchestrator.callback (
+	id bigserial PRIMARY KEY,
+	run_id bigint NOT NULL REFERENCES orchestrator.dag_run ON DELETE CASCADE,
+	task_id text,				-- NULL for the run's own callbacks
+	kind text NOT NULL
+		CHECK (kind IN ('on_failure_callback', 'on_success_callback', 'on_retry_callback')),
+	spec jsonb NOT NULL,
+	try_number integer,
+	error text,
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE orchestrator.callback ENABLE ROW LEVEL SECURITY;
 
 -- What each try said (task_log view): its SQL's NOTICE, INFO and WARNING
 -- messages and the operator's own lines, at most 1,000 lines a try.
@@ -207,7 +227,9 @@ SELECT d.dag_id,
 	   d.description,
 	   (SELECT count(*) FROM orchestrator.task t WHERE t.dag_id = d.dag_id) AS task_count,
 	   d.created_at,
-	   d.updated_at
+	   d.updated_at,
+	   d.on_failure_callback,
+	   d.on_success_callback
   FROM orchestrator.dag d;
 
 CREATE VIEW orchestrator.tasks WITH (security_invoker = true) AS
@@ -225,7 +247,10 @@ SELECT t.dag_id,
 	   t.max_retry_delay,
 	   t.execution_timeout,
 	   t.trigger_rule,
-	   t.position
+	   t.position,
+	   t.on_failure_callback,
+	   t.on_success_callback,
+	   t.on_retry_callback
   FROM orchestrator.task t;
 
 CREATE VIEW orchestrator.dag_runs WITH (security_invoker = true) AS
@@ -424,12 +449,14 @@ CREATE FUNCTION orchestrator.create_dag(dag_id text,
 										params jsonb DEFAULT '{}',
 										dagrun_timeout interval DEFAULT NULL,
 										paused boolean DEFAULT false,
-										description text DEFAULT NULL)
+										description text DEFAULT NULL,
+										on_failure_callback jsonb DEFAULT NULL,
+										on_success_callback jsonb DEFAULT NULL)
 RETURNS void
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'orch_create_dag';
-COMMENT ON FUNCTION orchestrator.create_dag(text, text, timestamptz, timestamptz, boolean, integer, integer, text, jsonb, interval, boolean, text) IS
+COMMENT ON FUNCTION orchestrator.create_dag(text, text, timestamptz, timestamptz, boolean, integer, integer, text, jsonb, interval, boolean, text, jsonb, jsonb) IS
 	'Creates a DAG, or replaces the definition (dropping the tasks) of one you own';
 
 CREATE FUNCTION orchestrator.add_task(dag_id text,
@@ -441,12 +468,15 @@ CREATE FUNCTION orchestrator.add_task(dag_id text,
 									  retry_exponential_backoff boolean DEFAULT false,
 									  max_retry_delay interval DEFAULT NULL,
 									  execution_timeout interval DEFAULT NULL,
-									  trigger_rule text DEFAULT 'all_success')
+									  trigger_rule text DEFAULT 'all_success',
+									  on_failure_callback jsonb DEFAULT NULL,
+									  on_success_callback jsonb DEFAULT NULL,
+									  on_retry_callback jsonb DEFAULT NULL)
 RETURNS void
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'orch_add_task';
-COMMENT ON FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text) IS
+COMMENT ON FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb) IS
 	'Adds a task to a DAG you own; its upstream tasks must already exist';
 
 CREATE FUNCTION orchestrator.drop_dag(dag_id text, if_exists boolean DEFAULT false)

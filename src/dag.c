@@ -188,11 +188,11 @@ orch_create_dag(PG_FUNCTION_ARGS)
 	char	   *dag_id;
 	const char *timezone;
 	CatalogWrite cw;
-	Oid			types[13] = {TEXTOID, OIDOID, TEXTOID, TIMESTAMPTZOID,
+	Oid			types[15] = {TEXTOID, OIDOID, TEXTOID, TIMESTAMPTZOID,
 		TIMESTAMPTZOID, BOOLOID, INT4OID, INT4OID, TEXTOID, JSONBOID,
-	INTERVALOID, BOOLOID, TEXTOID};
-	Datum		values[13];
-	char		nulls[13];
+	INTERVALOID, BOOLOID, TEXTOID, JSONBOID, JSONBOID};
+	Datum		values[15];
+	char		nulls[15];
 
 	require_arg(fcinfo, 0, "dag_id");
 	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
@@ -239,6 +239,10 @@ orch_create_dag(PG_FUNCTION_ARGS)
 				 errmsg("params must be a jsonb object")));
 	check_interval(fcinfo, 9, "dagrun_timeout", false);
 	require_arg(fcinfo, 10, "paused");
+	if (!PG_ARGISNULL(12))
+		callback_validate(PG_GETARG_JSONB_P(12), "on_failure_callback");
+	if (!PG_ARGISNULL(13))
+		callback_validate(PG_GETARG_JSONB_P(13), "on_success_callback");
 
 	catalog_write_begin(&cw);
 
@@ -246,8 +250,8 @@ orch_create_dag(PG_FUNCTION_ARGS)
 	values[1] = ObjectIdGetDatum(cw.caller);
 	values[8] = CStringGetTextDatum(timezone);
 	memset(nulls, ' ', sizeof(nulls));
-	/* the other parameters $3..$13 are arguments 1..11 */
-	for (int i = 2; i <= 12; i++)
+	/* the other parameters $3..$15 are arguments 1..13 */
+	for (int i = 2; i <= 14; i++)
 	{
 		if (i == 8)
 			continue;
@@ -260,10 +264,10 @@ orch_create_dag(PG_FUNCTION_ARGS)
 	/* a new DAG, or the definition of one the caller owns */
 	run_query("INSERT INTO orchestrator.dag (dag_id, owner, schedule, start_date, end_date, "
 			  "catchup, max_active_runs, max_active_tasks, timezone, params, "
-			  "dagrun_timeout, paused, description) "
-			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+			  "dagrun_timeout, paused, description, on_failure_callback, on_success_callback) "
+			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
 			  "ON CONFLICT (dag_id) DO NOTHING",
-			  13, types, values, nulls, SPI_OK_INSERT);
+			  15, types, values, nulls, SPI_OK_INSERT);
 	if (SPI_processed == 0)
 	{
 		lock_owned_dag(&cw, dag_id, false, true);
@@ -271,9 +275,10 @@ orch_create_dag(PG_FUNCTION_ARGS)
 				  "end_date = $5, catchup = $6, max_active_runs = $7, "
 				  "max_active_tasks = $8, timezone = $9, params = $10, "
 				  "dagrun_timeout = $11, paused = $12, description = $13, "
+				  "on_failure_callback = $14, on_success_callback = $15, "
 				  "updated_at = now() "
 				  "WHERE dag_id = $1",
-				  13, types, values, nulls, SPI_OK_UPDATE);
+				  15, types, values, nulls, SPI_OK_UPDATE);
 		run_query("DELETE FROM orchestrator.task WHERE dag_id = $1",
 				  1, types, values, nulls, SPI_OK_DELETE);
 	}
@@ -302,10 +307,10 @@ orch_add_task(PG_FUNCTION_ARGS)
 	List	   *upstream = NIL;
 	ArrayBuildState *astate = NULL;
 	CatalogWrite cw;
-	Oid			types[11] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
-		INTERVALOID, BOOLOID, INTERVALOID, INTERVALOID, TEXTOID, TEXTOID};
-	Datum		values[11];
-	char		nulls[11];
+	Oid			types[13] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
+		INTERVALOID, BOOLOID, INTERVALOID, INTERVALOID, TEXTOID, JSONBOID, JSONBOID, JSONBOID};
+	Datum		values[13];
+	char		nulls[13];
 	ListCell   *lc;
 
 	require_arg(fcinfo, 0, "dag_id");
@@ -382,6 +387,13 @@ orch_add_task(PG_FUNCTION_ARGS)
 				 errmsg("unknown trigger rule \"%s\"", rule),
 				 errhint("Trigger rules are all_success, all_failed, all_done, one_success, one_failed, none_failed, none_skipped, none_failed_min_one_success and always.")));
 
+	if (!PG_ARGISNULL(10))
+		callback_validate(PG_GETARG_JSONB_P(10), "on_failure_callback");
+	if (!PG_ARGISNULL(11))
+		callback_validate(PG_GETARG_JSONB_P(11), "on_success_callback");
+	if (!PG_ARGISNULL(12))
+		callback_validate(PG_GETARG_JSONB_P(12), "on_retry_callback");
+
 	catalog_write_begin(&cw);
 	lock_owned_dag(&cw, dag_id, false, false);
 
@@ -437,12 +449,20 @@ orch_add_task(PG_FUNCTION_ARGS)
 			values[i] = PG_GETARG_DATUM(i);
 	}
 	values[9] = CStringGetTextDatum(rule);
+	for (int i = 10; i <= 12; i++)
+	{
+		if (PG_ARGISNULL(i))
+			nulls[i] = 'n';
+		else
+			values[i] = PG_GETARG_DATUM(i);
+	}
 	run_query("INSERT INTO orchestrator.task (dag_id, task_id, spec, upstream, retries, "
 			  "retry_delay, retry_exponential_backoff, max_retry_delay, "
-			  "execution_timeout, trigger_rule, position) "
-			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
+			  "execution_timeout, trigger_rule, on_failure_callback, on_success_callback, "
+			  "on_retry_callback, position) "
+			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
 			  "coalesce(max(position), 0) + 1 FROM orchestrator.task WHERE dag_id = $1",
-			  10, types, values, nulls, SPI_OK_INSERT);
+			  13, types, values, nulls, SPI_OK_INSERT);
 
 	catalog_write_end(&cw);
 	orch_wake_scheduler_at_commit();

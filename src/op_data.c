@@ -186,3 +186,21 @@ op_copy_into_run(TaskRun *task)
 			 task->rows_loaded, name, input->bytes, source != input ? ", gunzipped" : "",
 			 seconds_since(start));
 }
+
+/*
+ * http_fetch as a callback (a webhook): the request is made and the
+ * response read, but not kept.
+ */
+void
+op_webhook_run(TaskRun *task)
+{
+	HttpResult	result;
+	Stream	   *body = http_from_spec(task, &result);
+	char		buf[8192];
+	uint64		total = 0;
+	size_t		n;
+
+	while ((n = stream_read(body, buf, sizeof(buf))) > 0)
+		total += n;
+	task_log("called %s: HTTP %ld, " UINT64_FORMAT " bytes", task->url, result.status, total);
+}

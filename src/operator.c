@@ -467,6 +467,24 @@ operator_validate(Jsonb *spec, const char *task_id)
 	}
 }
 
+/*
+ * Checks a callback's spec: an operator, and one a callback can run (sql,
+ * or http_fetch for a webhook; a callback keeps no output).
+ */
+void
+callback_validate(Jsonb *spec, const char *what)
+{
+	const char *name;
+
+	operator_validate(spec, NULL);
+	name = operator_name(spec);
+	if (strcmp(name, "sql") != 0 && strcmp(name, "http_fetch") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s cannot be a %s operator", what, name),
+				 errhint("A callback is orchestrator.sql(...), or orchestrator.http_fetch(...) for a webhook.")));
+}
+
 /* The upstream task whose artifact the operator reads, or NULL. */
 char *
 operator_input_task(Jsonb *spec)

@@ -48,11 +48,11 @@ OrchShared *orch_shared = NULL;
 static char *orch_test_clock = NULL;
 
 /* the run context of the running task, readable with current_setting() */
-static char *orch_ctx_values[7];
-static const char *const orch_ctx_names[7] = {
+static char *orch_ctx_values[8];
+static const char *const orch_ctx_names[8] = {
 	"orchestrator.run_id", "orchestrator.dag_id", "orchestrator.task_id",
 	"orchestrator.logical_date", "orchestrator.ds", "orchestrator.try_number",
-	"orchestrator.run_type"
+	"orchestrator.run_type", "orchestrator.error"
 };
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;

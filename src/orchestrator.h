@@ -76,6 +76,7 @@ extern bool orch_record_failure(int64 run_id, const char *task_id, int pid,
 
 /* operator specs (operator.c) */
 extern void operator_validate(Jsonb *spec, const char *task_id);
+extern void callback_validate(Jsonb *spec, const char *what);
 extern char *operator_input_task(Jsonb *spec);
 extern const char *operator_name(Jsonb *spec);
 extern bool operator_produces_artifact(const char *name);

@@ -600,6 +600,29 @@ set_ti_state(int64 run_id, TiState *ti, const char *state)
 	ti->state = pstrdup(state);
 }
 
+/* The DAG's callback for a run that ended, if it has one. */
+static void
+enqueue_run_callback(RunRow *run, const char *state, const char *error)
+{
+	Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	char		nulls[3] = "   ";
+
+	values[0] = Int64GetDatum(run->run_id);
+	values[1] = CStringGetTextDatum(state);
+	if (error)
+		values[2] = CStringGetTextDatum(error);
+	else
+		nulls[2] = 'n';
+	run_query("INSERT INTO orchestrator.callback (run_id, kind, spec, error) "
+			  "SELECT r.run_id, c.kind, c.spec, $3 "
+			  "FROM orchestrator.dag_run r JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "CROSS JOIN LATERAL (SELECT CASE WHEN $2 = 'failed' THEN 'on_failure_callback' ELSE 'on_success_callback' END, "
+			  "                           CASE WHEN $2 = 'failed' THEN d.on_failure_callback ELSE d.on_success_callback END) c(kind, spec) "
+			  "WHERE r.run_id = $1 AND c.spec IS NOT NULL",
+			  3, types, values, nulls, SPI_OK_INSERT);
+}
+
 /*
  * 5. One running run: its timeout, its task instances, its end.
  */
@@ -643,6 +666,7 @@ evaluate_run(void *arg)
 					  3, types, values, NULL, SPI_OK_UPDATE);
 			run_query("UPDATE orchestrator.dag_run SET state = 'failed', finished_at = $3 WHERE run_id = $1",
 					  3, types, values, NULL, SPI_OK_UPDATE);
+			enqueue_run_callback(run, "failed", "dagrun_timeout exceeded");
 			/* a run slot is free: schedule again at once */
 			wake_by(tick_now);
 			return;
@@ -754,9 +778,17 @@ evaluate_run(void *arg)
 	}
 	if (all_done)
 	{
+		StringInfoData why;
+
 		values[1] = CStringGetTextDatum(failed ? "failed" : "success");
 		run_query("UPDATE orchestrator.dag_run SET state = $2, finished_at = $3 WHERE run_id = $1",
 				  3, types, values, NULL, SPI_OK_UPDATE);
+		initStringInfo(&why);
+		for (int i = 0; i < n && failed; i++)
+			if (tis[i].is_leaf && (state_is(&tis[i], "failed") || state_is(&tis[i], "upstream_failed")))
+				appendStringInfo(&why, "%s%s %s", why.len ? ", " : "tasks ",
+								 tis[i].task_id, tis[i].state);
+		enqueue_run_callback(run, failed ? "failed" : "success", failed ? why.data : NULL);
 		/* a run slot is free: schedule again at once */
 		wake_by(tick_now);
 	}
@@ -938,9 +970,10 @@ scheduler_tick(void)
 			schedule_dags();
 			start_runs();
 			evaluate_runs();
-			run_query("SELECT count(*) FROM orchestrator.task_instance ti "
-					  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
-					  "WHERE ti.state = 'queued' AND r.state = 'running'",
+			run_query("SELECT (SELECT count(*) FROM orchestrator.task_instance ti "
+					  "        JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
+					  "        WHERE ti.state = 'queued' AND r.state = 'running') "
+					  "     + (SELECT count(*) FROM orchestrator.callback)",
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 			queued = DatumGetInt64(col_datum(0, 1, &isnull));
 		}

@@ -42,5 +42,6 @@ extern void op_sql_run(TaskRun *task);
 extern void op_http_fetch_run(TaskRun *task);
 extern void op_gunzip_run(TaskRun *task);
 extern void op_copy_into_run(TaskRun *task);
+extern void op_webhook_run(TaskRun *task);
 
 #endif							/* ORCHESTRATOR_TASK_H */

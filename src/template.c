@@ -46,7 +46,8 @@ typedef enum TemplateVar
 	TV_DATA_INTERVAL_END,
 	TV_RUN_ID,
 	TV_DAG_ID,
-	TV_TASK_ID
+	TV_TASK_ID,
+	TV_ERROR
 } TemplateVar;
 
 typedef struct TemplatePart
@@ -75,10 +76,11 @@ static const struct
 	{"run_id", TV_RUN_ID, false},
 	{"dag_id", TV_DAG_ID, false},
 	{"task_id", TV_TASK_ID, false},
+	{"error", TV_ERROR, false},
 };
 
 #define TEMPLATE_VARIABLES_HINT \
-	"Templates can use ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz, logical_date, execution_date, data_interval_start, data_interval_end (the last four with .strftime('FORMAT')), run_id, dag_id, task_id and params.NAME."
+	"Templates can use ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz, logical_date, execution_date, data_interval_start, data_interval_end (the last four with .strftime('FORMAT')), run_id, dag_id, task_id, params.NAME, and error (in callbacks)."
 
 static void template_syntax_error(const char *tmpl, const char *what,
 								  const char *detail) pg_attribute_noreturn();
@@ -483,6 +485,11 @@ template_render(const char *tmpl, const char *what, const TemplateContext *ctx)
 				continue;
 			case TV_TASK_ID:
 				append_context_string(&out, ctx->task_id, "task_id", what);
+				continue;
+			case TV_ERROR:
+				/* empty outside a failure */
+				if (ctx->error)
+					appendStringInfoString(&out, ctx->error);
 				continue;
 			case TV_DS:
 			case TV_DS_NODASH:

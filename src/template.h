@@ -21,6 +21,7 @@ typedef struct TemplateContext
 	const char *run_id;			/* NULL if unknown */
 	const char *dag_id;			/* NULL if unknown */
 	const char *task_id;		/* NULL if unknown */
+	const char *error;			/* in callbacks: the error; else NULL */
 	Jsonb	   *params;			/* NULL for none */
 } TemplateContext;
 

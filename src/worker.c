@@ -231,6 +231,16 @@ orch_record_failure(int64 run_id, const char *task_id, int pid,
 			  6, types, values, NULL, SPI_OK_UPDATE);
 	if (SPI_processed == 0)
 		return false;
+	/* its callback, due with this outcome */
+	run_query("INSERT INTO orchestrator.callback (run_id, task_id, kind, spec, try_number, error) "
+			  "SELECT ti.run_id, ti.task_id, c.kind, c.spec, ti.try_number, $5 "
+			  "FROM orchestrator.task_instance ti "
+			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
+			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
+			  "CROSS JOIN LATERAL (SELECT CASE WHEN ti.state = 'failed' THEN 'on_failure_callback' ELSE 'on_retry_callback' END, "
+			  "                           CASE WHEN ti.state = 'failed' THEN t.on_failure_callback ELSE t.on_retry_callback END) c(kind, spec) "
+			  "WHERE ti.run_id = $1 AND ti.task_id = $2 AND c.spec IS NOT NULL",
+			  6, types, values, NULL, SPI_OK_INSERT);
 	/* the error ends the try's log */
 	run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
 			  "VALUES ($1, $2, $4, $6, 'ERROR', $5)",
@@ -369,6 +379,36 @@ record_artifact(TaskRun *task)
 			  8, types, values, nulls, SPI_OK_INSERT);
 }
 
+/*
+ * The run's context, readable with current_setting(), for the rest of the
+ * transaction.
+ */
+static void
+set_run_context(TaskRun *task)
+{
+	set_context("orchestrator.run_id", psprintf(INT64_FORMAT, task->run_id));
+	set_context("orchestrator.dag_id", task->dag_id);
+	set_context("orchestrator.task_id", task->task_id);
+	set_context("orchestrator.logical_date",
+				template_render("{{ ts }}", "ts", &task->ctx));
+	set_context("orchestrator.ds", template_render("{{ ds }}", "ds", &task->ctx));
+	set_context("orchestrator.try_number", psprintf("%d", task->try_number));
+	set_context("orchestrator.run_type", task->run_type);
+	set_context("orchestrator.error", task->ctx.error ? task->ctx.error : "");
+}
+
+/* The owner still exists, or the task cannot run. */
+static void
+check_owner(TaskRun *task)
+{
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(task->owner)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the owner of DAG \"%s\" (role OID %u) no longer exists",
+						task->dag_id, task->owner),
+				 errhint("Recreate the DAG as an existing role.")));
+}
+
 /* The work and the success row, in one transaction. */
 static void
 run_task(TaskRun *task)
@@ -390,12 +430,7 @@ run_task(TaskRun *task)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("task \"%s\" is no longer defined in DAG \"%s\"",
 						task->task_id, task->dag_id)));
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(task->owner)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("the owner of DAG \"%s\" (role OID %u) no longer exists",
-						task->dag_id, task->owner),
-				 errhint("Recreate the DAG as an existing role.")));
+	check_owner(task);
 
 	/* the artifact of the task this one reads, found before leaving superuser */
 	{
@@ -419,15 +454,7 @@ run_task(TaskRun *task)
 		}
 	}
 
-	/* the run's context, readable with current_setting() */
-	set_context("orchestrator.run_id", psprintf(INT64_FORMAT, task->run_id));
-	set_context("orchestrator.dag_id", task->dag_id);
-	set_context("orchestrator.task_id", task->task_id);
-	set_context("orchestrator.logical_date",
-				template_render("{{ ts }}", "ts", &task->ctx));
-	set_context("orchestrator.ds", template_render("{{ ds }}", "ds", &task->ctx));
-	set_context("orchestrator.try_number", psprintf("%d", task->try_number));
-	set_context("orchestrator.run_type", task->run_type);
+	set_run_context(task);
 
 	task_log_begin();
 	task_log("try %d of task %s.%s, run " INT64_FORMAT ", logical date %s",
@@ -491,8 +518,138 @@ run_task(TaskRun *task)
 	if (task->has_artifact)
 		record_artifact(task);
 	task_log_write(task->run_id, task->task_id, task->try_number);
+	run_query("INSERT INTO orchestrator.callback (run_id, task_id, kind, spec, try_number) "
+			  "SELECT r.run_id, t.task_id, 'on_success_callback', t.on_success_callback, $3 "
+			  "FROM orchestrator.dag_run r "
+			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
+			  "WHERE r.run_id = $1 AND t.on_success_callback IS NOT NULL",
+			  3, types, values, NULL, SPI_OK_INSERT);
 	AtEOXact_GUC(true, nestlevel);
 	orch_end_xact();
+}
+
+/*
+ * Runs the oldest callback due, if there is one: as the DAG's owner, with
+ * the triggering task's context and error, in a transaction that also
+ * deletes it.  A failing callback is logged (in the try's task log and the
+ * server log) and deleted; it never changes any outcome.
+ */
+static bool
+run_next_callback(MemoryContext cxt)
+{
+	TaskRun		task;
+	int64		id;
+	char	   *kind;
+	HeapTuple	tuple;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	Oid			types[4] = {INT8OID, INT8OID, TEXTOID, INT4OID};
+	Datum		values[4];
+	Oid			save_userid;
+	int			save_sec_context;
+
+	orch_begin_xact();
+	run_query("SELECT c.id, c.run_id, c.task_id, c.kind, c.spec, c.try_number, c.error, "
+			  "       r.dag_id, r.run_type, r.logical_date, r.data_interval_start, "
+			  "       r.data_interval_end, d.owner, d.params || r.conf "
+			  "FROM orchestrator.callback c "
+			  "JOIN orchestrator.dag_run r ON r.run_id = c.run_id "
+			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "ORDER BY c.id LIMIT 1 FOR UPDATE OF c SKIP LOCKED",
+			  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+	{
+		orch_end_xact();
+		return false;
+	}
+	tuple = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	memset(&task, 0, sizeof(task));
+	id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+	task.run_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
+	task.task_id = getstr(tuple, desc, 3, cxt);
+	kind = getstr(tuple, desc, 4, cxt);
+	task.spec = DatumGetJsonbPCopy(SPI_getbinval(tuple, desc, 5, &isnull));
+	d = SPI_getbinval(tuple, desc, 6, &isnull);
+	task.try_number = isnull ? 0 : DatumGetInt32(d);
+	task.ctx.error = getstr(tuple, desc, 7, cxt);
+	task.dag_id = getstr(tuple, desc, 8, cxt);
+	task.run_type = getstr(tuple, desc, 9, cxt);
+	task.ctx.logical_date = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 10, &isnull));
+	d = SPI_getbinval(tuple, desc, 11, &isnull);
+	task.ctx.data_interval_start = isnull ? task.ctx.logical_date : DatumGetTimestampTz(d);
+	d = SPI_getbinval(tuple, desc, 12, &isnull);
+	task.ctx.data_interval_end = isnull ? task.ctx.logical_date : DatumGetTimestampTz(d);
+	task.owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 13, &isnull));
+	d = SPI_getbinval(tuple, desc, 14, &isnull);
+	task.ctx.params = isnull ? NULL : DatumGetJsonbPCopy(d);
+	/* a run's own callback has no task */
+	if (task.task_id == NULL)
+		task.task_id = MemoryContextStrdup(cxt, "");
+	task.ctx.dag_id = task.dag_id;
+	task.ctx.task_id = task.task_id;
+	task.ctx.run_id = psprintf("%s__%s", task.run_type,
+							   template_render("{{ ts }}", "ts", &task.ctx));
+	values[0] = Int64GetDatum(id);
+	values[1] = Int64GetDatum(task.run_id);
+	values[2] = CStringGetTextDatum(task.task_id);
+	values[3] = Int32GetDatum(task.try_number);
+
+	PG_TRY();
+	{
+		check_owner(&task);
+		set_run_context(&task);
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		SetUserIdAndSecContext(task.owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		if (strcmp(operator_name(task.spec), "sql") == 0)
+			op_sql_run(&task);
+		else
+			op_webhook_run(&task);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		run_query("DELETE FROM orchestrator.callback WHERE id = $1",
+				  1, types, values, NULL, SPI_OK_DELETE);
+		if (task.task_id[0] != '\0')
+			run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
+					  "SELECT $2, $3, $4, clock_timestamp(), 'INFO', $5 "
+					  "WHERE EXISTS (SELECT 1 FROM orchestrator.task_instance WHERE run_id = $2 AND task_id = $3)",
+					  5, (Oid[]) {INT8OID, INT8OID, TEXTOID, INT4OID, TEXTOID},
+					  (Datum[]) {values[0], values[1], values[2], values[3],
+						  CStringGetTextDatum(psprintf("%s ran", kind))},
+					  NULL, SPI_OK_INSERT);
+		orch_end_xact();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		char	   *message;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		disable_all_timeouts(false);
+		QueryCancelPending = false;
+		AbortCurrentTransaction();
+		close_lo_relation(false);
+		message = psprintf("%s failed: %s", kind, edata->message);
+		ereport(LOG,
+				(errmsg("orchestrator: %s of DAG \"%s\" (run " INT64_FORMAT "%s%s) %s",
+						kind, task.dag_id, task.run_id, task.task_id[0] ? ", task " : "",
+						task.task_id, message)));
+		orch_begin_xact();
+		run_query("DELETE FROM orchestrator.callback WHERE id = $1",
+				  1, types, values, NULL, SPI_OK_DELETE);
+		if (task.task_id[0] != '\0')
+			run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
+					  "SELECT $2, $3, $4, clock_timestamp(), 'WARNING', $5 "
+					  "WHERE EXISTS (SELECT 1 FROM orchestrator.task_instance WHERE run_id = $2 AND task_id = $3)",
+					  5, (Oid[]) {INT8OID, INT8OID, TEXTOID, INT4OID, TEXTOID},
+					  (Datum[]) {values[0], values[1], values[2], values[3], CStringGetTextDatum(message)},
+					  NULL, SPI_OK_INSERT);
+		orch_end_xact();
+	}
+	PG_END_TRY();
+	return true;
 }
 
 static char *
@@ -534,6 +691,13 @@ orch_worker_main(Datum arg)
 		TaskRun		task;
 
 		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(task_cxt);
+		/* callbacks due first: they follow outcomes already decided */
+		if (run_next_callback(task_cxt))
+		{
+			QueryCancelPending = false;
+			continue;
+		}
 		MemoryContextReset(task_cxt);
 		if (!claim_next(&task, task_cxt))
 			break;

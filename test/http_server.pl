@@ -18,6 +18,7 @@
 #   /redirect-to/URL         one redirect to URL (the rest of the path)
 #   /loop                    redirects to itself for ever
 #   /echo                    the request (method, headers, body) as the body
+#   /hook/NAME               appends the request's method and body to DIR/hook-NAME.log
 #   /count/PREFIX            how many requests so far had a path starting PREFIX
 # Every request is appended to DIR/requests.log.
 use strict;
@@ -209,6 +210,14 @@ sub handle
 	elsif ($path eq '/loop')
 	{
 		respond($c, 302, '', Location => "http://$host/loop");
+	}
+	elsif ($path =~ m{^/hook/([\w.-]+)$})
+	{
+		open my $fh, '>>', "$root/hook-$1.log" or die;
+		flock $fh, LOCK_EX;
+		print $fh "$method $headers{'content-type'} $body\n";
+		close $fh;
+		respond($c, 200, "ok\n");
 	}
 	elsif ($path eq '/echo')
 	{
