@@ -47,6 +47,7 @@ CREATE TABLE orchestrator.task (
 	on_failure_callback jsonb,
 	on_success_callback jsonb,
 	on_retry_callback jsonb,
+	cache_expiration interval,
 	position integer NOT NULL,
 	PRIMARY KEY (dag_id, task_id)
 );
@@ -85,6 +86,7 @@ CREATE TABLE orchestrator.task_instance (
 	error text,
 	worker_pid integer,
 	rows_loaded bigint,
+	cached boolean NOT NULL DEFAULT false,
 	PRIMARY KEY (run_id, task_id)
 );
 CREATE INDEX task_instance_active_idx ON orchestrator.task_instance (state)
@@ -102,6 +104,9 @@ CREATE TABLE orchestrator.artifact (
 	content_type text,
 	http_status integer,
 	url text,
+	cache_key text,				-- what the output was made from
+	etag text,					-- the response's validators, to revalidate
+	last_modified text,
 	created_at timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (run_id, task_id),
 	FOREIGN KEY (run_id, task_id) REFERENCES orchestrator.task_instance ON DELETE CASCADE
@@ -135,6 +140,9 @@ CREATE TABLE orchestrator.log (
 	FOREIGN KEY (run_id, task_id) REFERENCES orchestrator.task_instance ON DELETE CASCADE
 );
 CREATE INDEX log_run_task_idx ON orchestrator.log (run_id, task_id, try_number);
+
+CREATE INDEX artifact_cache_key_idx ON orchestrator.artifact (task_id, cache_key)
+	WHERE cache_key IS NOT NULL;
 
 CREATE FUNCTION orchestrator.artifact_unlink()
 RETURNS trigger
@@ -250,7 +258,8 @@ SELECT t.dag_id,
 	   t.position,
 	   t.on_failure_callback,
 	   t.on_success_callback,
-	   t.on_retry_callback
+	   t.on_retry_callback,
+	   t.cache_expiration
   FROM orchestrator.task t;
 
 CREATE VIEW orchestrator.dag_runs WITH (security_invoker = true) AS
@@ -280,7 +289,8 @@ SELECT ti.run_id,
 	   ti.finished_at - ti.started_at AS duration,
 	   ti.error,
 	   ti.worker_pid,
-	   ti.rows_loaded
+	   ti.rows_loaded,
+	   ti.cached
   FROM orchestrator.task_instance ti
   JOIN orchestrator.dag_run r USING (run_id);
 
@@ -471,12 +481,13 @@ CREATE FUNCTION orchestrator.add_task(dag_id text,
 									  trigger_rule text DEFAULT 'all_success',
 									  on_failure_callback jsonb DEFAULT NULL,
 									  on_success_callback jsonb DEFAULT NULL,
-									  on_retry_callback jsonb DEFAULT NULL)
+									  on_retry_callback jsonb DEFAULT NULL,
+									  cache_expiration interval DEFAULT NULL)
 RETURNS void
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'orch_add_task';
-COMMENT ON FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb) IS
+COMMENT ON FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb, interval) IS
 	'Adds a task to a DAG you own; its upstream tasks must already exist';
 
 CREATE FUNCTION orchestrator.drop_dag(dag_id text, if_exists boolean DEFAULT false)

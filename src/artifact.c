@@ -17,7 +17,9 @@
 #include "postgres.h"
 
 #include "catalog/pg_largeobject.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/spi.h"
 #include "common/cryptohash.h"
 #include "common/sha2.h"
 #include "fmgr.h"
@@ -126,7 +128,17 @@ orch_artifact_unlink(PG_FUNCTION_ARGS)
 	loid = heap_getattr(trigdata->tg_trigtuple,
 						attnameAttNum(trigdata->tg_relation, "loid", false),
 						RelationGetDescr(trigdata->tg_relation), &isnull);
-	if (!isnull && LargeObjectExists(DatumGetObjectId(loid)))
+	if (isnull || !LargeObjectExists(DatumGetObjectId(loid)))
+		return PointerGetDatum(trigdata->tg_trigtuple);
+
+	/* a cached artifact shares its large object: only the last one unlinks */
+	SPI_connect();
+	/* not read-only: see the rows this same statement (a cascade) deleted */
+	if (SPI_execute_with_args("SELECT 1 FROM orchestrator.artifact WHERE loid = $1",
+							  1, (Oid[]) {OIDOID}, &loid, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up artifacts");
+	if (SPI_processed == 0)
 		DirectFunctionCall1(be_lo_unlink, loid);
+	SPI_finish();
 	return PointerGetDatum(trigdata->tg_trigtuple);
 }

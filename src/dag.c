@@ -307,10 +307,11 @@ orch_add_task(PG_FUNCTION_ARGS)
 	List	   *upstream = NIL;
 	ArrayBuildState *astate = NULL;
 	CatalogWrite cw;
-	Oid			types[13] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
-		INTERVALOID, BOOLOID, INTERVALOID, INTERVALOID, TEXTOID, JSONBOID, JSONBOID, JSONBOID};
-	Datum		values[13];
-	char		nulls[13];
+	Oid			types[14] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
+		INTERVALOID, BOOLOID, INTERVALOID, INTERVALOID, TEXTOID, JSONBOID, JSONBOID, JSONBOID,
+	INTERVALOID};
+	Datum		values[14];
+	char		nulls[14];
 	ListCell   *lc;
 
 	require_arg(fcinfo, 0, "dag_id");
@@ -393,6 +394,12 @@ orch_add_task(PG_FUNCTION_ARGS)
 		callback_validate(PG_GETARG_JSONB_P(11), "on_success_callback");
 	if (!PG_ARGISNULL(12))
 		callback_validate(PG_GETARG_JSONB_P(12), "on_retry_callback");
+	check_interval(fcinfo, 13, "cache_expiration", false);
+	if (!PG_ARGISNULL(13) && !operator_produces_artifact(operator_name(spec)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cache_expiration applies only to tasks that produce an artifact"),
+				 errhint("http_fetch and gunzip tasks can be cached.")));
 
 	catalog_write_begin(&cw);
 	lock_owned_dag(&cw, dag_id, false, false);
@@ -449,7 +456,7 @@ orch_add_task(PG_FUNCTION_ARGS)
 			values[i] = PG_GETARG_DATUM(i);
 	}
 	values[9] = CStringGetTextDatum(rule);
-	for (int i = 10; i <= 12; i++)
+	for (int i = 10; i <= 13; i++)
 	{
 		if (PG_ARGISNULL(i))
 			nulls[i] = 'n';
@@ -459,10 +466,10 @@ orch_add_task(PG_FUNCTION_ARGS)
 	run_query("INSERT INTO orchestrator.task (dag_id, task_id, spec, upstream, retries, "
 			  "retry_delay, retry_exponential_backoff, max_retry_delay, "
 			  "execution_timeout, trigger_rule, on_failure_callback, on_success_callback, "
-			  "on_retry_callback, position) "
-			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+			  "on_retry_callback, cache_expiration, position) "
+			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
 			  "coalesce(max(position), 0) + 1 FROM orchestrator.task WHERE dag_id = $1",
-			  13, types, values, nulls, SPI_OK_INSERT);
+			  14, types, values, nulls, SPI_OK_INSERT);
 
 	catalog_write_end(&cw);
 	orch_wake_scheduler_at_commit();

@@ -55,6 +55,9 @@ typedef struct HttpState
 	bool		denied;			/* a redirect to a host not allowed */
 	char		denied_host[256];
 	char		content_type[256];
+	char		etag[256];
+	char		last_modified[128];
+	bool		conditional;	/* a 304 is an answer, not an error */
 
 	char	   *url;			/* of the current response */
 	HttpResult *out;
@@ -148,9 +151,15 @@ http_header_cb(char *data, size_t size, size_t nitems, void *userdata)
 
 		st->out->status = sp ? strtol(sp + 1, NULL, 10) : 0;
 		st->content_type[0] = '\0';
+		st->etag[0] = '\0';
+		st->last_modified[0] = '\0';
 	}
 	else if (value != NULL && pg_strncasecmp(line, "content-type:", 13) == 0)
 		strlcpy(st->content_type, value, sizeof(st->content_type));
+	else if (value != NULL && pg_strncasecmp(line, "etag:", 5) == 0)
+		strlcpy(st->etag, value, sizeof(st->etag));
+	else if (value != NULL && pg_strncasecmp(line, "last-modified:", 14) == 0)
+		strlcpy(st->last_modified, value, sizeof(st->last_modified));
 	else if (value != NULL && pg_strncasecmp(line, "location:", 9) == 0 &&
 			 st->out->status >= 300 && st->out->status < 400 &&
 			 st->allowed_hosts != NIL)
@@ -301,6 +310,15 @@ http_read(Stream *stream, char *buf, size_t len)
 		http_raise(st);
 	if (st->content_type[0])
 		st->out->content_type = pstrdup(st->content_type);
+	if (st->etag[0])
+		st->out->etag = pstrdup(st->etag);
+	if (st->last_modified[0])
+		st->out->last_modified = pstrdup(st->last_modified);
+	if (st->out->status == 304 && st->conditional)
+	{
+		st->out->not_modified = true;
+		return 0;
+	}
 	if (st->out->status < 200 || st->out->status >= 300)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_EXCEPTION),
@@ -382,6 +400,11 @@ http_source(const HttpRequest *req, HttpResult *result)
 
 	foreach(lc, req->headers)
 		st->headers = curl_slist_append(st->headers, (char *) lfirst(lc));
+	if (req->if_none_match)
+		st->headers = curl_slist_append(st->headers, psprintf("If-None-Match: %s", req->if_none_match));
+	if (req->if_modified_since)
+		st->headers = curl_slist_append(st->headers, psprintf("If-Modified-Since: %s", req->if_modified_since));
+	st->conditional = (req->if_none_match != NULL || req->if_modified_since != NULL);
 	if (st->headers)
 		curl_easy_setopt(h, CURLOPT_HTTPHEADER, st->headers);
 

@@ -60,8 +60,8 @@ interval_ms(const char *text)
 }
 
 /* The request a spec describes, its templates rendered. */
-static Stream *
-http_from_spec(TaskRun *task, HttpResult *result)
+static void
+http_request_from_spec(TaskRun *task, HttpRequest *out)
 {
 	HttpRequest req;
 	JsonbValue *v;
@@ -105,8 +105,61 @@ http_from_spec(TaskRun *task, HttpResult *result)
 			}
 		}
 	}
+	*out = req;
+}
+
+static Stream *
+http_from_spec(TaskRun *task, HttpResult *result)
+{
+	HttpRequest req;
+
+	http_request_from_spec(task, &req);
 	task->url = pstrdup(req.url);
 	return http_source(&req, result);
+}
+
+/*
+ * What a task's output is made from, for caching: the rendered request of
+ * an http_fetch, the input's checksum for a gunzip.
+ */
+char *
+op_cache_key(TaskRun *task)
+{
+	const char *op = operator_name(task->spec);
+	StringInfoData key;
+
+	initStringInfo(&key);
+	if (strcmp(op, "http_fetch") == 0)
+	{
+		HttpRequest req;
+		ListCell   *lc;
+
+		http_request_from_spec(task, &req);
+		appendStringInfo(&key, "http_fetch %s %s", req.method, req.url);
+		foreach(lc, req.headers)
+			appendStringInfo(&key, "\n%s", (char *) lfirst(lc));
+		if (req.body)
+			appendStringInfo(&key, "\n\n%s", req.body);
+	}
+	else
+		appendStringInfo(&key, "gunzip %s", task->input_sha256 ? task->input_sha256 : "");
+	return key.data;
+}
+
+/* The output is an earlier artifact of the same key. */
+void
+op_use_cache_entry(TaskRun *task, const char *why)
+{
+	task->cached = true;
+	task->has_artifact = true;
+	task->artifact = task->entry;
+	task->content_type = task->entry_content_type;
+	task->url = task->entry_url;
+	task->http_status = task->entry_status;
+	task->etag = task->entry_etag;
+	task->last_modified = task->entry_last_modified;
+	task_log("%s: the output of an earlier run, " INT64_FORMAT " bytes, sha256 %s",
+			 why, task->artifact.size, task->artifact.sha256);
 }
 
 static double
@@ -118,12 +171,34 @@ seconds_since(TimestampTz start)
 void
 op_http_fetch_run(TaskRun *task)
 {
-	HttpResult result;
+	HttpResult	result;
+	HttpRequest req;
 	TimestampTz start = GetCurrentTimestamp();
-	Stream	   *body = http_from_spec(task, &result);
+	Stream	   *body;
+	const char *head;
 
-	task_log("fetching %s", task->url);
+	http_request_from_spec(task, &req);
+	/* revalidate an expired cache entry, where the server gave validators */
+	if (task->has_entry)
+	{
+		req.if_none_match = task->entry_etag;
+		req.if_modified_since = task->entry_last_modified;
+	}
+	task->url = pstrdup(req.url);
+	body = http_source(&req, &result);
+	task_log("fetching %s%s", task->url,
+			 req.if_none_match || req.if_modified_since ? " (revalidating)" : "");
+	(void) stream_peek(body, &head, 1);
+	if (result.not_modified)
+	{
+		op_use_cache_entry(task, "not modified (HTTP 304)");
+		task->artifact_created_at = 0;	/* fresh again */
+		return;
+	}
 	artifact_sink(body, &task->artifact);
+	/* the validators are known once the transfer has ended */
+	task->etag = result.etag;
+	task->last_modified = result.last_modified;
 	task->has_artifact = true;
 	task->http_status = result.status;
 	task->content_type = result.content_type;

@@ -55,6 +55,8 @@ typedef struct HttpRequest
 	const char *body;			/* or NULL */
 	int64		timeout_ms;		/* 0: none */
 	int64		max_bytes;		/* 0: no limit */
+	const char *if_none_match;	/* to revalidate a cached response, or NULL */
+	const char *if_modified_since;
 } HttpRequest;
 
 typedef struct HttpResult
@@ -62,6 +64,9 @@ typedef struct HttpResult
 	long		status;
 	char	   *content_type;
 	char	   *effective_url;
+	char	   *etag;			/* the response's validators, or NULL */
+	char	   *last_modified;
+	bool		not_modified;	/* 304 to a conditional request: no body */
 } HttpResult;
 
 extern Stream *http_source(const HttpRequest *request, HttpResult *result);

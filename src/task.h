@@ -35,6 +35,23 @@ typedef struct TaskRun
 	char	   *content_type;
 	bool		has_rows;
 	uint64		rows_loaded;
+
+	/* caching (cache_expiration) */
+	char	   *input_sha256;	/* the input artifact's, for gunzip's key */
+	bool		cache;			/* the task has a cache_expiration */
+	char	   *cache_key;
+	bool		has_entry;		/* an earlier artifact with the same key */
+	ArtifactInfo entry;
+	char	   *entry_content_type;
+	char	   *entry_url;
+	long		entry_status;
+	char	   *entry_etag;
+	char	   *entry_last_modified;
+	TimestampTz entry_created_at;
+	bool		cached;			/* the output is the entry's */
+	char	   *etag;			/* validators of the output */
+	char	   *last_modified;
+	TimestampTz artifact_created_at;	/* 0: now */
 } TaskRun;
 
 /* operators (op_sql.c, op_data.c) */
@@ -43,5 +60,7 @@ extern void op_http_fetch_run(TaskRun *task);
 extern void op_gunzip_run(TaskRun *task);
 extern void op_copy_into_run(TaskRun *task);
 extern void op_webhook_run(TaskRun *task);
+extern char *op_cache_key(TaskRun *task);
+extern void op_use_cache_entry(TaskRun *task, const char *why);
 
 #endif							/* ORCHESTRATOR_TASK_H */

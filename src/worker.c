@@ -269,7 +269,8 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	run_query("SELECT ti.run_id, ti.task_id, ti.try_number + 1, r.dag_id, r.run_type, "
 			  "       r.logical_date, r.data_interval_start, r.data_interval_end, "
 			  "       d.owner, d.params || r.conf, t.spec, "
-			  "       (extract(epoch FROM t.execution_timeout) * 1000)::int8 "
+			  "       (extract(epoch FROM t.execution_timeout) * 1000)::int8, "
+			  "       t.cache_expiration IS NOT NULL "
 			  "FROM orchestrator.task_instance ti "
 			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
 			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
@@ -316,6 +317,8 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	}
 	d = SPI_getbinval(tuple, desc, 12, &isnull);
 	task->timeout_ms = isnull ? 0 : DatumGetInt64(d);
+	d = SPI_getbinval(tuple, desc, 13, &isnull);
+	task->cache = !isnull && DatumGetBool(d);
 	task->ctx.dag_id = task->dag_id;
 	task->ctx.task_id = task->task_id;
 	/* Airflow's run id: "scheduled__2021-01-02T06:00:00+00:00" */
@@ -352,31 +355,91 @@ set_context(const char *name, const char *value)
 static void
 record_artifact(TaskRun *task)
 {
-	Oid			types[8] = {INT8OID, TEXTOID, OIDOID, INT8OID, TEXTOID, TEXTOID, INT4OID, TEXTOID};
-	Datum		values[8];
-	char		nulls[8] = "        ";
+	Oid			types[12] = {INT8OID, TEXTOID, OIDOID, INT8OID, TEXTOID, TEXTOID, INT4OID,
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[12];
+	char		nulls[12];
+	const char *optional[5] = {task->content_type, task->url, task->cache_key,
+	task->etag, task->last_modified};
+	const int	optional_cols[5] = {5, 7, 8, 9, 10};
 
+	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(task->run_id);
 	values[1] = CStringGetTextDatum(task->task_id);
 	values[2] = ObjectIdGetDatum(task->artifact.loid);
 	values[3] = Int64GetDatum(task->artifact.size);
 	values[4] = CStringGetTextDatum(task->artifact.sha256);
-	if (task->content_type)
-		values[5] = CStringGetTextDatum(task->content_type);
-	else
-		nulls[5] = 'n';
+	for (int i = 0; i < 5; i++)
+	{
+		if (optional[i])
+			values[optional_cols[i]] = CStringGetTextDatum(optional[i]);
+		else
+			nulls[optional_cols[i]] = 'n';
+	}
 	values[6] = Int32GetDatum((int32) task->http_status);
 	if (task->http_status == 0)
 		nulls[6] = 'n';
-	if (task->url)
-		values[7] = CStringGetTextDatum(task->url);
-	else
-		nulls[7] = 'n';
+	values[11] = TimestampTzGetDatum(task->artifact_created_at ? task->artifact_created_at : orch_now());
 	run_query("DELETE FROM orchestrator.artifact WHERE run_id = $1 AND task_id = $2",
 			  2, types, values, NULL, SPI_OK_DELETE);
 	run_query("INSERT INTO orchestrator.artifact (run_id, task_id, loid, size, sha256, "
-			  " content_type, http_status, url) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-			  8, types, values, nulls, SPI_OK_INSERT);
+			  " content_type, http_status, url, cache_key, etag, last_modified, created_at) "
+			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+			  12, types, values, nulls, SPI_OK_INSERT);
+}
+
+/*
+ * The newest artifact of the same DAG and task made from the same key (not
+ * this run's own, which a rerun replaces), if its large object is still
+ * there: fresh if younger than cache_expiration, else a candidate for
+ * revalidation.
+ */
+static void
+find_cache_entry(TaskRun *task)
+{
+	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID};
+	Datum		values[5];
+	HeapTuple	tuple;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+
+	task->cache_key = op_cache_key(task);
+	values[0] = CStringGetTextDatum(task->dag_id);
+	values[1] = CStringGetTextDatum(task->task_id);
+	values[2] = CStringGetTextDatum(task->cache_key);
+	values[3] = Int64GetDatum(task->run_id);
+	values[4] = TimestampTzGetDatum(orch_now());
+	run_query("SELECT a.loid, a.size, a.sha256, a.content_type, a.url, a.http_status, a.etag, "
+			  "       a.last_modified, a.created_at, a.created_at >= $5 - t.cache_expiration "
+			  "FROM orchestrator.artifact a "
+			  "JOIN orchestrator.dag_run r ON r.run_id = a.run_id "
+			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = a.task_id "
+			  "WHERE r.dag_id = $1 AND a.task_id = $2 AND a.cache_key = $3 AND a.run_id <> $4 "
+			  "  AND EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata m WHERE m.oid = a.loid) "
+			  "ORDER BY a.created_at DESC LIMIT 1",
+			  5, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return;
+	tuple = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	task->has_entry = true;
+	task->entry.loid = DatumGetObjectId(SPI_getbinval(tuple, desc, 1, &isnull));
+	task->entry.size = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
+	strlcpy(task->entry.sha256, SPI_getvalue(tuple, desc, 3), sizeof(task->entry.sha256));
+	task->entry_content_type = SPI_getvalue(tuple, desc, 4);
+	task->entry_url = SPI_getvalue(tuple, desc, 5);
+	d = SPI_getbinval(tuple, desc, 6, &isnull);
+	task->entry_status = isnull ? 0 : DatumGetInt32(d);
+	task->entry_etag = SPI_getvalue(tuple, desc, 7);
+	task->entry_last_modified = SPI_getvalue(tuple, desc, 8);
+	task->entry_created_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 9, &isnull));
+	if (DatumGetBool(SPI_getbinval(tuple, desc, 10, &isnull)))
+	{
+		/* fresh: reused as it is, and it expires when the original does */
+		task->cached = true;
+		task->artifact_created_at = task->entry_created_at;
+	}
 }
 
 /*
@@ -442,7 +505,7 @@ run_task(TaskRun *task)
 			Datum		ivalues[2] = {Int64GetDatum(task->run_id), CStringGetTextDatum(input)};
 			bool		isnull;
 
-			run_query("SELECT loid FROM orchestrator.artifact WHERE run_id = $1 AND task_id = $2",
+			run_query("SELECT loid, sha256 FROM orchestrator.artifact WHERE run_id = $1 AND task_id = $2",
 					  2, itypes, ivalues, NULL, SPI_OK_SELECT);
 			if (SPI_processed == 0)
 				ereport(ERROR,
@@ -451,8 +514,11 @@ run_task(TaskRun *task)
 								input, task->run_id, task->task_id)));
 			task->input_loid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 															  SPI_tuptable->tupdesc, 1, &isnull));
+			task->input_sha256 = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 		}
 	}
+	if (task->cache)
+		find_cache_entry(task);
 
 	set_run_context(task);
 
@@ -477,7 +543,9 @@ run_task(TaskRun *task)
 	/* a spec changed behind the API's back gets a clear error, not a crash */
 	operator_validate(task->spec, task->task_id);
 	opname = operator_name(task->spec);
-	if (strcmp(opname, "sql") == 0)
+	if (task->cached)
+		op_use_cache_entry(task, "cached");
+	else if (strcmp(opname, "sql") == 0)
 		op_sql_run(task);
 	else if (strcmp(opname, "http_fetch") == 0)
 		op_http_fetch_run(task);
@@ -505,8 +573,13 @@ run_task(TaskRun *task)
 	values[2] = Int32GetDatum(task->try_number);
 	values[3] = TimestampTzGetDatum(orch_now());
 	values[4] = Int64GetDatum((int64) task->rows_loaded);
-	run_query("UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
-			  " rows_loaded = $5 "
+	run_query(task->cached ?
+			  "UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
+			  " rows_loaded = $5, cached = true "
+			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
+			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()" :
+			  "UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
+			  " rows_loaded = $5, cached = false "
 			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
 			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
 			  5, types, values, task->has_rows ? "     " : "    n", SPI_OK_UPDATE);

@@ -6,7 +6,8 @@
 #   http_server.pl --root DIR [--port N] [--port-file FILE]
 #
 # Paths (NAME is a file under DIR):
-#   /files/NAME, /NAME       the file, with Content-Length
+#   /files/NAME, /NAME       the file, with Content-Length (on /files/, with an
+#                            ETag and Last-Modified, and 304 to If-None-Match)
 #   /chunked/NAME            the file, with Transfer-Encoding: chunked
 #   /trickle/NAME            the file, 64 kB at a time with a pause between
 #   /slow/SECONDS/NAME       waits, then sends the file
@@ -105,7 +106,7 @@ sub slurp
 sub respond
 {
 	my ($c, $status, $body, %headers) = @_;
-	my $reason = { 200 => 'OK', 302 => 'Found', 404 => 'Not Found', 500 => 'Internal Server Error',
+	my $reason = { 200 => 'OK', 302 => 'Found', 304 => 'Not Modified', 404 => 'Not Found', 500 => 'Internal Server Error',
 		503 => 'Service Unavailable' }->{$status} // 'Status';
 	$headers{'Content-Length'} //= length($body);
 	$headers{'Content-Type'} //= 'text/plain';
@@ -145,8 +146,19 @@ sub handle
 
 	if ($path =~ m{^/files/(.+)$} and my $f = file_of($1))
 	{
-		respond($c, 200, $method eq 'HEAD' ? '' : slurp($f), 'Content-Type' => content_type($1),
-			'Content-Length' => -s $f);
+		my @st = stat $f;
+		my $etag = sprintf('"%x-%x"', $st[7], $st[9]);
+		my $modified = POSIX::strftime('%a, %d %b %Y %H:%M:%S GMT', gmtime $st[9]);
+		if (($headers{'if-none-match'} // '') eq $etag)
+		{
+			log_request("NOT-MODIFIED $path");
+			respond($c, 304, '', ETag => $etag, 'Last-Modified' => $modified, 'Content-Length' => 0);
+		}
+		else
+		{
+			respond($c, 200, $method eq 'HEAD' ? '' : slurp($f), 'Content-Type' => content_type($1),
+				'Content-Length' => -s $f, ETag => $etag, 'Last-Modified' => $modified);
+		}
 	}
 	elsif ($path =~ m{^/chunked/(.+)$} and my $f2 = file_of($1))
 	{
