@@ -152,6 +152,17 @@ AS 'MODULE_PATHNAME', 'orch_artifact_unlink';
 CREATE TRIGGER artifact_unlink AFTER DELETE ON orchestrator.artifact
 	FOR EACH ROW EXECUTE FUNCTION orchestrator.artifact_unlink();
 
+-- Events: NOTIFY orchestrator_events at each state change, at commit
+CREATE FUNCTION orchestrator.notify_event()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'orch_notify_event';
+
+CREATE TRIGGER dag_run_event AFTER INSERT OR UPDATE OF state ON orchestrator.dag_run
+	FOR EACH ROW EXECUTE FUNCTION orchestrator.notify_event();
+CREATE TRIGGER task_instance_event AFTER INSERT OR UPDATE OF state ON orchestrator.task_instance
+	FOR EACH ROW EXECUTE FUNCTION orchestrator.notify_event();
+
 -- pg_dump keeps the definitions and history
 SELECT pg_catalog.pg_extension_config_dump('orchestrator.dag', '');
 SELECT pg_catalog.pg_extension_config_dump('orchestrator.task', '');

@@ -35,6 +35,7 @@ int			orch_max_workers = 4;
 bool		orch_enabled = true;
 char	   *orch_http_allowed_hosts = NULL;
 char	   *orch_history_retention = NULL;
+char	   *orch_events = NULL;
 
 /* set when loaded through shared_preload_libraries */
 bool		orch_preloaded = false;
@@ -62,6 +63,16 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static bool wake_at_commit = false;
 
 void		_PG_init(void);
+
+static bool
+check_events(char **newval, void **extra, GucSource source)
+{
+	if (*newval && (strcmp(*newval, "on") == 0 || strcmp(*newval, "ids") == 0 ||
+					strcmp(*newval, "off") == 0))
+		return true;
+	GUC_check_errdetail("It must be on, ids or off.");
+	return false;
+}
 
 /* orchestrator.history_retention: an interval of zero or more, or empty */
 static bool
@@ -277,6 +288,15 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   0,
 							   check_history_retention, NULL, NULL);
+
+	DefineCustomStringVariable("orchestrator.events",
+							   "What NOTIFY orchestrator_events publishes: on, ids (no dag_id, no error), or off.",
+							   "Any role that can connect can LISTEN: use ids where roles must not see each other's DAGs.",
+							   &orch_events,
+							   "on",
+							   PGC_SUSET,
+							   0,
+							   check_events, NULL, NULL);
 
 	DefineCustomStringVariable("orchestrator.test_clock",
 							   "A fixed time the scheduler uses instead of the clock (tests only).",

@@ -23,6 +23,7 @@ extern bool orch_enabled;
 extern bool orch_preloaded;
 extern char *orch_http_allowed_hosts;
 extern char *orch_history_retention;
+extern char *orch_events;
 
 /*
  * Shared memory (orchestrator.c): the scheduler's latch, and one slot per

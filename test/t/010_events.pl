@@ -1,0 +1,68 @@
+# Events: every run and task state change is published with NOTIFY on
+# orchestrator_events at commit, with a JSON payload; nothing for a change
+# that rolled back; orchestrator.events = 'ids' leaves dag_id and error out.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::Bin;
+use OrchTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = orch_node('events');
+query($node, q{
+SELECT orchestrator.create_dag('ev');
+SELECT orchestrator.add_task('ev', 'a', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.add_task('ev', 'b', orchestrator.sql('SELECT 1/0'), '{a}');
+});
+
+# a listener that triggers a run, waits for it, and prints what it heard
+sub listen_to_run
+{
+	my ($logical_date) = @_;
+	my ($rc, $out, $err) = $node->psql('postgres', qq{
+LISTEN orchestrator_events;
+BEGIN;
+SELECT orchestrator.trigger_dag('ev', logical_date => '2020-12-31');
+ROLLBACK;
+SELECT orchestrator.trigger_dag('ev', logical_date => '$logical_date') AS run \\gset
+SELECT orchestrator.wait_run(:run, '3 minutes');
+SELECT pg_sleep(0.5);
+});
+	my @events = $out =~ /Asynchronous notification "orchestrator_events" with payload "(.*)" received/g;
+	s/\\"/"/g for @events;
+	return @events;
+}
+
+my @events = listen_to_run('2021-01-01');
+ok(scalar(@events) > 0, 'a listener hears events');
+my $run = query($node, "SELECT max(run_id) FROM orchestrator.dag_runs");
+my @expected = (
+	qq{{"dag_id": "ev", "run_id": $run, "task_id": null, "state": "queued", "try_number": null, "error": null}},
+	qq{{"dag_id": "ev", "run_id": $run, "task_id": null, "state": "running", "try_number": null, "error": null}},
+	qq{{"dag_id": "ev", "run_id": $run, "task_id": "a", "state": "scheduled", "try_number": 0, "error": null}},
+	qq{{"dag_id": "ev", "run_id": $run, "task_id": "a", "state": "queued", "try_number": 0, "error": null}},
+	qq{{"dag_id": "ev", "run_id": $run, "task_id": "a", "state": "running", "try_number": 1, "error": null}},
+	qq{{"dag_id": "ev", "run_id": $run, "task_id": "a", "state": "success", "try_number": 1, "error": null}},
+	qq{{"dag_id": "ev", "run_id": $run, "task_id": "b", "state": "running", "try_number": 1, "error": null}},
+	qq{{"dag_id": "ev", "run_id": $run, "task_id": "b", "state": "failed", "try_number": 1, "error": "division by zero"}},
+	qq{{"dag_id": "ev", "run_id": $run, "task_id": null, "state": "failed", "try_number": null, "error": null}});
+my %heard = map { $_ => 1 } @events;
+ok($heard{$_}, "heard: $_") for @expected;
+ok(!(grep { /"queued"/ && /"run_id": (\d+)/ && $1 != $run } @events), 'nothing from the run that rolled back');
+my @run_states = map { /"task_id": null, "state": "(\w+)"/ ? $1 : () } @events;
+is(join(' ', @run_states), 'queued running failed', "the run's changes, each once, in order");
+
+# orchestrator.events = 'ids'
+query($node, "ALTER SYSTEM SET orchestrator.events = 'ids'; SELECT pg_reload_conf()");
+@events = listen_to_run('2021-01-02');
+ok(scalar(@events) > 0 && !(grep { !/"dag_id": null/ || !/"error": null/ } @events),
+	"with events = 'ids', no payload names the DAG or carries an error");
+query($node, "ALTER SYSTEM SET orchestrator.events = 'off'; SELECT pg_reload_conf()");
+@events = listen_to_run('2021-01-03');
+is(scalar(@events), 0, "with events = 'off', nothing");
+my ($rc, $out, $err) = $node->psql('postgres', "ALTER SYSTEM SET orchestrator.events = 'loud'");
+like($err, qr/invalid value for parameter "orchestrator.events"/, 'events takes on, ids or off');
+
+$node->stop;
+done_testing();
