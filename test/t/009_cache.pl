@@ -91,13 +91,36 @@ is(query($node, "SELECT count(*) FROM t_20210104"), '150', 'and its new rows are
 my $r5 = run_once();
 is(cached_flags($r5), 'fetch=true load=false unzip=true', 'then cached again');
 
+# a server that gives no ETag or Last-Modified (files at its root): after
+# the expiration, the file is simply downloaded again
+query($node, qq{
+SELECT orchestrator.create_dag('plain', params => '{"base": "$base"}');
+SELECT orchestrator.add_task('plain', 'fetch', orchestrator.http_fetch('{{ params.base }}/data.csv.gz'), cache_expiration => '1 hour');
+});
+sub plain_downloads
+{
+	open my $fh, '<', "$www/requests.log" or return 0;
+	my $n = grep { /^GET \/data.csv.gz/ } <$fh>;
+	close $fh;
+	return $n;
+}
+my @plain;
+for my $clock ('2021-01-01 04:00+00', '2021-01-01 04:30+00', '2021-01-01 06:00+00')
+{
+	set_clock($node, $clock);
+	my $run = query($node, sprintf("SELECT orchestrator.trigger_dag('plain', logical_date => '2021-02-%02d')", scalar(@plain) + 1));
+	query($node, "SELECT orchestrator.wait_run($run, '3 minutes')");
+	push @plain, query($node, "SELECT cached FROM orchestrator.task_instances WHERE run_id = $run") . ' ' . plain_downloads();
+}
+is(join(', ', @plain), 'f 1, t 1, f 2', 'without validators: downloaded, then cached, then downloaded again after the hour');
+
 # stored copies are shared, and removed with the last run that uses them
 my $los = query($node, "SELECT count(*) FROM pg_largeobject_metadata");
 is($los, query($node, "SELECT count(DISTINCT loid) FROM orchestrator.artifacts"), 'one large object per distinct artifact');
 query($node, "DELETE FROM orchestrator.dag_run WHERE run_id = $r1");
 is(query($node, "SELECT count(*) FROM orchestrator.artifacts a WHERE NOT EXISTS (SELECT 1 FROM pg_largeobject_metadata m WHERE m.oid = a.loid)"),
 	'0', 'deleting the run that made a shared copy keeps it for the runs that reuse it');
-query($node, "SELECT orchestrator.drop_dag('cached')");
+query($node, "SELECT orchestrator.drop_dag('cached'); SELECT orchestrator.drop_dag('plain')");
 is(query($node, "SELECT count(*) FROM pg_largeobject_metadata"), '0', 'dropping the DAG removes them all');
 
 # only tasks that produce an artifact can be cached
