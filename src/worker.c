@@ -249,6 +249,37 @@ orch_record_failure(int64 run_id, const char *task_id, int pid,
 }
 
 /*
+ * The run's context, from seven consecutive columns starting at col:
+ * dag_id, run_type, logical_date, data_interval_start, data_interval_end,
+ * the DAG's owner, and its params merged with the run's conf.
+ */
+static void
+read_run_context(TaskRun *task, HeapTuple tuple, TupleDesc desc, int col,
+				 MemoryContext cxt)
+{
+	bool		isnull;
+	Datum		d;
+	MemoryContext old;
+
+	task->dag_id = getstr(tuple, desc, col, cxt);
+	task->run_type = getstr(tuple, desc, col + 1, cxt);
+	task->ctx.logical_date = DatumGetTimestampTz(SPI_getbinval(tuple, desc, col + 2, &isnull));
+	d = SPI_getbinval(tuple, desc, col + 3, &isnull);
+	task->ctx.data_interval_start = isnull ? task->ctx.logical_date : DatumGetTimestampTz(d);
+	d = SPI_getbinval(tuple, desc, col + 4, &isnull);
+	task->ctx.data_interval_end = isnull ? task->ctx.logical_date : DatumGetTimestampTz(d);
+	task->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, col + 5, &isnull));
+	d = SPI_getbinval(tuple, desc, col + 6, &isnull);
+	old = MemoryContextSwitchTo(cxt);
+	task->ctx.params = isnull ? NULL : DatumGetJsonbPCopy(d);
+	task->ctx.dag_id = task->dag_id;
+	/* Airflow's run id: "scheduled__2021-01-02T06:00:00+00:00" */
+	task->ctx.run_id = psprintf("%s__%s", task->run_type,
+								template_render("{{ ts }}", "ts", &task->ctx));
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * Claims the oldest queued task instance of a running run; false if there
  * is none.
  */
@@ -291,22 +322,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	task->run_id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
 	task->task_id = getstr(tuple, desc, 2, cxt);
 	task->try_number = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
-	task->dag_id = getstr(tuple, desc, 4, cxt);
-	task->run_type = getstr(tuple, desc, 5, cxt);
-	task->ctx.logical_date = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 6, &isnull));
-	d = SPI_getbinval(tuple, desc, 7, &isnull);
-	task->ctx.data_interval_start = isnull ? task->ctx.logical_date : DatumGetTimestampTz(d);
-	d = SPI_getbinval(tuple, desc, 8, &isnull);
-	task->ctx.data_interval_end = isnull ? task->ctx.logical_date : DatumGetTimestampTz(d);
-	task->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 9, &isnull));
-	d = SPI_getbinval(tuple, desc, 10, &isnull);
-	if (!isnull)
-	{
-		MemoryContext old = MemoryContextSwitchTo(cxt);
-
-		task->ctx.params = DatumGetJsonbPCopy(d);
-		MemoryContextSwitchTo(old);
-	}
+	read_run_context(task, tuple, desc, 4, cxt);
 	d = SPI_getbinval(tuple, desc, 11, &isnull);
 	if (!isnull)
 	{
@@ -319,12 +335,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	task->timeout_ms = isnull ? 0 : DatumGetInt64(d);
 	d = SPI_getbinval(tuple, desc, 13, &isnull);
 	task->cache = !isnull && DatumGetBool(d);
-	task->ctx.dag_id = task->dag_id;
 	task->ctx.task_id = task->task_id;
-	/* Airflow's run id: "scheduled__2021-01-02T06:00:00+00:00" */
-	task->ctx.run_id = MemoryContextStrdup(cxt,
-										   psprintf("%s__%s", task->run_type,
-													template_render("{{ ts }}", "ts", &task->ctx)));
 
 	now = orch_now();
 	values[0] = Int64GetDatum(task->run_id);
@@ -647,23 +658,11 @@ run_next_callback(MemoryContext cxt)
 	d = SPI_getbinval(tuple, desc, 6, &isnull);
 	task.try_number = isnull ? 0 : DatumGetInt32(d);
 	task.ctx.error = getstr(tuple, desc, 7, cxt);
-	task.dag_id = getstr(tuple, desc, 8, cxt);
-	task.run_type = getstr(tuple, desc, 9, cxt);
-	task.ctx.logical_date = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 10, &isnull));
-	d = SPI_getbinval(tuple, desc, 11, &isnull);
-	task.ctx.data_interval_start = isnull ? task.ctx.logical_date : DatumGetTimestampTz(d);
-	d = SPI_getbinval(tuple, desc, 12, &isnull);
-	task.ctx.data_interval_end = isnull ? task.ctx.logical_date : DatumGetTimestampTz(d);
-	task.owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 13, &isnull));
-	d = SPI_getbinval(tuple, desc, 14, &isnull);
-	task.ctx.params = isnull ? NULL : DatumGetJsonbPCopy(d);
+	read_run_context(&task, tuple, desc, 8, cxt);
 	/* a run's own callback has no task */
 	if (task.task_id == NULL)
 		task.task_id = MemoryContextStrdup(cxt, "");
-	task.ctx.dag_id = task.dag_id;
 	task.ctx.task_id = task.task_id;
-	task.ctx.run_id = psprintf("%s__%s", task.run_type,
-							   template_render("{{ ts }}", "ts", &task.ctx));
 	values[0] = Int64GetDatum(id);
 	values[1] = Int64GetDatum(task.run_id);
 	values[2] = CStringGetTextDatum(task.task_id);
