@@ -235,6 +235,20 @@ recover_lost(void)
 	}
 }
 
+/* Whether some worker is running a task (no transaction needed to tell). */
+static bool
+any_worker_running(void)
+{
+	bool		running = false;
+
+	LWLockAcquire(orch_shared->lock, LW_SHARED);
+	for (int s = 0; s < orch_shared->nslots && !running; s++)
+		running = (orch_shared->slots[s].pid != 0 &&
+				   orch_shared->slots[s].phase == SLOT_RUNNING);
+	LWLockRelease(orch_shared->lock);
+	return running;
+}
+
 /*
  * 2. A worker whose task instance is no longer its running try (the run was
  * cancelled or timed out, or the DAG dropped) is told to stop: SIGINT
@@ -986,10 +1000,13 @@ scheduler_tick(void)
 	 * also what API calls committed (cancel_run), workers whose task was
 	 * taken from them are stopped.
 	 */
-	orch_begin_xact();
-	if (OidIsValid(get_extension_oid("orchestrator", true)))
-		stop_orphaned_workers();
-	orch_end_xact();
+	if (any_worker_running())
+	{
+		orch_begin_xact();
+		if (OidIsValid(get_extension_oid("orchestrator", true)))
+			stop_orphaned_workers();
+		orch_end_xact();
+	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	apply_retention();

@@ -98,7 +98,6 @@ task_log_begin(void)
 	{
 		log_cxt = AllocSetContextCreate(TopMemoryContext, "orchestrator task log",
 										ALLOCSET_DEFAULT_SIZES);
-		lines = MemoryContextAlloc(log_cxt, 0);
 		prev_emit_log_hook = emit_log_hook;
 		emit_log_hook = task_log_hook;
 	}

@@ -612,6 +612,26 @@ run_task(TaskRun *task)
 	orch_end_xact();
 }
 
+/* A line in the triggering try's log (a run's own callbacks have none). */
+static void
+callback_log_line(TaskRun *task, const char *level, const char *message)
+{
+	Oid			types[5] = {INT8OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
+	Datum		values[5];
+
+	if (task->task_id[0] == '\0')
+		return;
+	values[0] = Int64GetDatum(task->run_id);
+	values[1] = CStringGetTextDatum(task->task_id);
+	values[2] = Int32GetDatum(task->try_number);
+	values[3] = CStringGetTextDatum(level);
+	values[4] = CStringGetTextDatum(message);
+	run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
+			  "SELECT $1, $2, $3, clock_timestamp(), $4, $5 "
+			  "WHERE EXISTS (SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 AND task_id = $2)",
+			  5, types, values, NULL, SPI_OK_INSERT);
+}
+
 /*
  * Runs the oldest callback due, if there is one: as the DAG's owner, with
  * the triggering task's context and error, in a transaction that also
@@ -628,8 +648,8 @@ run_next_callback(MemoryContext cxt)
 	TupleDesc	desc;
 	bool		isnull;
 	Datum		d;
-	Oid			types[4] = {INT8OID, INT8OID, TEXTOID, INT4OID};
-	Datum		values[4];
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
 	Oid			save_userid;
 	int			save_sec_context;
 
@@ -664,9 +684,6 @@ run_next_callback(MemoryContext cxt)
 		task.task_id = MemoryContextStrdup(cxt, "");
 	task.ctx.task_id = task.task_id;
 	values[0] = Int64GetDatum(id);
-	values[1] = Int64GetDatum(task.run_id);
-	values[2] = CStringGetTextDatum(task.task_id);
-	values[3] = Int32GetDatum(task.try_number);
 
 	PG_TRY();
 	{
@@ -681,14 +698,7 @@ run_next_callback(MemoryContext cxt)
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 		run_query("DELETE FROM orchestrator.callback WHERE id = $1",
 				  1, types, values, NULL, SPI_OK_DELETE);
-		if (task.task_id[0] != '\0')
-			run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
-					  "SELECT $2, $3, $4, clock_timestamp(), 'INFO', $5 "
-					  "WHERE EXISTS (SELECT 1 FROM orchestrator.task_instance WHERE run_id = $2 AND task_id = $3)",
-					  5, (Oid[]) {INT8OID, INT8OID, TEXTOID, INT4OID, TEXTOID},
-					  (Datum[]) {values[0], values[1], values[2], values[3],
-						  CStringGetTextDatum(psprintf("%s ran", kind))},
-					  NULL, SPI_OK_INSERT);
+		callback_log_line(&task, "INFO", psprintf("%s ran", kind));
 		orch_end_xact();
 	}
 	PG_CATCH();
@@ -711,13 +721,7 @@ run_next_callback(MemoryContext cxt)
 		orch_begin_xact();
 		run_query("DELETE FROM orchestrator.callback WHERE id = $1",
 				  1, types, values, NULL, SPI_OK_DELETE);
-		if (task.task_id[0] != '\0')
-			run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
-					  "SELECT $2, $3, $4, clock_timestamp(), 'WARNING', $5 "
-					  "WHERE EXISTS (SELECT 1 FROM orchestrator.task_instance WHERE run_id = $2 AND task_id = $3)",
-					  5, (Oid[]) {INT8OID, INT8OID, TEXTOID, INT4OID, TEXTOID},
-					  (Datum[]) {values[0], values[1], values[2], values[3], CStringGetTextDatum(message)},
-					  NULL, SPI_OK_INSERT);
+		callback_log_line(&task, "WARNING", message);
 		orch_end_xact();
 	}
 	PG_END_TRY();
