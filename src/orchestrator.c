@@ -290,10 +290,10 @@ _PG_init(void)
 							   check_history_retention, NULL, NULL);
 
 	DefineCustomStringVariable("orchestrator.events",
-							   "What NOTIFY orchestrator_events publishes: on, ids (no dag_id, no error), or off.",
+							   "What NOTIFY orchestrator_events publishes: ids (run, task, state and try only; the default), on (also dag_id and error), or off.",
 							   "Any role that can connect can LISTEN: use ids where roles must not see each other's DAGs.",
 							   &orch_events,
-							   "on",
+							   "ids",
 							   PGC_SUSET,
 							   0,
 							   check_events, NULL, NULL);

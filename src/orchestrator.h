@@ -42,6 +42,7 @@ typedef struct OrchWorkerSlot
 	pid_t		pid;			/* 0: free */
 	OrchSlotPhase phase;
 	int64		run_id;
+	Oid			owner;			/* the DAG's owner, for the progress view */
 	char		task_id[ORCH_MAX_ID_LEN + 1];
 	/* progress of the running task, written by its worker alone */
 	TimestampTz started_at;

@@ -55,6 +55,7 @@
 
 #include "cron.h"
 #include "orchestrator.h"
+#include "sandbox.h"
 
 /* the longest the scheduler sleeps with nothing due */
 #define MAX_SLEEP_MS		(3600 * 1000L)
@@ -1031,6 +1032,7 @@ orch_scheduler_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(orch_database, NULL, 0);
+	sandbox_pin_session();
 	pgstat_report_appname("orchestrator scheduler");
 
 	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);

@@ -48,6 +48,7 @@
 #include "funcapi.h"
 
 #include "orchestrator.h"
+#include "sandbox.h"
 #include "task.h"
 #include "tasklog.h"
 
@@ -66,7 +67,7 @@ task_timeout_handler(void)
 }
 
 static void
-slot_set(OrchSlotPhase phase, int64 run_id, const char *task_id)
+slot_set(OrchSlotPhase phase, int64 run_id, const char *task_id, Oid owner)
 {
 	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
 	if (phase == SLOT_CLAIMING || phase == SLOT_IDLE)
@@ -77,6 +78,7 @@ slot_set(OrchSlotPhase phase, int64 run_id, const char *task_id)
 	}
 	my_slot->phase = phase;
 	my_slot->run_id = run_id;
+	my_slot->owner = owner;
 	strlcpy(my_slot->task_id, task_id ? task_id : "", sizeof(my_slot->task_id));
 	LWLockRelease(orch_shared->lock);
 }
@@ -101,13 +103,17 @@ PG_FUNCTION_INFO_V1(orch_worker_progress);
 
 /*
  * worker_progress() RETURNS SETOF (pid, run_id, task_id, started_at,
- * bytes_read, rows_loaded): the tasks running now, from shared memory.
- * The view orchestrator.progress shows each role its own.
+ * bytes_read, rows_loaded): the tasks running now, from shared memory: the
+ * calling role's own DAGs' (a superuser's: all), like the catalog's
+ * row-level security.
  */
 Datum
 orch_worker_progress(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	Oid			role = GetUserId();
+	bool		all = superuser();
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (orch_shared == NULL)
@@ -121,7 +127,8 @@ orch_worker_progress(PG_FUNCTION_ARGS)
 		LWLockAcquire(orch_shared->lock, LW_SHARED);
 		slot = orch_shared->slots[i];
 		LWLockRelease(orch_shared->lock);
-		if (slot.pid == 0 || slot.phase != SLOT_RUNNING)
+		if (slot.pid == 0 || slot.phase != SLOT_RUNNING ||
+			(!all && slot.owner != role))
 			continue;
 		values[0] = Int32GetDatum(slot.pid);
 		values[1] = Int64GetDatum(slot.run_id);
@@ -349,9 +356,9 @@ claim_next(TaskRun *task, MemoryContext cxt)
 			  4, types, values, NULL, SPI_OK_UPDATE);
 
 	/* the slot names the try before the claim is visible */
-	slot_set(SLOT_CLAIMING, task->run_id, task->task_id);
+	slot_set(SLOT_CLAIMING, task->run_id, task->task_id, task->owner);
 	orch_end_xact();
-	slot_set(SLOT_RUNNING, task->run_id, task->task_id);
+	slot_set(SLOT_RUNNING, task->run_id, task->task_id, task->owner);
 	return true;
 }
 
@@ -483,16 +490,37 @@ check_owner(TaskRun *task)
 				 errhint("Recreate the DAG as an existing role.")));
 }
 
+/* Runs the task's operator; as the owner, inside the user scope. */
+static void
+run_operator(TaskRun *task)
+{
+	const char *opname;
+
+	/* a spec changed behind the API's back gets a clear error, not a crash */
+	operator_validate(task->spec, task->task_id);
+	opname = operator_name(task->spec);
+	if (task->cached)
+		op_use_cache_entry(task, "cached");
+	else if (strcmp(opname, "sql") == 0)
+		op_sql_run(task);
+	else if (strcmp(opname, "http_fetch") == 0)
+		op_http_fetch_run(task);
+	else if (strcmp(opname, "gunzip") == 0)
+		op_gunzip_run(task);
+	else if (strcmp(opname, "copy_into") == 0)
+		op_copy_into_run(task);
+	else
+		elog(ERROR, "unknown operator \"%s\"", opname);
+	artifact_done();
+}
+
 /* The work and the success row, in one transaction. */
 static void
 run_task(TaskRun *task)
 {
-	Oid			save_userid;
-	int			save_sec_context;
-	const char *opname;
+	UserScope	scope;
 	Oid			types[5] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID};
 	Datum		values[5];
-	int			nestlevel;
 
 	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING,
@@ -542,58 +570,30 @@ run_task(TaskRun *task)
 	if (task->timeout_ms > 0)
 		enable_timeout_after(task_timeout_id, (int) Min(task->timeout_ms, INT_MAX));
 
-	/*
-	 * As the owner, with exactly the owner's rights: a local user id change,
-	 * as in a SECURITY DEFINER function, so that the task's SQL cannot SET
-	 * ROLE or SET SESSION AUTHORIZATION its way back to the worker's
-	 * superuser.
-	 */
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(task->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	/* as the owner, with exactly the owner's rights (sandbox.c) */
+	sandbox_enter(&scope, task->owner);
+	run_operator(task);
+	sandbox_leave(&scope);
 
-	/* a spec changed behind the API's back gets a clear error, not a crash */
-	operator_validate(task->spec, task->task_id);
-	opname = operator_name(task->spec);
-	if (task->cached)
-		op_use_cache_entry(task, "cached");
-	else if (strcmp(opname, "sql") == 0)
-		op_sql_run(task);
-	else if (strcmp(opname, "http_fetch") == 0)
-		op_http_fetch_run(task);
-	else if (strcmp(opname, "gunzip") == 0)
-		op_gunzip_run(task);
-	else if (strcmp(opname, "copy_into") == 0)
-		op_copy_into_run(task);
-	else
-		elog(ERROR, "unknown operator \"%s\"", opname);
-	artifact_done();
-
-	SetUserIdAndSecContext(save_userid, save_sec_context);
 	disable_timeout(task_timeout_id, false);
 
 	/* from here on the scheduler leaves this worker be */
-	slot_set(SLOT_FINISHING, task->run_id, task->task_id);
+	slot_set(SLOT_FINISHING, task->run_id, task->task_id, task->owner);
 	task_log_end();
 
-	/* our own queries, whatever the task did to search_path */
-	nestlevel = NewGUCNestLevel();
-	set_config_option("search_path", "pg_catalog, pg_temp", PGC_SUSET,
-					  PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	values[0] = Int64GetDatum(task->run_id);
 	values[1] = CStringGetTextDatum(task->task_id);
 	values[2] = Int32GetDatum(task->try_number);
 	values[3] = TimestampTzGetDatum(orch_now());
 	values[4] = Int64GetDatum((int64) task->rows_loaded);
-	run_query(task->cached ?
-			  "UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
-			  " rows_loaded = $5, cached = true "
-			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
-			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()" :
-			  "UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
-			  " rows_loaded = $5, cached = false "
+	run_query("UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
+			  " rows_loaded = $5, cached = $6 "
 			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
 			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
-			  5, types, values, task->has_rows ? "     " : "    n", SPI_OK_UPDATE);
+			  6, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, BOOLOID},
+			  (Datum[]) {values[0], values[1], values[2], values[3], values[4],
+			  BoolGetDatum(task->cached)},
+			  task->has_rows ? "      " : "    n ", SPI_OK_UPDATE);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
@@ -608,7 +608,7 @@ run_task(TaskRun *task)
 			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
 			  "WHERE r.run_id = $1 AND t.on_success_callback IS NOT NULL",
 			  3, types, values, NULL, SPI_OK_INSERT);
-	AtEOXact_GUC(true, nestlevel);
+	sandbox_reset_session();
 	orch_end_xact();
 }
 
@@ -650,8 +650,7 @@ run_next_callback(MemoryContext cxt)
 	Datum		d;
 	Oid			types[1] = {INT8OID};
 	Datum		values[1];
-	Oid			save_userid;
-	int			save_sec_context;
+	UserScope	scope;
 
 	orch_begin_xact();
 	run_query("SELECT c.id, c.run_id, c.task_id, c.kind, c.spec, c.try_number, c.error, "
@@ -689,16 +688,16 @@ run_next_callback(MemoryContext cxt)
 	{
 		check_owner(&task);
 		set_run_context(&task);
-		GetUserIdAndSecContext(&save_userid, &save_sec_context);
-		SetUserIdAndSecContext(task.owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		sandbox_enter(&scope, task.owner);
 		if (strcmp(operator_name(task.spec), "sql") == 0)
 			op_sql_run(&task);
 		else
 			op_webhook_run(&task);
-		SetUserIdAndSecContext(save_userid, save_sec_context);
+		sandbox_leave(&scope);
 		run_query("DELETE FROM orchestrator.callback WHERE id = $1",
 				  1, types, values, NULL, SPI_OK_DELETE);
 		callback_log_line(&task, "INFO", psprintf("%s ran", kind));
+		sandbox_reset_session();
 		orch_end_xact();
 	}
 	PG_CATCH();
@@ -722,6 +721,7 @@ run_next_callback(MemoryContext cxt)
 		run_query("DELETE FROM orchestrator.callback WHERE id = $1",
 				  1, types, values, NULL, SPI_OK_DELETE);
 		callback_log_line(&task, "WARNING", message);
+		sandbox_reset_session();
 		orch_end_xact();
 	}
 	PG_END_TRY();
@@ -754,6 +754,7 @@ orch_worker_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(orch_database, NULL, 0);
+	sandbox_pin_session();
 	pgstat_report_appname("orchestrator worker");
 
 	if (orch_shared == NULL || !slot_acquire())
@@ -790,7 +791,7 @@ orch_worker_main(Datum arg)
 			MemoryContextSwitchTo(task_cxt);
 			edata = CopyErrorData();
 			FlushErrorState();
-			slot_set(SLOT_FINISHING, task.run_id, task.task_id);
+			slot_set(SLOT_FINISHING, task.run_id, task.task_id, task.owner);
 			task_log_end();
 			disable_all_timeouts(false);
 			QueryCancelPending = false;
@@ -805,11 +806,12 @@ orch_worker_main(Datum arg)
 			task_log_write(task.run_id, task.task_id, task.try_number);
 			orch_record_failure(task.run_id, task.task_id, MyProcPid,
 								task.try_number, text, orch_now());
+			sandbox_reset_session();
 			orch_end_xact();
 		}
 		PG_END_TRY();
 
-		slot_set(SLOT_IDLE, 0, NULL);
+		slot_set(SLOT_IDLE, 0, NULL, InvalidOid);
 		/* a cancel meant for the finished task is not for the next one */
 		QueryCancelPending = false;
 		orch_wake_scheduler();

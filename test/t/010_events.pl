@@ -1,6 +1,7 @@
 # Events: every run and task state change is published with NOTIFY on
 # orchestrator_events at commit, with a JSON payload; nothing for a change
-# that rolled back; orchestrator.events = 'ids' leaves dag_id and error out.
+# that rolled back; orchestrator.events = 'ids' (the default, since any role
+# can LISTEN) leaves dag_id and error out.
 use strict;
 use warnings;
 use FindBin;
@@ -10,6 +11,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $node = orch_node('events');
+is(query($node, 'SHOW orchestrator.events'), 'ids', "events default to 'ids'");
+query($node, "ALTER SYSTEM SET orchestrator.events = 'on'; SELECT pg_reload_conf()");
 query($node, q{
 SELECT orchestrator.create_dag('ev');
 SELECT orchestrator.add_task('ev', 'a', orchestrator.sql('SELECT 1'));
