@@ -44,6 +44,10 @@ typedef struct OrchWorkerSlot
 	int64		run_id;
 	Oid			owner;			/* the DAG's owner, for the progress view */
 	char		task_id[ORCH_MAX_ID_LEN + 1];
+	/* when the try's execution_timeout ends (0: none), set by its worker */
+	TimestampTz deadline;
+	/* when the scheduler told it to stop (0: not yet), set by the scheduler */
+	TimestampTz stop_requested_at;
 	/* progress of the running task, written by its worker alone */
 	TimestampTz started_at;
 	volatile uint64 bytes_read;
@@ -60,6 +64,13 @@ typedef struct OrchShared
 } OrchShared;
 
 extern OrchShared *orch_shared;
+
+/*
+ * How long a task told to stop (execution_timeout, cancel_run, a run's
+ * timeout) has to stop on its own after the query cancel, before its worker
+ * is terminated: PL/pgSQL can catch a cancel, not a termination.
+ */
+#define ORCH_STOP_GRACE_MS	3000
 
 extern void orch_wake_scheduler(void);
 extern void orch_wake_scheduler_at_commit(void);

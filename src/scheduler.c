@@ -77,6 +77,9 @@ static int	starts_in_window = 0;
 /* when the scheduler last applied orchestrator.history_retention */
 static TimestampTz last_purge = DT_NOBEGIN;
 
+/* what a tick allocates, reset after each */
+static MemoryContext tick_cxt = NULL;
+
 /* the tick's time and its earliest next due time */
 static TimestampTz tick_now;
 static TimestampTz tick_wake;
@@ -250,46 +253,161 @@ any_worker_running(void)
 	return running;
 }
 
-/*
- * 2. A worker whose task instance is no longer its running try (the run was
- * cancelled or timed out, or the DAG dropped) is told to stop: SIGINT
- * cancels what it runs, and its work rolls back.
- */
-static void
-stop_orphaned_workers(void)
+/* Whether slot s still runs the try that copy shows. */
+static bool
+slot_unchanged(int s, const OrchWorkerSlot *copy)
 {
+	OrchWorkerSlot *slot = &orch_shared->slots[s];
+
+	return slot->pid == copy->pid && slot->phase == SLOT_RUNNING &&
+		slot->run_id == copy->run_id && strcmp(slot->task_id, copy->task_id) == 0;
+}
+
+/* Signals the worker of slot s if it still runs that try. */
+static void
+signal_worker(int s, const OrchWorkerSlot *copy, int signo, TimestampTz now)
+{
+	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
+	if (slot_unchanged(s, copy))
+	{
+		if (signo == SIGINT)
+			orch_shared->slots[s].stop_requested_at = now;
+		kill(copy->pid, signo);
+	}
+	LWLockRelease(orch_shared->lock);
+}
+
+/* Sleeps no longer than until "when", on the real clock. */
+static void
+wake_by_real(TimestampTz when, TimestampTz real_now)
+{
+	wake_by(tick_now + Max(when - real_now, 0));
+}
+
+/*
+ * A try past its execution_timeout and the grace: it caught the cancel its
+ * worker raised at the timeout.  Records it as failed (or up for retry),
+ * with its real duration; returns whether it was still that running try.
+ */
+static bool
+record_timeout(const OrchWorkerSlot *slot, TimestampTz now)
+{
+	Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
+	Datum		values[3];
+	bool		isnull;
+	int			try_number;
+	TimestampTz started_at;
+
+	values[0] = Int64GetDatum(slot->run_id);
+	values[1] = CStringGetTextDatum(slot->task_id);
+	values[2] = Int32GetDatum(slot->pid);
+	run_query("SELECT try_number, started_at FROM orchestrator.task_instance "
+			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' AND worker_pid = $3",
+			  3, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return false;
+	try_number = DatumGetInt32(col_datum(0, 1, &isnull));
+	started_at = DatumGetTimestampTz(col_datum(0, 2, &isnull));
+	return orch_record_failure(slot->run_id, slot->task_id, slot->pid, try_number,
+							   psprintf("execution_timeout exceeded: the task went on after it was cancelled at its timeout, so its worker was terminated after %.3f s",
+										(double) (now - started_at) / USECS_PER_SEC),
+							   tick_now);
+}
+
+/*
+ * 2. Workers whose try must stop.  A try past its execution_timeout is
+ * cancelled by its own worker; one whose instance is no longer its running
+ * try (the run was cancelled or timed out, the DAG dropped) is cancelled
+ * from here with SIGINT.  Either way, its work rolls back.  A query cancel
+ * can be caught (PL/pgSQL's EXCEPTION WHEN query_canceled), so a try still
+ * running ORCH_STOP_GRACE_MS later is stopped for good: its outcome is
+ * recorded (unless already), then its worker is terminated (SIGTERM, which
+ * nothing can catch).  Returns the pids to terminate once the recorded
+ * outcomes commit.
+ */
+static List *
+stop_workers(OrchWorkerSlot **slots_out, MemoryContext keep)
+{
+	MemoryContext old = MemoryContextSwitchTo(keep);
 	OrchWorkerSlot *slots = copy_slots();
+	TimestampTz now = GetCurrentTimestamp();
+	List	   *terminate = NIL;
+
+	MemoryContextSwitchTo(old);
 
 	for (int s = 0; s < orch_shared->nslots; s++)
 	{
+		OrchWorkerSlot *slot = &slots[s];
 		Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
 		Datum		values[3];
+		TimestampTz kill_at;
 
-		if (slots[s].pid == 0 || slots[s].phase != SLOT_RUNNING)
+		if (slot->pid == 0 || slot->phase != SLOT_RUNNING)
 			continue;
-		values[0] = Int64GetDatum(slots[s].run_id);
-		values[1] = CStringGetTextDatum(slots[s].task_id);
-		values[2] = Int32GetDatum(slots[s].pid);
+
+		if (slot->deadline != 0)
+		{
+			kill_at = TimestampTzPlusMilliseconds(slot->deadline, ORCH_STOP_GRACE_MS);
+			if (now < kill_at)
+				wake_by_real(kill_at, now);
+			else
+			{
+				if (record_timeout(slot, now))
+					ereport(LOG,
+							(errmsg("orchestrator: terminating worker %d: task \"%s\" of run " INT64_FORMAT " went on past its execution_timeout",
+									slot->pid, slot->task_id, slot->run_id)));
+				old = MemoryContextSwitchTo(keep);
+				terminate = lappend_int(terminate, s);
+				MemoryContextSwitchTo(old);
+				continue;
+			}
+		}
+
+		values[0] = Int64GetDatum(slot->run_id);
+		values[1] = CStringGetTextDatum(slot->task_id);
+		values[2] = Int32GetDatum(slot->pid);
 		run_query("SELECT 1 FROM orchestrator.task_instance "
 				  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' AND worker_pid = $3",
 				  3, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 			continue;
 
-		/* still running that task? (a worker that is finishing is left be) */
-		LWLockAcquire(orch_shared->lock, LW_SHARED);
-		if (orch_shared->slots[s].pid == slots[s].pid &&
-			orch_shared->slots[s].phase == SLOT_RUNNING &&
-			orch_shared->slots[s].run_id == slots[s].run_id &&
-			strcmp(orch_shared->slots[s].task_id, slots[s].task_id) == 0)
+		if (slot->stop_requested_at == 0)
 		{
 			ereport(LOG,
 					(errmsg("orchestrator: stopping worker %d: task \"%s\" of run " INT64_FORMAT " was cancelled",
-							slots[s].pid, slots[s].task_id, slots[s].run_id)));
-			kill(slots[s].pid, SIGINT);
+							slot->pid, slot->task_id, slot->run_id)));
+			signal_worker(s, slot, SIGINT, now);
+			wake_by_real(TimestampTzPlusMilliseconds(now, ORCH_STOP_GRACE_MS), now);
+			continue;
 		}
-		LWLockRelease(orch_shared->lock);
+		kill_at = TimestampTzPlusMilliseconds(slot->stop_requested_at, ORCH_STOP_GRACE_MS);
+		if (now < kill_at)
+			wake_by_real(kill_at, now);
+		else
+		{
+			ereport(LOG,
+					(errmsg("orchestrator: terminating worker %d: task \"%s\" of run " INT64_FORMAT " went on after it was cancelled",
+							slot->pid, slot->task_id, slot->run_id)));
+			old = MemoryContextSwitchTo(keep);
+			terminate = lappend_int(terminate, s);
+			MemoryContextSwitchTo(old);
+		}
 	}
+
+	/* the slots as they were, for the identity check at the kill */
+	*slots_out = slots;
+	return terminate;
+}
+
+/* Terminates the workers stop_workers() gave up on, still on those tries. */
+static void
+terminate_workers(List *terminate, OrchWorkerSlot *slots)
+{
+	ListCell   *lc;
+
+	foreach(lc, terminate)
+		signal_worker(lfirst_int(lc), &slots[lfirst_int(lc)], SIGTERM, 0);
 }
 
 /*
@@ -1003,10 +1121,14 @@ scheduler_tick(void)
 	 */
 	if (any_worker_running())
 	{
+		List	   *terminate = NIL;
+		OrchWorkerSlot *slots = NULL;
+
 		orch_begin_xact();
 		if (OidIsValid(get_extension_oid("orchestrator", true)))
-			stop_orphaned_workers();
+			terminate = stop_workers(&slots, tick_cxt);
 		orch_end_xact();
+		terminate_workers(terminate, slots);
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -1026,7 +1148,6 @@ orch_scheduler_main(Datum arg)
 {
 	long		sleep_ms;
 	long		backoff_ms = 0;
-	MemoryContext tick_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);

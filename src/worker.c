@@ -75,6 +75,8 @@ slot_set(OrchSlotPhase phase, int64 run_id, const char *task_id, Oid owner)
 		my_slot->started_at = GetCurrentTimestamp();
 		my_slot->bytes_read = 0;
 		my_slot->rows_loaded = 0;
+		my_slot->deadline = 0;
+		my_slot->stop_requested_at = 0;
 	}
 	my_slot->phase = phase;
 	my_slot->run_id = run_id;
@@ -568,7 +570,16 @@ run_task(TaskRun *task)
 
 	task_timed_out = false;
 	if (task->timeout_ms > 0)
-		enable_timeout_after(task_timeout_id, (int) Min(task->timeout_ms, INT_MAX));
+	{
+		int			ms = (int) Min(task->timeout_ms, INT_MAX);
+
+		/* past it (and the grace), the scheduler stops a task that goes on */
+		LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
+		my_slot->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+		LWLockRelease(orch_shared->lock);
+		orch_wake_scheduler();
+		enable_timeout_after(task_timeout_id, ms);
+	}
 
 	/* as the owner, with exactly the owner's rights (sandbox.c) */
 	sandbox_enter(&scope, task->owner);

@@ -148,6 +148,7 @@ my %leave_setting = (
 	'TimeZone and friends' => q{SET TimeZone = 'Pacific/Kiritimati'; SET DateStyle = 'SQL, DMY'; SET statement_timeout = '1ms'; SET lock_timeout = '1ms'; SET work_mem = '64kB'; SET alice.planted = 'yes'},
 	'RESET ALL' => 'SET search_path = alice, pg_catalog; RESET ALL; SET search_path = alice, pg_catalog',
 	'a failing task' => 'SET search_path = alice, pg_catalog; SELECT 1/0',
+	'read-only transaction' => 'SET transaction_read_only = on; SET default_transaction_read_only = on',
 );
 for my $what (sort keys %leave_setting)
 {
@@ -277,6 +278,34 @@ is(query($node, "SET ROLE bob; SELECT count(*) FROM orchestrator.worker_progress
 	'nor through the function behind the view');
 query($node, q{SELECT orchestrator.cancel_run(run_id) FROM orchestrator.dag_runs WHERE dag_id = 'slow'});
 wait_for($node, "SELECT count(*) FROM orchestrator.progress", '0', 'the slow task is stopped');
+
+# 7. a cancel can be caught; a termination cannot.  A task that catches the
+# cancel at its execution_timeout, or cancel_run's, is stopped for good a few
+# seconds later, and the try recorded as what it was.
+my $stubborn = q{DO $d$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.2); EXCEPTION WHEN query_canceled THEN RAISE NOTICE 'caught'; END; END LOOP; END $d$};
+query($node, qq{
+SET ROLE alice;
+SELECT orchestrator.create_dag('stubborn');
+SELECT orchestrator.add_task('stubborn', 't', orchestrator.sql(\$q\$$stubborn\$q\$), execution_timeout => '2 seconds');
+SELECT orchestrator.create_dag('stubborn2');
+SELECT orchestrator.add_task('stubborn2', 't', orchestrator.sql(\$q\$$stubborn\$q\$));
+});
+my $run = query($node, q{SET ROLE alice; SELECT orchestrator.trigger_dag('stubborn')});
+is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'failed', 'a task that catches its timeout is stopped');
+like(query($node, "SELECT error FROM orchestrator.task_instances WHERE run_id = $run"),
+	qr/^execution_timeout exceeded: the task went on after it was cancelled at its timeout, so its worker was terminated after \d+\.\d+ s$/,
+	'and recorded as timed out');
+is(query($node, "SELECT finished_at - started_at >= interval '2 seconds' FROM orchestrator.task_instances WHERE run_id = $run"),
+	't', 'with its real duration');
+$run = query($node, q{SET ROLE alice; SELECT orchestrator.trigger_dag('stubborn2')});
+wait_for($node, "SELECT count(*) FROM orchestrator.task_instances WHERE run_id = $run AND state = 'running'", '1', 'a stubborn task runs');
+my $pid = query($node, "SELECT worker_pid FROM orchestrator.task_instances WHERE run_id = $run");
+query($node, "SET ROLE alice; SELECT orchestrator.cancel_run($run)");
+wait_for($node, "SELECT count(*) FROM pg_stat_activity WHERE pid = $pid", '0', 'a task that catches cancel_run is stopped');
+is(query($node, "SELECT state || ' ' || error FROM orchestrator.task_instances WHERE run_id = $run"),
+	'failed cancelled by cancel_run()', 'and recorded as cancelled');
+my (undef, undef, $state) = attack('warmup', '');
+is($state, $clean, 'the next task runs in a clean session');
 
 # 6. our own SQL is pinned from the first statement, whatever the database's
 # defaults say (as a database owner could set them).  The test's own
