@@ -104,24 +104,35 @@ scheduler_detach(int code, Datum arg)
 }
 
 /*
- * Runs fn(arg) in a subtransaction; an error in it is logged and rolled
- * back, and the caller goes on.
+ * How long the scheduler waits for a row lock or a transaction before it
+ * skips what it was doing and comes back to it: no lock a task can take
+ * (its own DAG's, through the API) stalls the scheduler's pass.
  */
+#define SCHED_LOCK_TIMEOUT	"100ms"
+
+/*
+ * Runs fn(arg) in a transaction of its own, so that the scheduler never
+ * holds one transaction, nor the locks it takes, across every DAG.  An
+ * error is logged and rolled back, and the caller goes on; a lock that
+ * could not be had is not an error: what needed it is retried shortly.
+ * Returns whether fn committed.
+ */
+static bool xact_lock_busy = false;	/* in_xact() gave up on a lock */
+
 static bool
-in_subxact(void (*fn) (void *), void *arg, const char *what)
+in_xact(void (*fn) (void *), void *arg, const char *what)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
 	bool		ok = true;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
+	xact_lock_busy = false;
+	orch_begin_xact();
+	set_config_option("lock_timeout", SCHED_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
+					  GUC_ACTION_LOCAL, true, 0, false);
 	PG_TRY();
 	{
 		fn(arg);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+		orch_end_xact();
 	}
 	PG_CATCH();
 	{
@@ -130,17 +141,41 @@ in_subxact(void (*fn) (void *), void *arg, const char *what)
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
+		AbortCurrentTransaction();
 		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		ereport(WARNING,
-				(errmsg("orchestrator scheduler: %s: %s", what, edata->message),
-				 edata->detail ? errdetail("%s", edata->detail) : 0));
+		if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
+		{
+			ereport(DEBUG1,
+					(errmsg("orchestrator scheduler: %s: %s; trying again shortly",
+							what, edata->message)));
+			wake_by(tick_now + USECS_PER_SEC);
+			xact_lock_busy = true;
+		}
+		else
+			ereport(WARNING,
+					(errmsg("orchestrator scheduler: %s: %s", what, edata->message),
+					 edata->detail ? errdetail("%s", edata->detail) : 0));
 		FreeErrorData(edata);
 		ok = false;
 	}
 	PG_END_TRY();
 	return ok;
+}
+
+/*
+ * Takes the row lock given by "lock" on the row the query selects, or
+ * returns false at once if another transaction holds a conflicting one
+ * (an API call, perhaps in a task that runs for hours): the caller skips
+ * that DAG or run in this pass, and the scheduler comes back in a second.
+ */
+static bool
+lock_or_skip(const char *query, Oid type, Datum value)
+{
+	run_query(query, 1, &type, &value, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		return true;
+	wake_by(tick_now + USECS_PER_SEC);
+	return false;
 }
 
 static char *
@@ -450,7 +485,30 @@ typedef struct DagRow
 	bool		catchup;
 	int			max_active_runs;
 	char	   *timezone;
+	TransactionId xmin;			/* of its row: changes with its definition */
+	int64		active;			/* its queued and running runs */
+	bool		skipped;		/* locked by another transaction */
 } DagRow;
+
+/*
+ * What the scheduler knows of a DAG with a schedule: when it next needs
+ * looking at, as long as neither its row nor its number of active runs
+ * changed.  A pass looks only at the DAGs due, so its cost does not grow
+ * with the DAGs defined.
+ */
+typedef struct DagCacheEntry
+{
+	char		dag_id[ORCH_MAX_ID_LEN + 1];	/* the key */
+	TransactionId xmin;
+	int64		active;
+	TimestampTz next_check;
+} DagCacheEntry;
+
+static HTAB *dag_cache = NULL;
+static uint64 dags_seen = 0;	/* with a schedule, at the last pass */
+
+/* after an error, a DAG is tried again this much later (or when changed) */
+#define DAG_RETRY_AFTER_ERROR	(60 * USECS_PER_SEC)
 
 static void
 insert_run(const char *dag_id, const char *run_type, TimestampTz logical,
@@ -495,6 +553,13 @@ schedule_dag(void *arg)
 	tz = orch_lookup_timezone(dag->timezone);
 
 	values[0] = CStringGetTextDatum(dag->dag_id);
+	/* KEY SHARE: what inserting its runs takes; API changes hold more */
+	if (!lock_or_skip("SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 AND NOT paused "
+					  "FOR KEY SHARE SKIP LOCKED", TEXTOID, values[0]))
+	{
+		dag->skipped = true;
+		return;
+	}
 	run_query("SELECT count(*) FROM orchestrator.dag_run "
 			  "WHERE dag_id = $1 AND state IN ('queued', 'running')",
 			  1, types, values, NULL, SPI_OK_SELECT);
@@ -522,6 +587,7 @@ schedule_dag(void *arg)
 			return;
 		}
 		insert_run(dag->dag_id, "scheduled", dag->start, dag->start);
+		dag->active = active + 1;
 		return;
 	}
 
@@ -565,27 +631,64 @@ schedule_dag(void *arg)
 		have_last = true;
 		last_end = end;
 		active++;
+		dag->active = active;
 	}
 }
 
-static void
-schedule_dags(void)
+/* The DAGs with a schedule, those due first read in the first transaction. */
+static List *
+due_dags(void)
 {
 	List	   *dags = NIL;
-	ListCell   *lc;
+	MemoryContext old;
 
-	run_query("SELECT dag_id, schedule, coalesce(start_date, created_at), end_date, "
-			  "       catchup, max_active_runs, timezone "
-			  "FROM orchestrator.dag WHERE NOT paused AND schedule IS NOT NULL "
-			  "ORDER BY dag_id",
+	if (dag_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = ORCH_MAX_ID_LEN + 1;
+		ctl.entrysize = sizeof(DagCacheEntry);
+		dag_cache = hash_create("orchestrator DAGs", 1024, &ctl, HASH_ELEM | HASH_STRINGS);
+	}
+
+	/* forget DAGs dropped since (rarely worth a look: rebuilt when twice the size) */
+	if (hash_get_num_entries(dag_cache) > 10000 &&
+		hash_get_num_entries(dag_cache) > 2 * dags_seen)
+	{
+		hash_destroy(dag_cache);
+		dag_cache = NULL;
+		return due_dags();
+	}
+
+	run_query("SELECT d.dag_id, d.schedule, coalesce(d.start_date, d.created_at), d.end_date, "
+			  "       d.catchup, d.max_active_runs, d.timezone, d.xmin::text::int8, "
+			  "       (SELECT count(*) FROM orchestrator.dag_run r "
+			  "        WHERE r.dag_id = d.dag_id AND r.state IN ('queued', 'running')) "
+			  "FROM orchestrator.dag d WHERE NOT d.paused AND d.schedule IS NOT NULL "
+			  "ORDER BY d.dag_id",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	old = MemoryContextSwitchTo(tick_cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		DagRow	   *dag = palloc0(sizeof(DagRow));
+		DagRow	   *dag;
+		DagCacheEntry *entry;
 		bool		isnull;
 		Datum		d;
+		TransactionId xmin = (TransactionId) DatumGetInt64(col_datum(i, 8, &isnull));
+		int64		active = DatumGetInt64(col_datum(i, 9, &isnull));
+		char	   *dag_id = col_text(i, 1);
 
-		dag->dag_id = col_text(i, 1);
+		if (strlen(dag_id) > ORCH_MAX_ID_LEN)
+			continue;
+		entry = hash_search(dag_cache, dag_id, HASH_FIND, NULL);
+		if (entry != NULL && entry->xmin == xmin && entry->active == active &&
+			entry->next_check > tick_now)
+		{
+			wake_by(entry->next_check);
+			continue;
+		}
+		dag = palloc0(sizeof(DagRow));
+		dag->dag_id = dag_id;
 		dag->schedule = col_text(i, 2);
 		dag->start = DatumGetTimestampTz(col_datum(i, 3, &isnull));
 		d = col_datum(i, 4, &isnull);
@@ -595,31 +698,69 @@ schedule_dags(void)
 		dag->catchup = DatumGetBool(col_datum(i, 5, &isnull));
 		dag->max_active_runs = DatumGetInt32(col_datum(i, 6, &isnull));
 		dag->timezone = col_text(i, 7);
+		dag->xmin = xmin;
+		dag->active = active;
 		dags = lappend(dags, dag);
 	}
+	MemoryContextSwitchTo(old);
+	dags_seen = SPI_processed;
+	return dags;
+}
+
+/*
+ * 3. Each due DAG in a transaction of its own; what it found (when it is
+ * next due) is cached, so later passes skip it until then.
+ */
+static void
+schedule_dags(List *dags)
+{
+	ListCell   *lc;
+
 	foreach(lc, dags)
 	{
 		DagRow	   *dag = lfirst(lc);
+		TimestampTz saved_wake = tick_wake;
+		TimestampTz next_check;
+		bool		ok;
+		DagCacheEntry *entry;
 
-		in_subxact(schedule_dag, dag,
-				   psprintf("cannot schedule DAG \"%s\"", dag->dag_id));
+		/* the DAG's own next wake-up, collected apart */
+		tick_wake = DT_NOEND;
+		ok = in_xact(schedule_dag, dag,
+					 psprintf("cannot schedule DAG \"%s\"", dag->dag_id));
+		next_check = tick_wake;
+		tick_wake = Min(saved_wake, tick_wake);
+		/* locked by another transaction: again in a second */
+		if (dag->skipped || xact_lock_busy)
+			continue;
+		if (!ok)
+			next_check = tick_now + DAG_RETRY_AFTER_ERROR;
+		entry = hash_search(dag_cache, dag->dag_id, HASH_ENTER, NULL);
+		entry->xmin = dag->xmin;
+		entry->active = dag->active;
+		entry->next_check = next_check;
 	}
 }
 
-/* 4. Queued runs start, oldest logical date first, up to max_active_runs. */
+/*
+ * 4. Queued runs start, oldest logical date first, up to max_active_runs;
+ * a run another transaction has locked waits for the next pass.
+ */
 static void
-start_runs(void)
+start_runs(void *arg)
 {
 	run_query("WITH free AS ( "
 			  "  SELECT d.dag_id, d.max_active_runs - "
 			  "         (SELECT count(*) FROM orchestrator.dag_run x "
 			  "          WHERE x.dag_id = d.dag_id AND x.state = 'running') AS n "
 			  "  FROM orchestrator.dag d WHERE NOT d.paused), "
+			  "queued AS ( "
+			  "  SELECT r.run_id, r.dag_id, r.logical_date FROM orchestrator.dag_run r "
+			  "  WHERE r.state = 'queued' FOR NO KEY UPDATE SKIP LOCKED), "
 			  "ranked AS ( "
 			  "  SELECT r.run_id, row_number() OVER (PARTITION BY r.dag_id "
 			  "                                      ORDER BY r.logical_date, r.run_id) AS k, f.n "
-			  "  FROM orchestrator.dag_run r JOIN free f ON f.dag_id = r.dag_id "
-			  "  WHERE r.state = 'queued') "
+			  "  FROM queued r JOIN free f ON f.dag_id = r.dag_id) "
 			  "UPDATE orchestrator.dag_run r SET state = 'running', started_at = $1, finished_at = NULL "
 			  "FROM ranked WHERE ranked.run_id = r.run_id AND ranked.k <= ranked.n",
 			  1, (Oid[]) {TIMESTAMPTZOID}, (Datum[]) {TimestampTzGetDatum(tick_now)},
@@ -772,6 +913,11 @@ evaluate_run(void *arg)
 	bool		all_done = true;
 	bool		failed = false;
 	bool		isnull;
+
+	/* still running, and no API call (cancel_run, clear_task) on it */
+	if (!lock_or_skip("SELECT 1 FROM orchestrator.dag_run WHERE run_id = $1 AND state = 'running' "
+					  "FOR NO KEY UPDATE SKIP LOCKED", INT8OID, Int64GetDatum(run->run_id)))
+		return;
 
 	values[0] = Int64GetDatum(run->run_id);
 	values[1] = CStringGetTextDatum(run->dag_id);
@@ -932,12 +1078,15 @@ evaluate_runs(void)
 {
 	List	   *runs = NIL;
 	ListCell   *lc;
+	MemoryContext old;
 
+	orch_begin_xact();
 	run_query("SELECT r.run_id, r.dag_id, r.started_at, r.started_at + d.dagrun_timeout, "
 			  "       d.max_active_tasks "
 			  "FROM orchestrator.dag_run r JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
 			  "WHERE r.state = 'running' ORDER BY r.logical_date, r.run_id",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	old = MemoryContextSwitchTo(tick_cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		RunRow	   *run = palloc0(sizeof(RunRow));
@@ -954,13 +1103,16 @@ evaluate_runs(void)
 		run->max_active_tasks = DatumGetInt32(col_datum(i, 5, &isnull));
 		runs = lappend(runs, run);
 	}
+	MemoryContextSwitchTo(old);
+	orch_end_xact();
+
 	foreach(lc, runs)
 	{
 		RunRow	   *run = lfirst(lc);
 
-		in_subxact(evaluate_run, run,
-				   psprintf("cannot evaluate run " INT64_FORMAT " of DAG \"%s\"",
-							run->run_id, run->dag_id));
+		in_xact(evaluate_run, run,
+				psprintf("cannot evaluate run " INT64_FORMAT " of DAG \"%s\"",
+						 run->run_id, run->dag_id));
 	}
 }
 
@@ -1088,6 +1240,9 @@ scheduler_tick(void)
 	TimestampTz real_now;
 	long		sleep_ms;
 
+	bool		installed;
+	List	   *dags = NIL;
+
 	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING, "scheduling");
 
@@ -1095,24 +1250,31 @@ scheduler_tick(void)
 	tick_wake = tick_now + MAX_SLEEP_MS * INT64CONST(1000);
 
 	/* not installed (yet, or any more): CREATE EXTENSION wakes us */
-	if (OidIsValid(get_extension_oid("orchestrator", true)))
+	installed = OidIsValid(get_extension_oid("orchestrator", true));
+	if (installed)
 	{
 		recover_lost();
 		if (orch_enabled)
-		{
-			schedule_dags();
-			start_runs();
-			evaluate_runs();
-			run_query("SELECT (SELECT count(*) FROM orchestrator.task_instance ti "
-					  "        JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
-					  "        WHERE ti.state = 'queued' AND r.state = 'running') "
-					  "     + (SELECT count(*) FROM orchestrator.callback)",
-					  0, NULL, NULL, NULL, SPI_OK_SELECT);
-			queued = DatumGetInt64(col_datum(0, 1, &isnull));
-		}
+			dags = due_dags();
 	}
-
 	orch_end_xact();
+
+	/* each in a transaction of its own (in_xact) */
+	if (installed && orch_enabled)
+	{
+		schedule_dags(dags);
+		in_xact(start_runs, NULL, "cannot start queued runs");
+		evaluate_runs();
+
+		orch_begin_xact();
+		run_query("SELECT (SELECT count(*) FROM orchestrator.task_instance ti "
+				  "        JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
+				  "        WHERE ti.state = 'queued' AND r.state = 'running') "
+				  "     + (SELECT count(*) FROM orchestrator.callback)",
+				  0, NULL, NULL, NULL, SPI_OK_SELECT);
+		queued = DatumGetInt64(col_datum(0, 1, &isnull));
+		orch_end_xact();
+	}
 
 	/*
 	 * Once what this tick decided is committed (a run timed out, say), and
@@ -1197,6 +1359,12 @@ orch_scheduler_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			/* the clock may have moved (orchestrator.test_clock) */
+			if (dag_cache != NULL)
+			{
+				hash_destroy(dag_cache);
+				dag_cache = NULL;
+			}
 		}
 	}
 }

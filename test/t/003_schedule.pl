@@ -175,9 +175,11 @@ my ($rc, $out, $err) = $node->psql('postgres', "ALTER SYSTEM SET orchestrator.hi
 like($err, qr/invalid value for parameter "orchestrator.history_retention": "soon"/, 'a retention that is not an interval is refused');
 query($node, "ALTER SYSTEM SET orchestrator.history_retention = '45 days'; SELECT pg_reload_conf()");
 set_clock($node, '2021-07-10 00:00+00');
-wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs", $recent,
+# (the clock's jump also makes new runs: count what was there before)
+wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE finished_at < '2021-05-26'", '0',
 	'with history_retention = 45 days, runs that ended before 2021-05-26 are purged');
-is(query($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE finished_at < '2021-05-26'"), '0', 'all of them');
+cmp_ok(query($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE finished_at >= '2021-05-26' OR finished_at IS NULL"),
+	'>=', $recent, 'the later ones stay');
 cmp_ok(query($node, "SELECT count(*) FROM orchestrator.dags"), '>=', 10, 'the definitions stay');
 ok($node->log_contains("orchestrator: removed $old runs that ended before"), 'the scheduler logs what it removed');
 

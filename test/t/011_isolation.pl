@@ -328,5 +328,37 @@ SELECT orchestrator.add_task('dbpath', 'u', orchestrator.sql('SELECT 1'), '{t}')
 	query($node, q{ALTER DATABASE postgres RESET search_path});
 }
 
+# 8. no lock a task can take stalls the scheduler: alice's task keeps a row
+# lock on her DAG "lockme" (unpause_dag holds it to the end of the task)
+# and catches cancels, while "lockme" becomes due; bob's run still starts.
+query($node, "ALTER SYSTEM SET orchestrator.max_workers = 2; SELECT pg_reload_conf()");
+set_clock($node, '2030-01-01 00:00:00+00');
+query($node, qq{
+SET ROLE alice;
+SELECT orchestrator.create_dag('lockme', schedule => '\@daily', start_date => '2030-01-01', catchup => true);
+SELECT orchestrator.add_task('lockme', 't', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.create_dag('locker');
+SELECT orchestrator.add_task('locker', 't', orchestrator.sql(\$q\$SELECT orchestrator.unpause_dag('lockme'); $stubborn\$q\$));
+SET ROLE bob;
+SELECT orchestrator.create_dag('bobdag');
+SELECT orchestrator.add_task('bobdag', 't', orchestrator.sql('SELECT 1'));
+});
+my $locker = query($node, q{SET ROLE alice; SELECT orchestrator.trigger_dag('locker')});
+wait_for($node, "SELECT count(*) FROM pg_locks l JOIN orchestrator.task_instance ti ON ti.worker_pid = l.pid "
+	  . "WHERE ti.run_id = $locker AND ti.state = 'running' AND l.locktype = 'transactionid'",
+	'1', "alice's task runs, holding its locks");
+set_clock($node, '2030-01-03 00:00:00+00');
+my $bobrun = query($node, q{SET ROLE bob; SELECT orchestrator.trigger_dag('bobdag')});
+is(query($node, "SELECT orchestrator.wait_run($bobrun, '3 minutes')"), 'success',
+	"another role's run finishes while alice's task holds a lock on her due DAG");
+is(query($node, "SELECT state FROM orchestrator.task_instances WHERE run_id = $locker"), 'running',
+	'the lock was held all along');
+is(query($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'lockme' AND run_type = 'scheduled'"), '0',
+	'the locked DAG was skipped');
+query($node, "SELECT orchestrator.cancel_run($locker)");
+wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'lockme' AND run_type = 'scheduled'", '2',
+	'once the lock is gone, the skipped DAG gets its runs');
+set_clock($node, '');
+
 $node->stop;
 done_testing();
