@@ -4,9 +4,9 @@ MODULE_big = orchestrator
 OBJS = src/orchestrator.o src/cron.o src/template.o src/operator.o src/dag.o \
 	src/scheduler.o src/worker.o src/runs.o src/op_sql.o src/op_data.o \
 	src/stream.o src/http.o src/gunzip.o src/artifact.o src/copy.o \
-	src/pictures.o src/tasklog.o src/events.o src/sandbox.o
+	src/pictures.o src/tasklog.o src/events.o src/sandbox.o src/progress.o src/callback.o
 SHLIB_LINK = -lcurl -lz
-DATA = sql/orchestrator--0.1.sql
+DATA = sql/orchestrator--0.1.sql sql/orchestrator--0.1--0.2.sql
 PGFILEDESC = "orchestrator - data pipelines inside PostgreSQL"
 
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -19,6 +19,9 @@ REGRESS = install cron template definitions validation security runs pictures fu
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# every object depends on the project's headers (PGXS tracks no dependencies)
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
 
 .PHONY: test
 test:

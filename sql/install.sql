@@ -1,6 +1,11 @@
 -- Installing the extension, its settings and its objects.
 CREATE EXTENSION orchestrator;
 
+-- a fresh install is at the library's version: 0.1, then the updates
+SELECT extversion FROM pg_extension WHERE extname = 'orchestrator';
+SHOW orchestrator.events;
+SHOW orchestrator.callback_timeout;
+
 -- the test cluster preloads the library and runs this database's DAGs
 SELECT orchestrator.check_setup();
 SHOW orchestrator.database;

@@ -33,8 +33,12 @@
 
 #include "orchestrator.h"
 
-/* NOTIFY payloads are limited to 8000 bytes */
-#define EVENT_MAX_ERROR 4000
+/*
+ * NOTIFY payloads must be shorter than 8000 bytes (NAMEDATALEN less than
+ * the queue's page, in practice): the error is cut so that the whole
+ * payload, escaped, stays under this.
+ */
+#define EVENT_MAX_PAYLOAD 7900
 
 static char *
 column(TriggerData *td, HeapTuple tuple, const char *name)
@@ -56,6 +60,41 @@ append_json_field(StringInfo buf, const char *key, const char *value, bool numbe
 		appendStringInfoString(buf, value);
 	else
 		escape_json(buf, value);
+}
+
+/*
+ * The error, escaped, cut at a character boundary so that the payload stays
+ * under EVENT_MAX_PAYLOAD whatever escaping does to its length (a control
+ * character takes six bytes escaped).
+ */
+static void
+append_error_field(StringInfo buf, const char *error)
+{
+	int			budget = EVENT_MAX_PAYLOAD - buf->len - (int) strlen(", \"error\": }");
+	int			len;
+	StringInfoData escaped;
+
+	if (error == NULL)
+	{
+		append_json_field(buf, "error", NULL, false);
+		return;
+	}
+	initStringInfo(&escaped);
+	len = strlen(error);
+	for (;;)
+	{
+		resetStringInfo(&escaped);
+		escape_json(&escaped, pnstrdup(error, len));
+		if (escaped.len <= budget || len == 0)
+			break;
+		/* shrink in proportion, a little more, at a character boundary */
+		{
+			int			limit = (int) ((int64) len * budget / escaped.len) - 8;
+
+			len = limit <= 0 ? 0 : pg_mbcliplen(error, len, limit);
+		}
+	}
+	appendStringInfo(buf, ", \"error\": %s", escaped.data);
 }
 
 PG_FUNCTION_INFO_V1(orch_notify_event);
@@ -113,8 +152,6 @@ orch_notify_event(PG_FUNCTION_ARGS)
 
 	if (strcmp(orch_events, "ids") == 0)
 		dag_id = error = NULL;
-	if (error && strlen(error) > EVENT_MAX_ERROR)
-		error = pnstrdup(error, pg_mbcliplen(error, strlen(error), EVENT_MAX_ERROR));
 
 	initStringInfo(&payload);
 	appendStringInfoChar(&payload, '{');
@@ -123,7 +160,7 @@ orch_notify_event(PG_FUNCTION_ARGS)
 	append_json_field(&payload, "task_id", task_id, false);
 	append_json_field(&payload, "state", state, false);
 	append_json_field(&payload, "try_number", try_number, true);
-	append_json_field(&payload, "error", error, false);
+	append_error_field(&payload, error);
 	appendStringInfoChar(&payload, '}');
 	Async_Notify("orchestrator_events", payload.data);
 	return PointerGetDatum(NULL);

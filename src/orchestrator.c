@@ -13,7 +13,13 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -23,7 +29,9 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "orchestrator.h"
@@ -36,6 +44,7 @@ bool		orch_enabled = true;
 char	   *orch_http_allowed_hosts = NULL;
 char	   *orch_history_retention = NULL;
 char	   *orch_events = NULL;
+int			orch_callback_timeout_ms = 5 * 60 * 1000;
 
 /* set when loaded through shared_preload_libraries */
 bool		orch_preloaded = false;
@@ -298,6 +307,16 @@ _PG_init(void)
 							   0,
 							   check_events, NULL, NULL);
 
+	DefineCustomIntVariable("orchestrator.callback_timeout",
+							"How long a callback may run before it is stopped.",
+							"A callback still running then is cancelled, and its worker terminated a few seconds later if it goes on.",
+							&orch_callback_timeout_ms,
+							5 * 60 * 1000,
+							1, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	DefineCustomStringVariable("orchestrator.test_clock",
 							   "A fixed time the scheduler uses instead of the clock (tests only).",
 							   NULL,
@@ -363,4 +382,67 @@ orch_check_setup(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	}
 	PG_RETURN_BOOL(true);
+}
+
+/*
+ * The version of the orchestrator catalog installed in this database (the
+ * extension's version), or NULL if it is not installed.  Call in a
+ * transaction.
+ */
+char *
+orch_catalog_version(void)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tuple;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("orchestrator"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/*
+ * Refuses to go on with a catalog of another version than this library's:
+ * between installing a new library and ALTER EXTENSION ... UPDATE, the API
+ * says what to do instead of failing deep inside a query.
+ */
+void
+orch_require_catalog(void)
+{
+	char	   *version = orch_catalog_version();
+
+	if (version == NULL || strcmp(version, ORCH_CATALOG_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the orchestrator catalog is at version %s, but the installed library needs version %s",
+						version ? version : "(none)", ORCH_CATALOG_VERSION),
+				 errhint("Run ALTER EXTENSION orchestrator UPDATE.")));
+}
+
+PG_FUNCTION_INFO_V1(orch_system_identifier);
+
+/*
+ * system_identifier() RETURNS bigint: the cluster's, which role OIDs are
+ * meaningful in.
+ */
+Datum
+orch_system_identifier(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64((int64) GetSystemIdentifier());
 }

@@ -24,6 +24,7 @@ extern bool orch_preloaded;
 extern char *orch_http_allowed_hosts;
 extern char *orch_history_retention;
 extern char *orch_events;
+extern int	orch_callback_timeout_ms;
 
 /*
  * Shared memory (orchestrator.c): the scheduler's latch, and one slot per
@@ -43,7 +44,9 @@ typedef struct OrchWorkerSlot
 	OrchSlotPhase phase;
 	int64		run_id;
 	Oid			owner;			/* the DAG's owner, for the progress view */
-	char		task_id[ORCH_MAX_ID_LEN + 1];
+	char		task_id[ORCH_MAX_ID_LEN + 1];	/* "" for a DAG's callback */
+	char		what[NAMEDATALEN];	/* "task", or the callback's kind */
+	int64		callback_id;	/* the callback's row, 0 for a task */
 	/* when the try's execution_timeout ends (0: none), set by its worker */
 	TimestampTz deadline;
 	/* when the scheduler told it to stop (0: not yet), set by the scheduler */
@@ -72,6 +75,11 @@ extern OrchShared *orch_shared;
  */
 #define ORCH_STOP_GRACE_MS	3000
 
+/* the catalog version this library works with (orchestrator.c) */
+#define ORCH_CATALOG_VERSION "0.2"
+extern char *orch_catalog_version(void);
+extern void orch_require_catalog(void);
+
 extern void orch_wake_scheduler(void);
 extern void orch_wake_scheduler_at_commit(void);
 extern TimestampTz orch_now(void);
@@ -79,13 +87,22 @@ extern TimestampTz orch_now(void);
 /* the scheduler and workers (scheduler.c, worker.c) */
 extern PGDLLEXPORT void orch_scheduler_main(Datum arg);
 extern PGDLLEXPORT void orch_worker_main(Datum arg);
+
+/* a worker's slot (progress.c) */
+extern bool progress_slot_acquire(void);
+extern void progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id,
+						 Oid owner, const char *what, int64 callback_id);
+extern void progress_set_deadline(TimestampTz deadline);
 extern void orch_progress_add_bytes(uint64 bytes);
 extern void orch_progress_set_rows(uint64 rows);
 extern void orch_begin_xact(void);
 extern void orch_end_xact(void);
 extern bool orch_record_failure(int64 run_id, const char *task_id, int pid,
 								int try_number, const char *error,
-								TimestampTz now);
+								TimestampTz now, bool only_state);
+
+/* callbacks (callback.c), for the scheduler */
+extern void orch_drop_lost_callbacks(void);
 
 /* operator specs (operator.c) */
 extern void operator_validate(Jsonb *spec, const char *task_id);

@@ -77,6 +77,13 @@ static int	starts_in_window = 0;
 /* when the scheduler last applied orchestrator.history_retention */
 static TimestampTz last_purge = DT_NOBEGIN;
 
+/* when owners were last mapped (map_owners), and how often */
+static TimestampTz last_owner_map = DT_NOBEGIN;
+#define OWNER_MAP_EVERY		(60 * USECS_PER_SEC)
+
+/* the catalog version last complained about */
+static char *version_logged = NULL;
+
 /* what a tick allocates, reset after each */
 static MemoryContext tick_cxt = NULL;
 
@@ -247,7 +254,7 @@ recover_lost(void)
 
 		for (int s = 0; s < orch_shared->nslots && !alive; s++)
 			alive = (slots[s].pid == pid && slots[s].phase != SLOT_IDLE &&
-					 slots[s].run_id == run_id &&
+					 slots[s].callback_id == 0 && slots[s].run_id == run_id &&
 					 strcmp(slots[s].task_id, task_id) == 0);
 		if (alive)
 			continue;
@@ -256,7 +263,7 @@ recover_lost(void)
 		if (orch_record_failure(run_id, task_id, pid, try_number,
 								psprintf("the worker (pid %d) stopped without recording an outcome (killed, crashed, or the server restarted)",
 										 pid),
-								tick_now))
+								tick_now, false))
 		{
 			StringInfoData live;
 
@@ -272,6 +279,94 @@ recover_lost(void)
 					 errdetail("Live workers: %s.", live.len ? live.data : "none")));
 		}
 	}
+}
+
+/*
+ * Owners that a restore brought from another cluster (their OIDs mean
+ * nothing here): each such DAG goes to the role of the same name, or to no
+ * one; a DAG of no one goes to a role of its owner's name created since;
+ * and a renamed owner's new name is kept, for the next restore.
+ */
+static void
+map_owners(void *arg)
+{
+	Datum		sysid = Int64GetDatum((int64) GetSystemIdentifier());
+
+	/* (rows an API call has locked are left for the next time) */
+	run_query("UPDATE orchestrator.dag d SET owner_sysid = $1, "
+			  " owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = d.owner_name) "
+			  "FROM (SELECT dag_id FROM orchestrator.dag WHERE owner_sysid <> $1 "
+			  "      FOR NO KEY UPDATE SKIP LOCKED) l "
+			  "WHERE d.dag_id = l.dag_id "
+			  "RETURNING d.dag_id, d.owner_name::text, d.owner IS NOT NULL",
+			  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE_RETURNING);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		bool		found = DatumGetBool(col_datum(i, 3, &isnull));
+
+		ereport(LOG,
+				(errmsg("orchestrator: DAG \"%s\" was restored from another cluster: %s",
+						col_text(i, 1),
+						psprintf(found ? "it belongs to role \"%s\" of this one" :
+								 "it belongs to no one: role \"%s\" does not exist here",
+								 col_text(i, 2) ? col_text(i, 2) : "?"))));
+	}
+	run_query("UPDATE orchestrator.dag d SET owner = r.oid "
+			  "FROM (SELECT dag_id FROM orchestrator.dag WHERE owner IS NULL "
+			  "      FOR NO KEY UPDATE SKIP LOCKED) l, pg_catalog.pg_roles r "
+			  "WHERE d.dag_id = l.dag_id AND r.rolname = d.owner_name "
+			  "RETURNING d.dag_id, d.owner_name::text",
+			  0, NULL, NULL, NULL, SPI_OK_UPDATE_RETURNING);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		ereport(LOG,
+				(errmsg("orchestrator: DAG \"%s\" now belongs to the new role \"%s\"",
+						col_text(i, 1), col_text(i, 2))));
+	run_query("UPDATE orchestrator.dag d SET owner_name = r.rolname "
+			  "FROM (SELECT x.dag_id FROM orchestrator.dag x JOIN pg_catalog.pg_roles y ON y.oid = x.owner "
+			  "      WHERE x.owner_name IS DISTINCT FROM y.rolname "
+			  "      FOR NO KEY UPDATE OF x SKIP LOCKED) l, pg_catalog.pg_roles r "
+			  "WHERE d.dag_id = l.dag_id AND r.oid = d.owner",
+			  0, NULL, NULL, NULL, SPI_OK_UPDATE);
+}
+
+/* 1. Work whose worker is gone: lost tries, lost callbacks. */
+static void
+recover_work(void *arg)
+{
+	recover_lost();
+	orch_drop_lost_callbacks();
+}
+
+/*
+ * Whether the extension is installed, at the version this library works
+ * with.  Between a new library and ALTER EXTENSION ... UPDATE, nothing is
+ * scheduled: said once, and checked again at each wake-up and every minute
+ * (the update script wakes the scheduler).
+ */
+static bool
+catalog_usable(void)
+{
+	char	   *version;
+
+	if (!OidIsValid(get_extension_oid("orchestrator", true)))
+		return false;
+	version = orch_catalog_version();
+	if (version != NULL && strcmp(version, ORCH_CATALOG_VERSION) == 0)
+	{
+		version_logged = NULL;
+		return true;
+	}
+	if (version_logged == NULL || strcmp(version_logged, version ? version : "") != 0)
+	{
+		ereport(LOG,
+				(errmsg("orchestrator: the catalog of database \"%s\" is at version %s and this library needs %s: nothing runs until it is updated",
+						orch_database, version ? version : "?", ORCH_CATALOG_VERSION),
+				 errhint("Run ALTER EXTENSION orchestrator UPDATE in database \"%s\".", orch_database)));
+		version_logged = MemoryContextStrdup(TopMemoryContext, version ? version : "");
+	}
+	wake_by(tick_now + 60 * USECS_PER_SEC);
+	return false;
 }
 
 /* Whether some worker is running a task (no transaction needed to tell). */
@@ -346,7 +441,7 @@ record_timeout(const OrchWorkerSlot *slot, TimestampTz now)
 	return orch_record_failure(slot->run_id, slot->task_id, slot->pid, try_number,
 							   psprintf("execution_timeout exceeded: the task went on after it was cancelled at its timeout, so its worker was terminated after %.3f s",
 										(double) (now - started_at) / USECS_PER_SEC),
-							   tick_now);
+							   tick_now, false);
 }
 
 /*
@@ -387,10 +482,11 @@ stop_workers(OrchWorkerSlot **slots_out, MemoryContext keep)
 				wake_by_real(kill_at, now);
 			else
 			{
-				if (record_timeout(slot, now))
+				/* (a callback's row is dropped once its worker is gone) */
+				if (slot->callback_id == 0 && record_timeout(slot, now))
 					ereport(LOG,
-							(errmsg("orchestrator: terminating worker %d: task \"%s\" of run " INT64_FORMAT " went on past its execution_timeout",
-									slot->pid, slot->task_id, slot->run_id)));
+							(errmsg("orchestrator: terminating worker %d: %s \"%s\" of run " INT64_FORMAT " went on past its timeout",
+									slot->pid, slot->what, slot->task_id, slot->run_id)));
 				old = MemoryContextSwitchTo(keep);
 				terminate = lappend_int(terminate, s);
 				MemoryContextSwitchTo(old);
@@ -398,20 +494,26 @@ stop_workers(OrchWorkerSlot **slots_out, MemoryContext keep)
 			}
 		}
 
+		/* still its running try, or its callback still due */
 		values[0] = Int64GetDatum(slot->run_id);
 		values[1] = CStringGetTextDatum(slot->task_id);
 		values[2] = Int32GetDatum(slot->pid);
-		run_query("SELECT 1 FROM orchestrator.task_instance "
-				  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' AND worker_pid = $3",
-				  3, types, values, NULL, SPI_OK_SELECT);
+		if (slot->callback_id != 0)
+			run_query("SELECT 1 FROM orchestrator.callback WHERE id = $1",
+					  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(slot->callback_id)},
+					  NULL, SPI_OK_SELECT);
+		else
+			run_query("SELECT 1 FROM orchestrator.task_instance "
+					  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' AND worker_pid = $3",
+					  3, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 			continue;
 
 		if (slot->stop_requested_at == 0)
 		{
 			ereport(LOG,
-					(errmsg("orchestrator: stopping worker %d: task \"%s\" of run " INT64_FORMAT " was cancelled",
-							slot->pid, slot->task_id, slot->run_id)));
+					(errmsg("orchestrator: stopping worker %d: %s \"%s\" of run " INT64_FORMAT " was cancelled",
+							slot->pid, slot->what, slot->task_id, slot->run_id)));
 			signal_worker(s, slot, SIGINT, now);
 			wake_by_real(TimestampTzPlusMilliseconds(now, ORCH_STOP_GRACE_MS), now);
 			continue;
@@ -422,8 +524,8 @@ stop_workers(OrchWorkerSlot **slots_out, MemoryContext keep)
 		else
 		{
 			ereport(LOG,
-					(errmsg("orchestrator: terminating worker %d: task \"%s\" of run " INT64_FORMAT " went on after it was cancelled",
-							slot->pid, slot->task_id, slot->run_id)));
+					(errmsg("orchestrator: terminating worker %d: %s \"%s\" of run " INT64_FORMAT " went on after it was cancelled",
+							slot->pid, slot->what, slot->task_id, slot->run_id)));
 			old = MemoryContextSwitchTo(keep);
 			terminate = lappend_int(terminate, s);
 			MemoryContextSwitchTo(old);
@@ -777,6 +879,13 @@ typedef struct RunRow
 	int			max_active_tasks;
 } RunRow;
 
+/* a task instance's index in its run's array, by task id */
+typedef struct TaskIndexEntry
+{
+	char		task_id[ORCH_MAX_ID_LEN + 1];	/* the key */
+	int			index;
+} TaskIndexEntry;
+
 typedef struct TiState
 {
 	char	   *task_id;
@@ -981,32 +1090,54 @@ evaluate_run(void *arg)
 		tis[i].removed = DatumGetBool(col_datum(i, 6, &isnull));
 		tis[i].is_leaf = !tis[i].removed;
 	}
-	/* upstream names to indexes; a task some other task depends on is no leaf */
-	for (int i = 0; i < n; i++)
+	/*
+	 * upstream names to indexes, through a hash (a pass stays linear in the
+	 * run's tasks); a task some other task depends on is no leaf
+	 */
 	{
-		Datum		d = col_datum(i, 5, &isnull);
-		Datum	   *elems;
-		int			nelems;
+		HASHCTL		ctl;
+		HTAB	   *byname;
 
-		if (isnull)
-			continue;
-		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
-						  &elems, NULL, &nelems);
-		tis[i].upstream = palloc(sizeof(int) * Max(nelems, 1));
-		for (int e = 0; e < nelems; e++)
+		ctl.keysize = ORCH_MAX_ID_LEN + 1;
+		ctl.entrysize = sizeof(TaskIndexEntry);
+		ctl.hcxt = CurrentMemoryContext;
+		byname = hash_create("orchestrator run tasks", Max(n, 16), &ctl,
+							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		for (int i = 0; i < n; i++)
 		{
-			char	   *name = TextDatumGetCString(elems[e]);
+			TaskIndexEntry *e;
 
-			for (int j = 0; j < n; j++)
+			if (strlen(tis[i].task_id) > ORCH_MAX_ID_LEN)
+				continue;
+			e = hash_search(byname, tis[i].task_id, HASH_ENTER, NULL);
+			e->index = i;
+		}
+		for (int i = 0; i < n; i++)
+		{
+			Datum		d = col_datum(i, 5, &isnull);
+			Datum	   *elems;
+			int			nelems;
+
+			if (isnull)
+				continue;
+			deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
+							  &elems, NULL, &nelems);
+			tis[i].upstream = palloc(sizeof(int) * Max(nelems, 1));
+			for (int e = 0; e < nelems; e++)
 			{
-				if (strcmp(tis[j].task_id, name) == 0)
-				{
-					tis[i].upstream[tis[i].nupstream++] = j;
-					tis[j].is_leaf = false;
-					break;
-				}
+				char	   *name = TextDatumGetCString(elems[e]);
+				TaskIndexEntry *found;
+
+				if (strlen(name) > ORCH_MAX_ID_LEN)
+					continue;
+				found = hash_search(byname, name, HASH_FIND, NULL);
+				if (found == NULL)
+					continue;
+				tis[i].upstream[tis[i].nupstream++] = found->index;
+				tis[found->index].is_leaf = false;
 			}
 		}
+		hash_destroy(byname);
 	}
 
 	/* decide until nothing changes: upstream_failed and skipped propagate */
@@ -1250,16 +1381,28 @@ scheduler_tick(void)
 	tick_wake = tick_now + MAX_SLEEP_MS * INT64CONST(1000);
 
 	/* not installed (yet, or any more): CREATE EXTENSION wakes us */
-	installed = OidIsValid(get_extension_oid("orchestrator", true));
-	if (installed)
-	{
-		recover_lost();
-		if (orch_enabled)
-			dags = due_dags();
-	}
+	installed = catalog_usable();
 	orch_end_xact();
 
 	/* each in a transaction of its own (in_xact) */
+	if (installed)
+	{
+		in_xact(recover_work, NULL, "cannot recover lost work");
+		if (last_owner_map == DT_NOBEGIN || tick_now - last_owner_map >= OWNER_MAP_EVERY ||
+			tick_now < last_owner_map)
+		{
+			in_xact(map_owners, NULL, "cannot map the owners of restored DAGs");
+			last_owner_map = tick_now;
+		}
+		wake_by(last_owner_map + OWNER_MAP_EVERY);
+		if (orch_enabled)
+		{
+			orch_begin_xact();
+			dags = due_dags();
+			orch_end_xact();
+		}
+	}
+
 	if (installed && orch_enabled)
 	{
 		schedule_dags(dags);

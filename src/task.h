@@ -21,7 +21,9 @@ typedef struct TaskRun
 	char	   *task_id;
 	char	   *run_type;
 	int			try_number;
-	Oid			owner;
+	Oid			owner;			/* InvalidOid: no one */
+	char	   *owner_name;
+	uint64		owner_sysid;	/* the cluster "owner" belongs to */
 	Jsonb	   *spec;			/* NULL if the task is no longer defined */
 	int64		timeout_ms;		/* execution_timeout, 0 for none */
 	TemplateContext ctx;		/* for rendering templates */

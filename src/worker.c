@@ -33,6 +33,9 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "access/xlog.h"
+#include "mb/pg_wchar.h"
 #include "storage/ipc.h"
 #include "storage/large_object.h"
 #include "storage/proc.h"
@@ -49,14 +52,13 @@
 
 #include "orchestrator.h"
 #include "sandbox.h"
-#include "task.h"
 #include "tasklog.h"
+#include "worker.h"
 
-static OrchWorkerSlot *my_slot = NULL;
 static TimeoutId task_timeout_id;
 static volatile sig_atomic_t task_timed_out = false;
 
-/* execution_timeout: cancel the running statement, as a query cancel does */
+/* the timeout of what runs: cancel the running statement, as a query cancel does */
 static void
 task_timeout_handler(void)
 {
@@ -66,113 +68,47 @@ task_timeout_handler(void)
 	SetLatch(MyLatch);
 }
 
-static void
-slot_set(OrchSlotPhase phase, int64 run_id, const char *task_id, Oid owner)
-{
-	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
-	if (phase == SLOT_CLAIMING || phase == SLOT_IDLE)
-	{
-		my_slot->started_at = GetCurrentTimestamp();
-		my_slot->bytes_read = 0;
-		my_slot->rows_loaded = 0;
-		my_slot->deadline = 0;
-		my_slot->stop_requested_at = 0;
-	}
-	my_slot->phase = phase;
-	my_slot->run_id = run_id;
-	my_slot->owner = owner;
-	strlcpy(my_slot->task_id, task_id ? task_id : "", sizeof(my_slot->task_id));
-	LWLockRelease(orch_shared->lock);
-}
-
-/* bytes read by the running task's source, for the progress view */
+/*
+ * Starts the timeout of what runs now (0: none).  At ms, the worker cancels
+ * its statement; the slot's deadline lets the scheduler stop it for good if
+ * it catches the cancel.
+ */
 void
-orch_progress_add_bytes(uint64 bytes)
+worker_timeout_start(int64 ms)
 {
-	if (my_slot != NULL)
-		my_slot->bytes_read += bytes;
+	task_timed_out = false;
+	if (ms <= 0)
+		return;
+	ms = Min(ms, INT_MAX);
+	progress_set_deadline(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms));
+	orch_wake_scheduler();
+	enable_timeout_after(task_timeout_id, (int) ms);
 }
 
-/* rows loaded so far by the running task's COPY */
 void
-orch_progress_set_rows(uint64 rows)
+worker_timeout_stop(void)
 {
-	if (my_slot != NULL)
-		my_slot->rows_loaded = rows;
+	disable_timeout(task_timeout_id, false);
 }
 
-PG_FUNCTION_INFO_V1(orch_worker_progress);
+bool
+worker_timed_out(void)
+{
+	return task_timed_out;
+}
 
 /*
- * worker_progress() RETURNS SETOF (pid, run_id, task_id, started_at,
- * bytes_read, rows_loaded): the tasks running now, from shared memory: the
- * calling role's own DAGs' (a superuser's: all), like the catalog's
- * row-level security.
+ * After an error: no timeout or cancel left for what comes next, the
+ * transaction rolled back (which also undoes the user code's settings and
+ * identity), large objects closed.
  */
-Datum
-orch_worker_progress(PG_FUNCTION_ARGS)
+void
+worker_abort(void)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-
-	Oid			role = GetUserId();
-	bool		all = superuser();
-
-	InitMaterializedSRF(fcinfo, 0);
-	if (orch_shared == NULL)
-		return (Datum) 0;
-	for (int i = 0; i < orch_shared->nslots; i++)
-	{
-		OrchWorkerSlot slot;
-		Datum		values[6];
-		bool		nulls[6] = {0};
-
-		LWLockAcquire(orch_shared->lock, LW_SHARED);
-		slot = orch_shared->slots[i];
-		LWLockRelease(orch_shared->lock);
-		if (slot.pid == 0 || slot.phase != SLOT_RUNNING ||
-			(!all && slot.owner != role))
-			continue;
-		values[0] = Int32GetDatum(slot.pid);
-		values[1] = Int64GetDatum(slot.run_id);
-		values[2] = CStringGetTextDatum(slot.task_id);
-		values[3] = TimestampTzGetDatum(slot.started_at);
-		values[4] = Int64GetDatum((int64) slot.bytes_read);
-		values[5] = Int64GetDatum((int64) slot.rows_loaded);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	return (Datum) 0;
-}
-
-static void
-slot_release(int code, Datum arg)
-{
-	if (my_slot == NULL)
-		return;
-	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
-	memset(my_slot, 0, sizeof(OrchWorkerSlot));
-	LWLockRelease(orch_shared->lock);
-	my_slot = NULL;
-}
-
-static bool
-slot_acquire(void)
-{
-	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < orch_shared->nslots; i++)
-	{
-		if (orch_shared->slots[i].pid == 0)
-		{
-			my_slot = &orch_shared->slots[i];
-			memset(my_slot, 0, sizeof(OrchWorkerSlot));
-			my_slot->pid = MyProcPid;
-			break;
-		}
-	}
-	LWLockRelease(orch_shared->lock);
-	if (my_slot == NULL)
-		return false;
-	before_shmem_exit(slot_release, 0);
-	return true;
+	disable_all_timeouts(false);
+	QueryCancelPending = false;
+	AbortCurrentTransaction();
+	close_lo_relation(false);
 }
 
 /* A transaction with a snapshot and SPI, for a background worker. */
@@ -194,8 +130,8 @@ orch_end_xact(void)
 	pgstat_report_stat(false);
 }
 
-static char *
-getstr(HeapTuple tuple, TupleDesc desc, int col, MemoryContext cxt)
+char *
+worker_getstr(HeapTuple tuple, TupleDesc desc, int col, MemoryContext cxt)
 {
 	bool		isnull;
 	Datum		d = SPI_getbinval(tuple, desc, col, &isnull);
@@ -207,13 +143,16 @@ getstr(HeapTuple tuple, TupleDesc desc, int col, MemoryContext cxt)
 
 /*
  * Records a failed try: up_for_retry with its next try time, or failed when
- * no tries remain.  Only applies to the given running try, so that a try
- * already cancelled, timed out or recovered is left as it is.  Runs inside
- * a transaction with SPI connected.  Returns whether it applied.
+ * no tries remain, and with it the callback due and the error as the try's
+ * last log line (unless only_state).  Only applies to the given running
+ * try, so that a try already cancelled, timed out or recovered is left as
+ * it is.  Runs inside a transaction with SPI connected.  Returns whether it
+ * applied.
  */
 bool
 orch_record_failure(int64 run_id, const char *task_id, int pid,
-					int try_number, const char *error, TimestampTz now)
+					int try_number, const char *error, TimestampTz now,
+					bool only_state)
 {
 	Oid			types[6] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID};
 	Datum		values[6];
@@ -240,6 +179,8 @@ orch_record_failure(int64 run_id, const char *task_id, int pid,
 			  6, types, values, NULL, SPI_OK_UPDATE);
 	if (SPI_processed == 0)
 		return false;
+	if (only_state)
+		return true;
 	/* its callback, due with this outcome */
 	run_query("INSERT INTO orchestrator.callback (run_id, task_id, kind, spec, try_number, error) "
 			  "SELECT ti.run_id, ti.task_id, c.kind, c.spec, ti.try_number, $5 "
@@ -258,26 +199,31 @@ orch_record_failure(int64 run_id, const char *task_id, int pid,
 }
 
 /*
- * The run's context, from seven consecutive columns starting at col:
- * dag_id, run_type, logical_date, data_interval_start, data_interval_end,
- * the DAG's owner, and its params merged with the run's conf.
+ * The run's context, from nine consecutive columns starting at col (see
+ * RUN_CONTEXT_COLUMNS): dag_id, run_type, logical_date,
+ * data_interval_start, data_interval_end, the DAG's owner, its params
+ * merged with the run's conf, the owner's name and cluster.
  */
-static void
-read_run_context(TaskRun *task, HeapTuple tuple, TupleDesc desc, int col,
+void
+worker_read_run_context(TaskRun *task, HeapTuple tuple, TupleDesc desc, int col,
 				 MemoryContext cxt)
 {
 	bool		isnull;
 	Datum		d;
 	MemoryContext old;
 
-	task->dag_id = getstr(tuple, desc, col, cxt);
-	task->run_type = getstr(tuple, desc, col + 1, cxt);
+	task->dag_id = worker_getstr(tuple, desc, col, cxt);
+	task->run_type = worker_getstr(tuple, desc, col + 1, cxt);
 	task->ctx.logical_date = DatumGetTimestampTz(SPI_getbinval(tuple, desc, col + 2, &isnull));
 	d = SPI_getbinval(tuple, desc, col + 3, &isnull);
 	task->ctx.data_interval_start = isnull ? task->ctx.logical_date : DatumGetTimestampTz(d);
 	d = SPI_getbinval(tuple, desc, col + 4, &isnull);
 	task->ctx.data_interval_end = isnull ? task->ctx.logical_date : DatumGetTimestampTz(d);
-	task->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, col + 5, &isnull));
+	d = SPI_getbinval(tuple, desc, col + 5, &isnull);
+	task->owner = isnull ? InvalidOid : DatumGetObjectId(d);
+	task->owner_name = worker_getstr(tuple, desc, col + 7, cxt);
+	d = SPI_getbinval(tuple, desc, col + 8, &isnull);
+	task->owner_sysid = isnull ? 0 : (uint64) DatumGetInt64(d);
 	d = SPI_getbinval(tuple, desc, col + 6, &isnull);
 	old = MemoryContextSwitchTo(cxt);
 	task->ctx.params = isnull ? NULL : DatumGetJsonbPCopy(d);
@@ -288,27 +234,50 @@ read_run_context(TaskRun *task, HeapTuple tuple, TupleDesc desc, int col,
 	MemoryContextSwitchTo(old);
 }
 
+typedef enum ClaimResult
+{
+	CLAIM_NONE,					/* nothing queued */
+	CLAIM_OK,					/* a try to run */
+	CLAIM_POISON				/* a queued instance that could not be read: failed */
+} ClaimResult;
+
+/* A queued instance that could not be claimed fails, once, with why. */
+static void
+fail_unclaimable(int64 run_id, const char *task_id, const char *error)
+{
+	ereport(LOG,
+			(errmsg("orchestrator: task \"%s\" of run " INT64_FORMAT " could not be claimed: %s",
+					task_id, run_id, error)));
+	orch_begin_xact();
+	run_query("UPDATE orchestrator.task_instance SET state = 'failed', finished_at = $3, error = $4 "
+			  "WHERE run_id = $1 AND task_id = $2 AND state = 'queued'",
+			  4, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  TimestampTzGetDatum(orch_now()),
+			  CStringGetTextDatum(psprintf("the task could not be claimed: %s", error))},
+			  NULL, SPI_OK_UPDATE);
+	orch_end_xact();
+}
+
 /*
- * Claims the oldest queued task instance of a running run; false if there
- * is none.
+ * Claims the oldest queued task instance of a running run.  An instance
+ * whose row cannot be read fails instead of killing every worker that
+ * picks it.
  */
-static bool
+static ClaimResult
 claim_next(TaskRun *task, MemoryContext cxt)
 {
 	HeapTuple	tuple;
 	TupleDesc	desc;
 	bool		isnull;
-	Datum		d;
-	Oid			types[4] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID};
-	Datum		values[4];
-	TimestampTz now;
+	volatile int64 run_id;
+	char	   *volatile task_id;
 
 	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING, "claiming a task");
 
-	run_query("SELECT ti.run_id, ti.task_id, ti.try_number + 1, r.dag_id, r.run_type, "
-			  "       r.logical_date, r.data_interval_start, r.data_interval_end, "
-			  "       d.owner, d.params || r.conf, t.spec, "
+	run_query("SELECT ti.run_id, ti.task_id, ti.try_number + 1, "
+			  "       " RUN_CONTEXT_COLUMNS ", t.spec, "
 			  "       (extract(epoch FROM t.execution_timeout) * 1000)::int8, "
 			  "       t.cache_expiration IS NOT NULL "
 			  "FROM orchestrator.task_instance ti "
@@ -322,46 +291,65 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	if (SPI_processed == 0)
 	{
 		orch_end_xact();
-		return false;
+		return CLAIM_NONE;
 	}
 
 	tuple = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	memset(task, 0, sizeof(TaskRun));
-	task->run_id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-	task->task_id = getstr(tuple, desc, 2, cxt);
-	task->try_number = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
-	read_run_context(task, tuple, desc, 4, cxt);
-	d = SPI_getbinval(tuple, desc, 11, &isnull);
-	if (!isnull)
+	run_id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+	task_id = worker_getstr(tuple, desc, 2, cxt);
+
+	PG_TRY();
 	{
-		MemoryContext old = MemoryContextSwitchTo(cxt);
+		Datum		d;
 
-		task->spec = DatumGetJsonbPCopy(d);
-		MemoryContextSwitchTo(old);
+		task->run_id = run_id;
+		task->task_id = task_id;
+		task->try_number = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
+		worker_read_run_context(task, tuple, desc, 4, cxt);
+		d = SPI_getbinval(tuple, desc, 13, &isnull);
+		if (!isnull)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			task->spec = DatumGetJsonbPCopy(d);
+			MemoryContextSwitchTo(old);
+		}
+		d = SPI_getbinval(tuple, desc, 14, &isnull);
+		task->timeout_ms = isnull ? 0 : DatumGetInt64(d);
+		d = SPI_getbinval(tuple, desc, 15, &isnull);
+		task->cache = !isnull && DatumGetBool(d);
+		task->ctx.task_id = task->task_id;
+
+		run_query("UPDATE orchestrator.task_instance SET state = 'running', "
+				  " try_number = try_number + 1, worker_pid = $3, started_at = $4, "
+				  " finished_at = NULL, next_try_at = NULL, error = NULL "
+				  "WHERE run_id = $1 AND task_id = $2",
+				  4, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID},
+				  (Datum[]) {Int64GetDatum(task->run_id), CStringGetTextDatum(task->task_id),
+					  Int32GetDatum(MyProcPid), TimestampTzGetDatum(orch_now())},
+				  NULL, SPI_OK_UPDATE);
+
+		/* the slot names the try before the claim is visible */
+		progress_set(SLOT_CLAIMING, task->run_id, task->task_id, task->owner, "task", 0);
+		orch_end_xact();
 	}
-	d = SPI_getbinval(tuple, desc, 12, &isnull);
-	task->timeout_ms = isnull ? 0 : DatumGetInt64(d);
-	d = SPI_getbinval(tuple, desc, 13, &isnull);
-	task->cache = !isnull && DatumGetBool(d);
-	task->ctx.task_id = task->task_id;
+	PG_CATCH();
+	{
+		ErrorData  *edata;
 
-	now = orch_now();
-	values[0] = Int64GetDatum(task->run_id);
-	values[1] = CStringGetTextDatum(task->task_id);
-	values[2] = Int32GetDatum(MyProcPid);
-	values[3] = TimestampTzGetDatum(now);
-	run_query("UPDATE orchestrator.task_instance SET state = 'running', "
-			  " try_number = try_number + 1, worker_pid = $3, started_at = $4, "
-			  " finished_at = NULL, next_try_at = NULL, error = NULL "
-			  "WHERE run_id = $1 AND task_id = $2",
-			  4, types, values, NULL, SPI_OK_UPDATE);
-
-	/* the slot names the try before the claim is visible */
-	slot_set(SLOT_CLAIMING, task->run_id, task->task_id, task->owner);
-	orch_end_xact();
-	slot_set(SLOT_RUNNING, task->run_id, task->task_id, task->owner);
-	return true;
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		worker_abort();
+		progress_set(SLOT_IDLE, 0, NULL, InvalidOid, NULL, 0);
+		fail_unclaimable(run_id, task_id, edata->message);
+		return CLAIM_POISON;
+	}
+	PG_END_TRY();
+	progress_set(SLOT_RUNNING, task->run_id, task->task_id, task->owner, "task", 0);
+	return CLAIM_OK;
 }
 
 static void
@@ -466,8 +454,8 @@ find_cache_entry(TaskRun *task)
  * The run's context, readable with current_setting(), for the rest of the
  * transaction.
  */
-static void
-set_run_context(TaskRun *task)
+void
+worker_set_run_context(TaskRun *task)
 {
 	set_context("orchestrator.run_id", psprintf(INT64_FORMAT, task->run_id));
 	set_context("orchestrator.dag_id", task->dag_id);
@@ -480,16 +468,27 @@ set_run_context(TaskRun *task)
 	set_context("orchestrator.error", task->ctx.error ? task->ctx.error : "");
 }
 
-/* The owner still exists, or the task cannot run. */
-static void
-check_owner(TaskRun *task)
+/*
+ * The DAG has an owner in this cluster, or its tasks and callbacks cannot
+ * run: a DAG restored from another cluster belongs to the role of the same
+ * name, once the scheduler has mapped it, or to no one.
+ */
+void
+worker_check_owner(TaskRun *task)
 {
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(task->owner)))
+	if (task->owner_sysid != GetSystemIdentifier())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("DAG \"%s\" was restored from another cluster, and its owner \"%s\" is not mapped to a role of this one yet",
+						task->dag_id, task->owner_name ? task->owner_name : "?"),
+				 errhint("The scheduler maps restored DAGs to roles by name when it starts and once a minute.")));
+	if (!OidIsValid(task->owner) ||
+		!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(task->owner)))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("the owner of DAG \"%s\" (role OID %u) no longer exists",
-						task->dag_id, task->owner),
-				 errhint("Recreate the DAG as an existing role.")));
+				 errmsg("DAG \"%s\" has no owner: role \"%s\" does not exist",
+						task->dag_id, task->owner_name ? task->owner_name : "?"),
+				 errhint("Create the role (the DAG is given to it within a minute), or drop the DAG.")));
 }
 
 /* Runs the task's operator; as the owner, inside the user scope. */
@@ -534,7 +533,7 @@ run_task(TaskRun *task)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("task \"%s\" is no longer defined in DAG \"%s\"",
 						task->task_id, task->dag_id)));
-	check_owner(task);
+	worker_check_owner(task);
 
 	/* the artifact of the task this one reads, found before leaving superuser */
 	{
@@ -561,35 +560,24 @@ run_task(TaskRun *task)
 	if (task->cache)
 		find_cache_entry(task);
 
-	set_run_context(task);
+	worker_set_run_context(task);
 
 	task_log_begin();
 	task_log("try %d of task %s.%s, run " INT64_FORMAT ", logical date %s",
 			 task->try_number, task->dag_id, task->task_id, task->run_id,
 			 template_render("{{ ts }}", "ts", &task->ctx));
 
-	task_timed_out = false;
-	if (task->timeout_ms > 0)
-	{
-		int			ms = (int) Min(task->timeout_ms, INT_MAX);
-
-		/* past it (and the grace), the scheduler stops a task that goes on */
-		LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
-		my_slot->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
-		LWLockRelease(orch_shared->lock);
-		orch_wake_scheduler();
-		enable_timeout_after(task_timeout_id, ms);
-	}
+	worker_timeout_start(task->timeout_ms);
 
 	/* as the owner, with exactly the owner's rights (sandbox.c) */
 	sandbox_enter(&scope, task->owner);
 	run_operator(task);
 	sandbox_leave(&scope);
 
-	disable_timeout(task_timeout_id, false);
+	worker_timeout_stop();
 
 	/* from here on the scheduler leaves this worker be */
-	slot_set(SLOT_FINISHING, task->run_id, task->task_id, task->owner);
+	progress_set(SLOT_FINISHING, task->run_id, task->task_id, task->owner, "task", 0);
 	task_log_end();
 
 	values[0] = Int64GetDatum(task->run_id);
@@ -623,121 +611,8 @@ run_task(TaskRun *task)
 	orch_end_xact();
 }
 
-/* A line in the triggering try's log (a run's own callbacks have none). */
-static void
-callback_log_line(TaskRun *task, const char *level, const char *message)
-{
-	Oid			types[5] = {INT8OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
-	Datum		values[5];
-
-	if (task->task_id[0] == '\0')
-		return;
-	values[0] = Int64GetDatum(task->run_id);
-	values[1] = CStringGetTextDatum(task->task_id);
-	values[2] = Int32GetDatum(task->try_number);
-	values[3] = CStringGetTextDatum(level);
-	values[4] = CStringGetTextDatum(message);
-	run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
-			  "SELECT $1, $2, $3, clock_timestamp(), $4, $5 "
-			  "WHERE EXISTS (SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 AND task_id = $2)",
-			  5, types, values, NULL, SPI_OK_INSERT);
-}
-
-/*
- * Runs the oldest callback due, if there is one: as the DAG's owner, with
- * the triggering task's context and error, in a transaction that also
- * deletes it.  A failing callback is logged (in the try's task log and the
- * server log) and deleted; it never changes any outcome.
- */
-static bool
-run_next_callback(MemoryContext cxt)
-{
-	TaskRun		task;
-	int64		id;
-	char	   *kind;
-	HeapTuple	tuple;
-	TupleDesc	desc;
-	bool		isnull;
-	Datum		d;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
-	UserScope	scope;
-
-	orch_begin_xact();
-	run_query("SELECT c.id, c.run_id, c.task_id, c.kind, c.spec, c.try_number, c.error, "
-			  "       r.dag_id, r.run_type, r.logical_date, r.data_interval_start, "
-			  "       r.data_interval_end, d.owner, d.params || r.conf "
-			  "FROM orchestrator.callback c "
-			  "JOIN orchestrator.dag_run r ON r.run_id = c.run_id "
-			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
-			  "ORDER BY c.id LIMIT 1 FOR UPDATE OF c SKIP LOCKED",
-			  0, NULL, NULL, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)
-	{
-		orch_end_xact();
-		return false;
-	}
-	tuple = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	memset(&task, 0, sizeof(task));
-	id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-	task.run_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
-	task.task_id = getstr(tuple, desc, 3, cxt);
-	kind = getstr(tuple, desc, 4, cxt);
-	task.spec = DatumGetJsonbPCopy(SPI_getbinval(tuple, desc, 5, &isnull));
-	d = SPI_getbinval(tuple, desc, 6, &isnull);
-	task.try_number = isnull ? 0 : DatumGetInt32(d);
-	task.ctx.error = getstr(tuple, desc, 7, cxt);
-	read_run_context(&task, tuple, desc, 8, cxt);
-	/* a run's own callback has no task */
-	if (task.task_id == NULL)
-		task.task_id = MemoryContextStrdup(cxt, "");
-	task.ctx.task_id = task.task_id;
-	values[0] = Int64GetDatum(id);
-
-	PG_TRY();
-	{
-		check_owner(&task);
-		set_run_context(&task);
-		sandbox_enter(&scope, task.owner);
-		if (strcmp(operator_name(task.spec), "sql") == 0)
-			op_sql_run(&task);
-		else
-			op_webhook_run(&task);
-		sandbox_leave(&scope);
-		run_query("DELETE FROM orchestrator.callback WHERE id = $1",
-				  1, types, values, NULL, SPI_OK_DELETE);
-		callback_log_line(&task, "INFO", psprintf("%s ran", kind));
-		sandbox_reset_session();
-		orch_end_xact();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-		char	   *message;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		disable_all_timeouts(false);
-		QueryCancelPending = false;
-		AbortCurrentTransaction();
-		close_lo_relation(false);
-		message = psprintf("%s failed: %s", kind, edata->message);
-		ereport(LOG,
-				(errmsg("orchestrator: %s of DAG \"%s\" (run " INT64_FORMAT "%s%s) %s",
-						kind, task.dag_id, task.run_id, task.task_id[0] ? ", task " : "",
-						task.task_id, message)));
-		orch_begin_xact();
-		run_query("DELETE FROM orchestrator.callback WHERE id = $1",
-				  1, types, values, NULL, SPI_OK_DELETE);
-		callback_log_line(&task, "WARNING", message);
-		sandbox_reset_session();
-		orch_end_xact();
-	}
-	PG_END_TRY();
-	return true;
-}
+/* an error is kept whole up to this size; a longer one is cut */
+#define ERROR_TEXT_MAX	16384
 
 static char *
 error_text(ErrorData *edata, TaskRun *task)
@@ -745,7 +620,7 @@ error_text(ErrorData *edata, TaskRun *task)
 	StringInfoData buf;
 
 	initStringInfo(&buf);
-	if (task_timed_out)
+	if (worker_timed_out())
 		appendStringInfo(&buf, "execution_timeout exceeded after %.3f s",
 						 task->timeout_ms / 1000.0);
 	else
@@ -754,7 +629,51 @@ error_text(ErrorData *edata, TaskRun *task)
 		appendStringInfo(&buf, "\nDETAIL:  %s", edata->detail);
 	if (edata->hint)
 		appendStringInfo(&buf, "\nHINT:  %s", edata->hint);
+	if (buf.len > ERROR_TEXT_MAX)
+	{
+		buf.len = pg_mbcliplen(buf.data, buf.len, ERROR_TEXT_MAX);
+		buf.data[buf.len] = '\0';
+		appendStringInfoString(&buf, " [...]");
+	}
 	return buf.data;
+}
+
+/*
+ * Records a failed try with its own error.  Should recording it with its
+ * log and callback fail (a secondary failure), that is logged, and the
+ * state and error are recorded alone: the try never ends as "lost" while
+ * its worker knew what went wrong.
+ */
+static void
+record_failed_try(TaskRun *task, const char *text, MemoryContext cxt)
+{
+	PG_TRY();
+	{
+		orch_begin_xact();
+		task_log_write(task->run_id, task->task_id, task->try_number);
+		orch_record_failure(task->run_id, task->task_id, MyProcPid,
+							task->try_number, text, orch_now(), false);
+		sandbox_reset_session();
+		orch_end_xact();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		worker_abort();
+		ereport(LOG,
+				(errmsg("orchestrator: could not record the failure of task \"%s\" of run " INT64_FORMAT " with its log and callbacks: %s; recording its error alone",
+						task->task_id, task->run_id, edata->message)));
+		orch_begin_xact();
+		orch_record_failure(task->run_id, task->task_id, MyProcPid,
+							task->try_number, text, orch_now(), true);
+		sandbox_reset_session();
+		orch_end_xact();
+	}
+	PG_END_TRY();
 }
 
 void
@@ -762,13 +681,14 @@ orch_worker_main(Datum arg)
 {
 	MemoryContext task_cxt;
 
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(orch_database, NULL, 0);
 	sandbox_pin_session();
 	pgstat_report_appname("orchestrator worker");
 
-	if (orch_shared == NULL || !slot_acquire())
+	if (orch_shared == NULL || !progress_slot_acquire())
 		proc_exit(0);
 	task_timeout_id = RegisterTimeout(USER_TIMEOUT, task_timeout_handler);
 	task_cxt = AllocSetContextCreate(TopMemoryContext, "orchestrator task",
@@ -777,8 +697,15 @@ orch_worker_main(Datum arg)
 	for (;;)
 	{
 		TaskRun		task;
+		ClaimResult claim;
 
 		CHECK_FOR_INTERRUPTS();
+		/* settings reloaded between tasks (allowed hosts, say) */
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
 		MemoryContextReset(task_cxt);
 		/* callbacks due first: they follow outcomes already decided */
 		if (run_next_callback(task_cxt))
@@ -787,8 +714,11 @@ orch_worker_main(Datum arg)
 			continue;
 		}
 		MemoryContextReset(task_cxt);
-		if (!claim_next(&task, task_cxt))
+		claim = claim_next(&task, task_cxt);
+		if (claim == CLAIM_NONE)
 			break;
+		if (claim == CLAIM_POISON)
+			continue;
 
 		PG_TRY();
 		{
@@ -802,27 +732,19 @@ orch_worker_main(Datum arg)
 			MemoryContextSwitchTo(task_cxt);
 			edata = CopyErrorData();
 			FlushErrorState();
-			slot_set(SLOT_FINISHING, task.run_id, task.task_id, task.owner);
+			progress_set(SLOT_FINISHING, task.run_id, task.task_id, task.owner, "task", 0);
 			task_log_end();
-			disable_all_timeouts(false);
-			QueryCancelPending = false;
-			AbortCurrentTransaction();
-			close_lo_relation(false);
-
 			text = error_text(edata, &task);
+			worker_abort();
+
 			ereport(LOG,
 					(errmsg("task \"%s\" of DAG \"%s\" (run " INT64_FORMAT ", try %d) failed: %s",
 							task.task_id, task.dag_id, task.run_id, task.try_number, text)));
-			orch_begin_xact();
-			task_log_write(task.run_id, task.task_id, task.try_number);
-			orch_record_failure(task.run_id, task.task_id, MyProcPid,
-								task.try_number, text, orch_now());
-			sandbox_reset_session();
-			orch_end_xact();
+			record_failed_try(&task, text, task_cxt);
 		}
 		PG_END_TRY();
 
-		slot_set(SLOT_IDLE, 0, NULL, InvalidOid);
+		progress_set(SLOT_IDLE, 0, NULL, InvalidOid, NULL, 0);
 		/* a cancel meant for the finished task is not for the next one */
 		QueryCancelPending = false;
 		orch_wake_scheduler();

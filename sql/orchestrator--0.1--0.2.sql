@@ -1,0 +1,111 @@
+/* orchestrator--0.1--0.2.sql */
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION orchestrator UPDATE TO '0.2'" to load this file. \quit
+
+------------------------------------------------------------------------
+-- Owners survive a dump and restore into another cluster.  A role OID
+-- means something only in the cluster that assigned it, and pg_dump copies
+-- the catalog's OIDs as numbers: each DAG now also records its owner's
+-- name and the cluster (its system identifier) the OID belongs to.  In
+-- another cluster, the scheduler maps each DAG to the role of the same
+-- name, or to no one; until then, and for an owner that is no one,
+-- nobody but a superuser sees the DAG and its tasks do not run.
+------------------------------------------------------------------------
+
+CREATE FUNCTION orchestrator.system_identifier()
+RETURNS bigint
+LANGUAGE C STABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'orch_system_identifier';
+
+ALTER TABLE orchestrator.dag
+	ALTER COLUMN owner DROP NOT NULL,
+	ADD COLUMN owner_name name,
+	ADD COLUMN owner_sysid bigint;
+UPDATE orchestrator.dag d SET owner_name = r.rolname
+  FROM pg_catalog.pg_roles r WHERE r.oid = d.owner;
+UPDATE orchestrator.dag SET owner_sysid = orchestrator.system_identifier();
+ALTER TABLE orchestrator.dag
+	ALTER COLUMN owner_sysid SET DEFAULT orchestrator.system_identifier(),
+	ALTER COLUMN owner_sysid SET NOT NULL;
+COMMENT ON COLUMN orchestrator.dag.owner IS 'OID of the role that owns the DAG (NULL: no one); its tasks run as this role';
+COMMENT ON COLUMN orchestrator.dag.owner_name IS 'Name of the owner, to find it again after a restore into another cluster';
+COMMENT ON COLUMN orchestrator.dag.owner_sysid IS 'System identifier of the cluster whose role OID "owner" is';
+
+-- whether the current role owns a DAG, in this cluster
+CREATE FUNCTION orchestrator.owned(owner oid, owner_sysid bigint)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN owner = orchestrator.current_role_oid()
+   AND owner_sysid = orchestrator.system_identifier();
+
+ALTER POLICY dag_owner ON orchestrator.dag
+	USING (orchestrator.owned(owner, owner_sysid))
+	WITH CHECK (orchestrator.owned(owner, owner_sysid));
+ALTER POLICY task_owner ON orchestrator.task
+	USING (EXISTS (SELECT 1 FROM orchestrator.dag d
+				   WHERE d.dag_id = task.dag_id
+					 AND orchestrator.owned(d.owner, d.owner_sysid)));
+ALTER POLICY dag_run_owner ON orchestrator.dag_run
+	USING (EXISTS (SELECT 1 FROM orchestrator.dag d
+				   WHERE d.dag_id = dag_run.dag_id
+					 AND orchestrator.owned(d.owner, d.owner_sysid)));
+ALTER POLICY task_instance_owner ON orchestrator.task_instance
+	USING (EXISTS (SELECT 1 FROM orchestrator.dag_run dr
+				   JOIN orchestrator.dag d ON d.dag_id = dr.dag_id
+				   WHERE dr.run_id = task_instance.run_id
+					 AND orchestrator.owned(d.owner, d.owner_sysid)));
+ALTER POLICY artifact_owner ON orchestrator.artifact
+	USING (EXISTS (SELECT 1 FROM orchestrator.dag_run dr
+				   JOIN orchestrator.dag d ON d.dag_id = dr.dag_id
+				   WHERE dr.run_id = artifact.run_id
+					 AND orchestrator.owned(d.owner, d.owner_sysid)));
+ALTER POLICY log_owner ON orchestrator.log
+	USING (EXISTS (SELECT 1 FROM orchestrator.dag_run dr
+				   JOIN orchestrator.dag d ON d.dag_id = dr.dag_id
+				   WHERE dr.run_id = log.run_id
+					 AND orchestrator.owned(d.owner, d.owner_sysid)));
+
+------------------------------------------------------------------------
+-- Callbacks are claimed before they run, like tasks: a callback whose
+-- worker died (or was stopped at callback_timeout) is dropped, not run
+-- again in a loop.
+------------------------------------------------------------------------
+
+ALTER TABLE orchestrator.callback
+	ADD COLUMN worker_pid integer,
+	ADD COLUMN started_at timestamptz;
+
+------------------------------------------------------------------------
+-- Progress shows running callbacks too ("what": task, or the callback's
+-- kind), and only the calling role's own (the function filters).
+------------------------------------------------------------------------
+
+DROP VIEW orchestrator.progress;
+DROP FUNCTION orchestrator.worker_progress();
+
+CREATE FUNCTION orchestrator.worker_progress(OUT pid integer, OUT run_id bigint,
+											 OUT task_id text, OUT what text,
+											 OUT started_at timestamptz,
+											 OUT bytes_read bigint, OUT rows_loaded bigint)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'orch_worker_progress';
+
+CREATE VIEW orchestrator.progress WITH (security_invoker = true) AS
+SELECT p.run_id,
+	   r.dag_id,
+	   p.task_id,
+	   p.what,
+	   p.pid AS worker_pid,
+	   p.started_at,
+	   p.bytes_read,
+	   p.rows_loaded,
+	   round((p.bytes_read / nullif(extract(epoch FROM clock_timestamp() - p.started_at), 0))::numeric)
+		   AS bytes_per_second,
+	   round((p.rows_loaded / nullif(extract(epoch FROM clock_timestamp() - p.started_at), 0))::numeric)
+		   AS rows_per_second
+  FROM orchestrator.worker_progress() p
+  JOIN orchestrator.dag_runs r ON r.run_id = p.run_id;
+
+GRANT SELECT ON orchestrator.progress TO PUBLIC;

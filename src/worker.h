@@ -1,0 +1,41 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.h
+ *	  What the task worker's parts share: a claimed try's run context, its
+ *	  owner check, the timeout of what runs, and the abort after an error.
+ *	  Internal to worker.c and callback.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ORCHESTRATOR_WORKER_H
+#define ORCHESTRATOR_WORKER_H
+
+#include "access/htup.h"
+#include "access/tupdesc.h"
+
+#include "task.h"
+
+/* the columns worker_read_run_context() reads, from dag_run r and dag d */
+#define RUN_CONTEXT_COLUMNS \
+	"r.dag_id, r.run_type, r.logical_date, r.data_interval_start, " \
+	"r.data_interval_end, d.owner, d.params || r.conf, d.owner_name::text, d.owner_sysid"
+
+extern char *worker_getstr(HeapTuple tuple, TupleDesc desc, int col,
+						   MemoryContext cxt);
+extern void worker_read_run_context(TaskRun *task, HeapTuple tuple,
+									TupleDesc desc, int col, MemoryContext cxt);
+extern void worker_set_run_context(TaskRun *task);
+extern void worker_check_owner(TaskRun *task);
+
+/* a timeout for what runs now: cancelled at ms, stopped by the scheduler later */
+extern void worker_timeout_start(int64 ms);
+extern void worker_timeout_stop(void);
+extern bool worker_timed_out(void);
+
+/* after an error: the transaction and what it held are gone */
+extern void worker_abort(void);
+
+/* callbacks (callback.c) */
+extern bool run_next_callback(MemoryContext cxt);
+
+#endif							/* ORCHESTRATOR_WORKER_H */
