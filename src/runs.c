@@ -183,16 +183,25 @@ orch_backfill(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(created);
 }
 
-/* Locks a run and checks that the caller owns its DAG; returns its state. */
+/*
+ * Locks a run of a DAG the caller may change (its own, or any for a
+ * superuser), and its DAG; returns the run's state.  Another role's run
+ * reads exactly like one that does not exist, and is not locked.
+ */
 static char *
 lock_owned_run(CatalogWrite *cw, int64 run_id, char **dag_id)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(run_id)};
+	Oid			types[3] = {INT8OID, OIDOID, BOOLOID};
+	Datum		values[3];
 	char	   *state;
 
-	run_query("SELECT dag_id, state FROM orchestrator.dag_run WHERE run_id = $1 FOR UPDATE",
-			  1, types, values, NULL, SPI_OK_SELECT);
+	values[0] = Int64GetDatum(run_id);
+	values[1] = ObjectIdGetDatum(cw->caller);
+	values[2] = BoolGetDatum(superuser_arg(cw->caller));
+	run_query("SELECT r.dag_id, r.state FROM orchestrator.dag_run r "
+			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "WHERE r.run_id = $1 AND (d.owner = $2 OR $3) FOR UPDATE OF r",
+			  3, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
