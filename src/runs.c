@@ -57,6 +57,26 @@ check_timestamp(FunctionCallInfo fcinfo, int argno, const char *name)
 				 errmsg("%s must be finite", name)));
 }
 
+/*
+ * Raises ERROR if the DAG has no task: a run of it would have nothing to do,
+ * and would succeed at once.  Call with the DAG's row locked (add_task locks
+ * it too), so that the answer holds until the run commits.
+ */
+static void
+require_tasks(const char *dag_id)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(dag_id)};
+
+	run_query("SELECT 1 FROM orchestrator.task WHERE dag_id = $1 LIMIT 1",
+			  1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("DAG \"%s\" has no tasks", dag_id),
+				 errhint("Add its tasks with add_task() first.")));
+}
+
 PG_FUNCTION_INFO_V1(orch_trigger_dag);
 
 /* trigger_dag(dag_id text, conf jsonb, logical_date timestamptz) RETURNS bigint */
@@ -80,6 +100,7 @@ orch_trigger_dag(PG_FUNCTION_ARGS)
 
 	catalog_write_begin(&cw);
 	lock_owned_dag(&cw, dag_id, false, false);
+	require_tasks(dag_id);
 	values[0] = CStringGetTextDatum(dag_id);
 	values[1] = PG_GETARG_DATUM(2);
 	values[2] = PG_GETARG_DATUM(1);
@@ -156,6 +177,7 @@ orch_backfill(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("DAG \"%s\" runs @once and has no intervals to backfill", dag_id)));
 	tz = orch_lookup_timezone(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+	require_tasks(dag_id);
 
 	for (TimestampTz t = from - 1;
 		 cron_next_time(&sched, tz, t, &start) && start <= to;

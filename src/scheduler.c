@@ -458,6 +458,7 @@ schedule_dags(void)
 	run_query("SELECT dag_id, schedule, coalesce(start_date, created_at), end_date, "
 			  "       catchup, max_active_runs, timezone "
 			  "FROM orchestrator.dag WHERE NOT paused AND schedule IS NOT NULL "
+			  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = dag.dag_id) "
 			  "ORDER BY dag_id",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
