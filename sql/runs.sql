@@ -59,6 +59,18 @@ SELECT run_id AS first_run FROM orchestrator.dag_runs WHERE run_type = 'manual' 
 SELECT orchestrator.wait_run(:first_run, '0.1 seconds');
 SELECT orchestrator.wait_run(-1, '0.1 seconds');
 \echo :LAST_ERROR_SQLSTATE
+-- a transaction-wide snapshot would never see the run change
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT orchestrator.wait_run(:first_run, '0.1 seconds');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT orchestrator.wait_run(:first_run, '0.1 seconds');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+BEGIN ISOLATION LEVEL READ COMMITTED;
+SELECT orchestrator.wait_run(:first_run, '0.1 seconds');
+COMMIT;
 
 -- clear_task, on task instances made by hand as the scheduler would
 INSERT INTO orchestrator.task_instance (run_id, task_id, state, try_number, max_tries, error)

@@ -368,7 +368,9 @@ PG_FUNCTION_INFO_V1(orch_wait_run);
 /*
  * wait_run(run_id bigint, timeout interval) RETURNS text: waits until the
  * run ends, or the timeout passes, and returns its state then.  Reads as
- * the caller, so it sees only the caller's runs.
+ * the caller, so it sees only the caller's runs (row-level security), and
+ * another role's run reads like one that does not exist.  Each look takes
+ * a new snapshot, so it needs READ COMMITTED.
  */
 Datum
 orch_wait_run(PG_FUNCTION_ARGS)
@@ -384,6 +386,16 @@ orch_wait_run(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("run_id must not be null")));
 	run_id = PG_GETARG_INT64(0);
+
+	/* with one snapshot for the whole transaction, the run never changes */
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("wait_run() cannot be called in a %s transaction",
+						IsolationIsSerializable() ? "SERIALIZABLE" : "REPEATABLE READ"),
+				 errdetail("Such a transaction sees the runs as they were when it started, so it would never see the run progress."),
+				 errhint("Call wait_run() in a READ COMMITTED transaction, or as a statement of its own in autocommit mode.")));
+
 	deadline = PG_ARGISNULL(1) ? DT_NOEND :
 		DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 												TimestampTzGetDatum(GetCurrentTimestamp()),
