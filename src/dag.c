@@ -420,6 +420,28 @@ orch_add_task(PG_FUNCTION_ARGS)
 				 errmsg("task \"%s\" already exists in DAG \"%s\"", task_id, dag_id),
 				 errhint("Redefine a DAG by calling create_dag again, then adding all its tasks.")));
 
+	/* the size limit, counted under the DAG's lock */
+	run_query("SELECT count(*) FROM orchestrator.task WHERE dag_id = $1",
+			  1, types, values, NULL, SPI_OK_SELECT);
+	{
+		bool		isnull;
+		int64		ntasks = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (ntasks >= orch_max_tasks_per_dag)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg_plural("DAG \"%s\" cannot have more than %d task",
+								   "DAG \"%s\" cannot have more than %d tasks",
+								   orch_max_tasks_per_dag,
+								   dag_id, orch_max_tasks_per_dag),
+					 errdetail_plural("It has " INT64_FORMAT " task, and orchestrator.max_tasks_per_dag is %d.",
+									  "It has " INT64_FORMAT " tasks, and orchestrator.max_tasks_per_dag is %d.",
+									  (unsigned long) ntasks,
+									  ntasks, orch_max_tasks_per_dag),
+					 errhint("Split the pipeline into smaller DAGs, or have a superuser raise orchestrator.max_tasks_per_dag.")));
+	}
+
 	/* every upstream task exists; an input produces an artifact */
 	foreach(lc, upstream)
 	{
