@@ -25,6 +25,10 @@ SELECT orchestrator.trigger_dag('r', logical_date => 'infinity');
 \echo :LAST_ERROR_SQLSTATE
 SELECT orchestrator.trigger_dag('nope');
 \echo :LAST_ERROR_SQLSTATE
+-- a DAG with no task yet makes no run
+SELECT orchestrator.trigger_dag('manual_only');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'manual_only';
 
 -- backfill
 SELECT orchestrator.backfill('r', '2021-02-01', '2021-02-03 12:00');
@@ -38,16 +42,35 @@ SELECT orchestrator.backfill('manual_only', '2021-02-01', '2021-02-04');
 SELECT orchestrator.create_dag('once', '@once');
 SELECT orchestrator.backfill('once', '2021-02-01', '2021-02-04');
 \echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.create_dag('no_tasks_yet', '@daily', catchup => true);
+SELECT orchestrator.backfill('no_tasks_yet', '2021-02-01', '2021-02-04');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('no_tasks_yet', 't', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.backfill('no_tasks_yet', '2021-02-01', '2021-02-04');
+SELECT orchestrator.trigger_dag('no_tasks_yet', logical_date => '2021-03-01') > 0 AS created;
 SELECT orchestrator.create_dag('minutely', '* * * * *');
+SELECT orchestrator.add_task('minutely', 't', orchestrator.sql('SELECT 1'));
 SELECT orchestrator.backfill('minutely', '2021-01-01', '2021-02-01');
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'minutely';
 
 -- wait_run returns the state when its timeout passes
-SELECT run_id AS first_run FROM orchestrator.dag_runs WHERE run_type = 'manual' \gset
+SELECT run_id AS first_run FROM orchestrator.dag_runs WHERE run_type = 'manual' AND dag_id = 'r' \gset
 SELECT orchestrator.wait_run(:first_run, '0.1 seconds');
 SELECT orchestrator.wait_run(-1, '0.1 seconds');
 \echo :LAST_ERROR_SQLSTATE
+-- a transaction-wide snapshot would never see the run change
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT orchestrator.wait_run(:first_run, '0.1 seconds');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT orchestrator.wait_run(:first_run, '0.1 seconds');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+BEGIN ISOLATION LEVEL READ COMMITTED;
+SELECT orchestrator.wait_run(:first_run, '0.1 seconds');
+COMMIT;
 
 -- clear_task, on task instances made by hand as the scheduler would
 INSERT INTO orchestrator.task_instance (run_id, task_id, state, try_number, max_tries, error)

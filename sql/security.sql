@@ -63,13 +63,93 @@ SELECT orchestrator.unpause_dag('alice_dag');
 SELECT orchestrator.drop_dag('alice_dag');
 \echo :LAST_ERROR_SQLSTATE
 SELECT orchestrator.drop_dag('alice_dag', if_exists => true);
-\echo :LAST_ERROR_SQLSTATE
 -- his own DAGs work as alice's do
 SELECT orchestrator.create_dag('bob_dag', '*/5 * * * *');
 SELECT orchestrator.add_task('bob_dag', 'fetch', orchestrator.http_fetch('https://example.com/{{ ds }}.csv'));
 SELECT orchestrator.add_task('bob_dag', 'load', orchestrator.copy_into('bob_{{ ds_nodash }}', input => 'fetch'));
 SELECT dag_id, owner, task_count FROM orchestrator.dags;
 RESET ROLE;
+
+-- another role's DAG or run reads exactly like one that does not exist:
+-- the same SQLSTATE, message, detail and hint, and no lock taken on it.
+-- (create_dag cannot hide that a dag_id is taken, since DAG ids are shared,
+-- but it names no owner: see above.)
+INSERT INTO orchestrator.dag_run (run_id, dag_id, run_type, logical_date, state)
+	VALUES (770001, 'alice_dag', 'manual', '2021-01-02', 'running');
+INSERT INTO orchestrator.task_instance (run_id, task_id, state, try_number, max_tries)
+	VALUES (770001, 'a', 'success', 1, 1), (770001, 'b', 'scheduled', 0, 1);
+SET ROLE regress_orch_alice;
+SELECT orchestrator.create_dag('alice_empty', '@daily', catchup => true);
+RESET ROLE;
+-- a row's xmax changes when anyone locks it
+SELECT string_agg(xmax::text, ' ' ORDER BY dag_id) AS dags_xmax FROM orchestrator.dag
+ WHERE dag_id LIKE 'alice%' \gset
+SELECT xmax AS run_xmax FROM orchestrator.dag_run WHERE run_id = 770001 \gset
+-- an error as SQLSTATE, message, detail and hint, with the id it was given
+-- (a DAG's or a run's) replaced by <id>
+CREATE FUNCTION public.regress_orch_error(call text, id text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+	state text;
+	msg text;
+	detail text;
+	hint text;
+BEGIN
+	EXECUTE format(call, id);
+	RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+	GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+		detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+	RETURN replace(state || ': ' || msg || coalesce(' DETAIL: ' || nullif(detail, ''), '')
+				   || coalesce(' HINT: ' || nullif(hint, ''), ''), id, '<id>');
+END $$;
+SET ROLE regress_orch_bob;
+WITH e AS MATERIALIZED (
+	SELECT call, id, regress_orch_error(call, id) AS theirs,
+		   regress_orch_error(call, 'no_such_dag') AS missing
+	  FROM (VALUES ('SELECT orchestrator.add_task(%L, ''t'', orchestrator.sql(''SELECT 1''))'),
+				   ('SELECT orchestrator.pause_dag(%L)'),
+				   ('SELECT orchestrator.unpause_dag(%L)'),
+				   ('SELECT orchestrator.drop_dag(%L)'),
+				   ('SELECT orchestrator.trigger_dag(%L)'),
+				   ('SELECT orchestrator.backfill(%L, ''2021-01-01'', ''2021-01-03'')'),
+				   ('SELECT orchestrator.dag_graph(%L)'),
+				   ('SELECT orchestrator.grid(%L)')) AS c(call),
+		   (VALUES ('alice_dag'), ('alice_empty')) AS d(id))
+SELECT call, id, theirs AS bob_gets, theirs = missing AS same_as_missing
+  FROM e ORDER BY id, call;
+WITH e AS MATERIALIZED (
+	SELECT call, regress_orch_error(call, '770001') AS theirs,
+		   regress_orch_error(call, '770002') AS missing
+	  FROM (VALUES ('SELECT orchestrator.clear_task(%s, ''a'')'),
+				   ('SELECT orchestrator.clear_task(%s, ''nope'')'),
+				   ('SELECT orchestrator.cancel_run(%s)'),
+				   ('SELECT orchestrator.wait_run(%s, ''0.1 seconds'')'),
+				   ('SELECT orchestrator.dag_graph(''alice_dag'', run_id => %s)')) AS c(call))
+SELECT call, theirs AS bob_gets, theirs = missing AS same_as_missing
+  FROM e ORDER BY call;
+-- drop_dag(if_exists) says the same for both
+SELECT orchestrator.drop_dag('alice_dag', if_exists => true);
+SELECT orchestrator.drop_dag('no_such_dag', if_exists => true);
+RESET ROLE;
+-- none of it changed alice's DAGs or her runs, or even locked them
+SELECT string_agg(xmax::text, ' ' ORDER BY dag_id) = :'dags_xmax' AS dags_not_locked
+  FROM orchestrator.dag WHERE dag_id LIKE 'alice%';
+SELECT xmax = :'run_xmax' AS run_not_locked FROM orchestrator.dag_run WHERE run_id = 770001;
+SELECT dag_id, paused, (SELECT count(*) FROM orchestrator.task t WHERE t.dag_id = d.dag_id) AS tasks,
+	   (SELECT count(*) FROM orchestrator.dag_run r WHERE r.dag_id = d.dag_id) AS runs
+  FROM orchestrator.dag d WHERE dag_id LIKE 'alice%' ORDER BY dag_id;
+SELECT logical_date, state FROM orchestrator.dag_run ORDER BY logical_date;
+SELECT task_id, state FROM orchestrator.task_instance WHERE run_id = 770001 ORDER BY task_id;
+-- a superuser acts on any run
+SELECT orchestrator.wait_run(770001, '0.1 seconds');
+SELECT orchestrator.cancel_run(770001);
+SELECT orchestrator.clear_task(770001, 'a');
+SELECT orchestrator.wait_run(770001, '0.1 seconds');
+SELECT task_id, state FROM orchestrator.task_instance WHERE run_id = 770001 ORDER BY task_id;
+DELETE FROM orchestrator.dag_run WHERE run_id = 770001;
+SELECT orchestrator.drop_dag('alice_empty');
+DROP FUNCTION public.regress_orch_error(text, text);
 
 -- alice's DAG is untouched
 SELECT dag_id, owner, schedule, paused, task_count FROM orchestrator.dags WHERE dag_id = 'alice_dag';

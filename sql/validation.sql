@@ -160,4 +160,43 @@ COMMIT;
 SELECT count(*) FROM orchestrator.dags WHERE dag_id = 'half';
 SELECT count(*) FROM orchestrator.tasks WHERE dag_id = 'half';
 
+-- orchestrator.max_tasks_per_dag bounds a DAG's size (a superuser's setting)
+SHOW orchestrator.max_tasks_per_dag;
+SET orchestrator.max_tasks_per_dag = 2;
+SELECT orchestrator.create_dag('big');
+SELECT orchestrator.add_task('big', 'one', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.add_task('big', 'two', orchestrator.sql('SELECT 1'), upstream => '{one}');
+SELECT orchestrator.add_task('big', 'three', orchestrator.sql('SELECT 1'), upstream => '{two}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT task_id FROM orchestrator.tasks WHERE dag_id = 'big' ORDER BY position;
+-- in a transaction, the whole definition is undone
+BEGIN;
+SELECT orchestrator.create_dag('big2');
+SELECT orchestrator.add_task('big2', 'one', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.add_task('big2', 'two', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.add_task('big2', 'three', orchestrator.sql('SELECT 1'));
+COMMIT;
+SELECT count(*) FROM orchestrator.dags WHERE dag_id = 'big2';
+-- redefining a DAG drops its tasks, so the count starts again
+SELECT orchestrator.create_dag('big');
+SELECT orchestrator.add_task('big', 'uno', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.add_task('big', 'dos', orchestrator.sql('SELECT 1'));
+-- a DAG already over a lowered limit keeps its tasks, and gets no more
+SET orchestrator.max_tasks_per_dag = 1;
+SELECT orchestrator.add_task('big', 'tres', orchestrator.sql('SELECT 1'));
+\echo :LAST_ERROR_SQLSTATE
+SELECT task_id FROM orchestrator.tasks WHERE dag_id = 'big' ORDER BY position;
+SET orchestrator.max_tasks_per_dag = 0;
+\echo :LAST_ERROR_SQLSTATE
+-- only a superuser sets it
+CREATE ROLE regress_orch_small NOLOGIN;
+SET ROLE regress_orch_small;
+SET orchestrator.max_tasks_per_dag = 100000;
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+DROP ROLE regress_orch_small;
+RESET orchestrator.max_tasks_per_dag;
+SELECT orchestrator.add_task('big', 'tres', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.drop_dag('big');
+
 SELECT orchestrator.drop_dag('d');

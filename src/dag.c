@@ -90,37 +90,43 @@ run_query(const char *query, int nargs, Oid *types, Datum *values,
 }
 
 /*
- * Locks a DAG's row and checks that the caller may change it.  Returns false
- * if there is no such DAG and missing_ok.
+ * Locks a DAG's row if the caller may change it: the caller owns it, or is a
+ * superuser.  Another role's DAG reads exactly like one that does not exist
+ * (same SQLSTATE, same message), and is neither locked nor waited for, so
+ * that no API call tells a role anything about another role's DAGs.
+ * Returns false if there is no such DAG (of the caller's) and missing_ok.
+ *
+ * "creating" is create_dag's case, where the INSERT found the dag_id taken:
+ * DAG ids are shared by all roles, so the clash itself cannot be hidden, but
+ * the error names no owner.
  */
 bool
 lock_owned_dag(CatalogWrite *cw, const char *dag_id, bool missing_ok,
 			   bool creating)
 {
-	Oid			types[1] = {TEXTOID};
-	Datum		values[1] = {CStringGetTextDatum(dag_id)};
-	bool		isnull;
-	Oid			owner;
+	Oid			types[3] = {TEXTOID, OIDOID, BOOLOID};
+	Datum		values[3];
 
-	run_query("SELECT owner FROM orchestrator.dag WHERE dag_id = $1 FOR UPDATE",
-			  1, types, values, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)
-	{
-		if (missing_ok)
-			return false;
+	values[0] = CStringGetTextDatum(dag_id);
+	values[1] = ObjectIdGetDatum(cw->caller);
+	values[2] = BoolGetDatum(superuser_arg(cw->caller));
+	run_query("SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 AND (owner = $2 OR $3) "
+			  "FOR UPDATE",
+			  3, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		return true;
+	if (creating)
 		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("DAG \"%s\" does not exist", dag_id)));
-	}
-	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-										   SPI_tuptable->tupdesc, 1, &isnull));
-	if (owner != cw->caller && !superuser_arg(cw->caller))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of DAG \"%s\"", dag_id),
-				 creating ? errdetail("DAG ids are shared by all roles; another role owns this one.") : 0,
-				 creating ? errhint("Choose another dag_id.") : 0));
-	return true;
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("DAG \"%s\" already exists", dag_id),
+				 errdetail("DAG ids are shared by all roles, and this one is not yours."),
+				 errhint("Choose another dag_id.")));
+	if (missing_ok)
+		return false;
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("DAG \"%s\" does not exist", dag_id)));
+	return false;				/* keep the compiler quiet */
 }
 
 void
@@ -413,6 +419,28 @@ orch_add_task(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("task \"%s\" already exists in DAG \"%s\"", task_id, dag_id),
 				 errhint("Redefine a DAG by calling create_dag again, then adding all its tasks.")));
+
+	/* the size limit, counted under the DAG's lock */
+	run_query("SELECT count(*) FROM orchestrator.task WHERE dag_id = $1",
+			  1, types, values, NULL, SPI_OK_SELECT);
+	{
+		bool		isnull;
+		int64		ntasks = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (ntasks >= orch_max_tasks_per_dag)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg_plural("DAG \"%s\" cannot have more than %d task",
+								   "DAG \"%s\" cannot have more than %d tasks",
+								   orch_max_tasks_per_dag,
+								   dag_id, orch_max_tasks_per_dag),
+					 errdetail_plural("It has " INT64_FORMAT " task, and orchestrator.max_tasks_per_dag is %d.",
+									  "It has " INT64_FORMAT " tasks, and orchestrator.max_tasks_per_dag is %d.",
+									  (unsigned long) ntasks,
+									  ntasks, orch_max_tasks_per_dag),
+					 errhint("Split the pipeline into smaller DAGs, or have a superuser raise orchestrator.max_tasks_per_dag.")));
+	}
 
 	/* every upstream task exists; an input produces an artifact */
 	foreach(lc, upstream)

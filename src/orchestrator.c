@@ -40,6 +40,7 @@ PG_MODULE_MAGIC;
 
 char	   *orch_database = NULL;
 int			orch_max_workers = 4;
+int			orch_max_tasks_per_dag = 10000;
 bool		orch_enabled = true;
 char	   *orch_http_allowed_hosts = NULL;
 char	   *orch_history_retention = NULL;
@@ -268,6 +269,16 @@ _PG_init(void)
 							4,
 							1, 1024,
 							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("orchestrator.max_tasks_per_dag",
+							"Maximum number of tasks in one DAG.",
+							"add_task() refuses a task beyond it; DAGs that already have more keep them.",
+							&orch_max_tasks_per_dag,
+							10000,
+							1, INT_MAX,
+							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
 

@@ -19,6 +19,7 @@
 /* settings (orchestrator.c) */
 extern char *orch_database;
 extern int	orch_max_workers;
+extern int	orch_max_tasks_per_dag;
 extern bool orch_enabled;
 extern bool orch_preloaded;
 extern char *orch_http_allowed_hosts;

@@ -57,6 +57,26 @@ check_timestamp(FunctionCallInfo fcinfo, int argno, const char *name)
 				 errmsg("%s must be finite", name)));
 }
 
+/*
+ * Raises ERROR if the DAG has no task: a run of it would have nothing to do,
+ * and would succeed at once.  Call with the DAG's row locked (add_task locks
+ * it too), so that the answer holds until the run commits.
+ */
+static void
+require_tasks(const char *dag_id)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(dag_id)};
+
+	run_query("SELECT 1 FROM orchestrator.task WHERE dag_id = $1 LIMIT 1",
+			  1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("DAG \"%s\" has no tasks", dag_id),
+				 errhint("Add its tasks with add_task() first.")));
+}
+
 PG_FUNCTION_INFO_V1(orch_trigger_dag);
 
 /* trigger_dag(dag_id text, conf jsonb, logical_date timestamptz) RETURNS bigint */
@@ -80,6 +100,7 @@ orch_trigger_dag(PG_FUNCTION_ARGS)
 
 	catalog_write_begin(&cw);
 	lock_owned_dag(&cw, dag_id, false, false);
+	require_tasks(dag_id);
 	values[0] = CStringGetTextDatum(dag_id);
 	values[1] = PG_GETARG_DATUM(2);
 	values[2] = PG_GETARG_DATUM(1);
@@ -156,6 +177,7 @@ orch_backfill(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("DAG \"%s\" runs @once and has no intervals to backfill", dag_id)));
 	tz = orch_lookup_timezone(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+	require_tasks(dag_id);
 
 	for (TimestampTz t = from - 1;
 		 cron_next_time(&sched, tz, t, &start) && start <= to;
@@ -183,16 +205,25 @@ orch_backfill(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(created);
 }
 
-/* Locks a run and checks that the caller owns its DAG; returns its state. */
+/*
+ * Locks a run of a DAG the caller may change (its own, or any for a
+ * superuser), and its DAG; returns the run's state.  Another role's run
+ * reads exactly like one that does not exist, and is not locked.
+ */
 static char *
 lock_owned_run(CatalogWrite *cw, int64 run_id, char **dag_id)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(run_id)};
+	Oid			types[3] = {INT8OID, OIDOID, BOOLOID};
+	Datum		values[3];
 	char	   *state;
 
-	run_query("SELECT dag_id, state FROM orchestrator.dag_run WHERE run_id = $1 FOR UPDATE",
-			  1, types, values, NULL, SPI_OK_SELECT);
+	values[0] = Int64GetDatum(run_id);
+	values[1] = ObjectIdGetDatum(cw->caller);
+	values[2] = BoolGetDatum(superuser_arg(cw->caller));
+	run_query("SELECT r.dag_id, r.state FROM orchestrator.dag_run r "
+			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "WHERE r.run_id = $1 AND (d.owner = $2 OR $3) FOR UPDATE OF r",
+			  3, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -337,7 +368,9 @@ PG_FUNCTION_INFO_V1(orch_wait_run);
 /*
  * wait_run(run_id bigint, timeout interval) RETURNS text: waits until the
  * run ends, or the timeout passes, and returns its state then.  Reads as
- * the caller, so it sees only the caller's runs.
+ * the caller, so it sees only the caller's runs (row-level security), and
+ * another role's run reads like one that does not exist.  Each look takes
+ * a new snapshot, so it needs READ COMMITTED.
  */
 Datum
 orch_wait_run(PG_FUNCTION_ARGS)
@@ -353,6 +386,16 @@ orch_wait_run(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("run_id must not be null")));
 	run_id = PG_GETARG_INT64(0);
+
+	/* with one snapshot for the whole transaction, the run never changes */
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("wait_run() cannot be called in a %s transaction",
+						IsolationIsSerializable() ? "SERIALIZABLE" : "REPEATABLE READ"),
+				 errdetail("Such a transaction sees the runs as they were when it started, so it would never see the run progress."),
+				 errhint("Call wait_run() in a READ COMMITTED transaction, or as a statement of its own in autocommit mode.")));
+
 	deadline = PG_ARGISNULL(1) ? DT_NOEND :
 		DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 												TimestampTzGetDatum(GetCurrentTimestamp()),

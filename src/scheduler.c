@@ -767,6 +767,7 @@ due_dags(void)
 			  "       (SELECT count(*) FROM orchestrator.dag_run r "
 			  "        WHERE r.dag_id = d.dag_id AND r.state IN ('queued', 'running')) "
 			  "FROM orchestrator.dag d WHERE NOT d.paused AND d.schedule IS NOT NULL "
+			  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id) "
 			  "ORDER BY d.dag_id",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	old = MemoryContextSwitchTo(tick_cxt);

@@ -126,10 +126,10 @@ $run = query($node, "SELECT orchestrator.trigger_dag('skips')");
 is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success',
 	'a run whose leaves succeeded or were skipped succeeds');
 
-# a DAG with no task succeeds at once
+# a DAG with no task gets no run
 query($node, "SELECT orchestrator.create_dag('empty')");
-$run = query($node, "SELECT orchestrator.trigger_dag('empty')");
-is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', 'an empty DAG succeeds');
+($rc, $out, $err) = $node->psql('postgres', "SELECT orchestrator.trigger_dag('empty')");
+like($err, qr/DAG "empty" has no tasks/, 'a DAG with no task cannot be triggered');
 
 # --- run as owner: a non-superuser without LOGIN
 query($node, q{

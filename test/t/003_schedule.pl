@@ -109,6 +109,24 @@ is( query($node,
 	'01-02 backfill, 02-03 backfill, 03-04 backfill, 04-05 backfill, 05-06 backfill, 06-07 backfill',
 	'with their data intervals');
 
+# --- a scheduled DAG gets no run before it has a task; then catchup starts
+# from start_date as usual.  "witness", created after "tasks_later", shows
+# that the scheduler has had a look at both.
+query($node, "SELECT orchestrator.create_dag('tasks_later', '\@daily', start_date => '2021-01-15',
+                                            end_date => '2021-01-18', catchup => true)");
+query($node, "SELECT orchestrator.create_dag('witness', '\@daily', start_date => '2021-01-15',
+                                            end_date => '2021-01-18', catchup => true);
+              SELECT orchestrator.add_task('witness', 't', orchestrator.sql('SELECT 1'))");
+wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'witness' AND state = 'success'",
+	'4', 'a DAG with a task gets its catchup runs');
+is(runs('tasks_later'), '', 'a scheduled DAG without tasks gets no run');
+query($node, "SELECT orchestrator.add_task('tasks_later', 't', orchestrator.sql('SELECT 1'))");
+wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'tasks_later' AND state = 'success'",
+	'4', 'once it has a task, it gets its runs');
+is(runs('tasks_later'),
+	'01-15 00:00 scheduled success, 01-16 00:00 scheduled success, 01-17 00:00 scheduled success, 01-18 00:00 scheduled success',
+	'from start_date on');
+
 # --- time zones and daylight saving time
 set_clock($node, '2021-03-20 00:00+00');
 query($node, q{

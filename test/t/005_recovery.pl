@@ -64,6 +64,7 @@ like(query($node, "SELECT error FROM orchestrator.task_instances WHERE run_id = 
 # --- bad definitions do not stop the scheduler
 query($node, q{
 SELECT orchestrator.create_dag('broken', '@daily', start_date => '2021-01-01');
+SELECT orchestrator.add_task('broken', 't', orchestrator.sql('SELECT 1'));
 UPDATE orchestrator.dag SET schedule = 'not a schedule' WHERE dag_id = 'broken';
 SELECT orchestrator.create_dag('ok');
 SELECT orchestrator.add_task('ok', 't', orchestrator.sql('SELECT 1'));
