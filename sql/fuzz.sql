@@ -59,6 +59,11 @@ BEGIN
 				input := '{{ ' || (ARRAY['ds', 'ts', 'logical_date', 'params', 'params.a', 'execution_date'])[1 + floor(random() * 6)::int]
 						 || pg_temp.random_text('.strftime(''%Yfmd")[]', 16) || ' }}';
 				PERFORM orchestrator.render(input, '2021-01-01', '{"a": 1}');
+			WHEN 'template-filters' THEN
+				input := '{{ ' || (ARRAY['ds', 'error', 'params.a', 'params.s', 'params.no', 'dag_id', '''x'''])[1 + floor(random() * 7)::int]
+						 || (ARRAY['', ' | tojson', '|quote_literal', ' | quote_ident', ' | default(''d'')', ' | default(params.s, true)', ' | default'])[1 + floor(random() * 7)::int]
+						 || pg_temp.random_text('|tojsquote_lidefau(''",) ', 14) || ' }}';
+				PERFORM orchestrator.render(input, '2021-01-01', '{"a": 1, "s": "x''y\\z"}');
 			WHEN 'table' THEN
 				input := pg_temp.random_text('ab."{}_ ;$ds', 20);
 				PERFORM orchestrator.render_table(coalesce(input, ''), '2021-01-01');
@@ -73,7 +78,7 @@ BEGIN
 		EXCEPTION WHEN OTHERS THEN
 			GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
 			-- the errors bad input should get; anything else is a bug
-			IF state IN ('22023', '42601', '42602', '42704', '22007', '22008', '22015', '22004') THEN
+			IF state IN ('22023', '42601', '42602', '42704', '42883', '22007', '22008', '22015', '22004') THEN
 				errors := errors + 1;
 			ELSE
 				RAISE WARNING 'unexpected error % for %: %', state, kind, input;
@@ -90,3 +95,4 @@ SELECT 'template' AS kind, * FROM pg_temp.fuzz('template', 3000);
 SELECT 'template-exprs' AS kind, * FROM pg_temp.fuzz('template-exprs', 3000);
 SELECT 'table' AS kind, * FROM pg_temp.fuzz('table', 3000);
 SELECT 'spec' AS kind, * FROM pg_temp.fuzz('spec', 3000);
+SELECT 'template-filters' AS kind, * FROM pg_temp.fuzz('template-filters', 3000);

@@ -35,6 +35,68 @@ SELECT orchestrator.render('plain { text } {{ ''{{'' }} {{"}}"}}', '2021-01-02')
 SELECT orchestrator.render('', '2021-01-02');
 SELECT orchestrator.render(NULL, '2021-01-02');
 
+-- filters, as in Jinja, chained, with or without spaces around "|"
+-- tojson: a JSON value; a string is quoted and escaped whatever it holds
+SELECT orchestrator.render('{"error": {{ error | tojson }}}', '2021-01-02');
+SELECT orchestrator.render('{{ params.s | tojson }}', '2021-01-02',
+						   jsonb_build_object('s', E'say "hi"\\ C:\\path\nline 2\r\ttab \u0001\u001f é ☃ 𝄞'));
+SELECT orchestrator.render('{{ params.s | tojson }}', '2021-01-02',
+						   jsonb_build_object('s', E'say "hi"\\ C:\\path\nline 2\r\ttab \u0001\u001f é ☃ 𝄞'))::jsonb->>0
+	   = E'say "hi"\\ C:\\path\nline 2\r\ttab \u0001\u001f é ☃ 𝄞' AS round_trips;
+SELECT orchestrator.render('[{{params.n|tojson}}, {{ params.flag | tojson }}, {{ params.none | tojson }}, {{ params.list | tojson }}, {{ ds | tojson }}, {{ "it''s \"quoted\"" | tojson }}]',
+						   '2021-01-02', '{"n": 42.5, "flag": true, "none": null, "list": [1, "a\"b"]}')::jsonb;
+-- quote_literal, as PostgreSQL's: backslashes make an E'' string; JSON null is NULL
+SELECT orchestrator.render('SELECT {{ params.a | quote_literal }}, {{ params.b | quote_literal }}, {{ params.c | quote_literal }}, {{ params.n | quote_literal }}, {{ params.none | quote_literal }}',
+						   '2021-01-02', jsonb_build_object('a', 'O''Reilly', 'b', E'\\''); DROP TABLE t; --', 'c', E'x\ny', 'n', 7, 'none', null));
+SELECT orchestrator.render('{{ params.b | quote_literal }}', '2021-01-02', jsonb_build_object('b', E'\\''); DROP TABLE t; --')) AS sql \gset
+SELECT :sql = E'\\''); DROP TABLE t; --' AS literal_round_trips;
+-- quote_ident, as PostgreSQL's
+SELECT orchestrator.render('SELECT * FROM {{ params.s | quote_ident }}.{{ params.t | quote_ident }} JOIN {{ params.u | quote_ident }}',
+						   '2021-01-02', '{"s": "staging", "t": "Trips \"2021\"; DROP TABLE users", "u": "select"}');
+-- default: only for what is undefined (an absent params key, a context
+-- variable with no value here), as Jinja's; with true also for '', null,
+-- false, 0, [] and {}; its argument is an expression
+SELECT orchestrator.render('{{ params.missing | default(''x'') }}|{{ params.empty | default(''x'') }}|{{ params.none | default(''x'') }}|{{ params.missing | default }}|{{ dag_id | default(''no dag'') }}|{{ params.missing|default(ds) }}',
+						   '2021-01-02', '{"empty": "", "none": null}');
+SELECT orchestrator.render('{{ params.empty | default(''x'', true) }}|{{ params.none | default(''x'', True) }}|{{ params.f | default(''x'', true) }}|{{ params.zero | default(''x'', true) }}|{{ params.arr | default(''x'', true) }}|{{ params.obj | default(''x'', true) }}|{{ params.small | default(''x'', true) }}|{{ params.s | default(''x'', false) }}',
+						   '2021-01-02', '{"empty": "", "none": null, "f": false, "zero": 0.0, "arr": [], "obj": {}, "small": 0.001, "s": ""}');
+SELECT orchestrator.render('{{ params.a | default(params.b | default(''last'')) | quote_literal }}', '2021-01-02');
+-- chained
+SELECT orchestrator.render('{{ params.missing | default("it''s") | tojson | quote_literal }}', '2021-01-02');
+SELECT orchestrator.render('{{params.x|default("a}}b")|tojson}}', '2021-01-02');
+SELECT orchestrator.render_table('t_{{ params.x | default(''a.b'') }}', '2021-01-02');
+-- filter errors: unknown filters and malformed filters fail when defined
+SELECT orchestrator.render('{{ ds | upper }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.render('{{ ds | }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.render('{{ ds || tojson }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.render('{{ | tojson }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.render('{{ ds | tojson(2) }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.render('{{ ds | default(''a'', maybe) }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.render('{{ ds | default(''a'', true, 1) }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.render('{{ ds | default(''a'' }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.render('{{ ds | default(, ''a'') }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.render('{{ ds | tojson quote_literal }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+-- a default does not make an unknown variable valid: that is a typo
+SELECT orchestrator.render('{{ yesterday_ds | default(''x'') }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.render('{{ ds | default(nope) }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+-- undefined without a default: the same errors as without filters
+SELECT orchestrator.render('{{ params.missing | tojson }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.render('{{ task_id | quote_ident }}', '2021-01-02');
+\echo :LAST_ERROR_SQLSTATE
+
 -- errors
 SELECT orchestrator.render('{{ params.missing }}', '2021-01-02', '{"other": 1}');
 SELECT orchestrator.render('{{ dag_id }}', '2021-01-02');
@@ -42,7 +104,6 @@ SELECT orchestrator.render('{{ yesterday_ds }}', '2021-01-02');
 SELECT orchestrator.render('{{ ds.strftime(''%Y'') }}', '2021-01-02');
 SELECT orchestrator.render('{{ logical_date.isoformat() }}', '2021-01-02');
 SELECT orchestrator.render('{{ logical_date.strftime(%Y) }}', '2021-01-02');
-SELECT orchestrator.render('{{ ds | upper }}', '2021-01-02');
 SELECT orchestrator.render('{% if ds %}x{% endif %}', '2021-01-02');
 SELECT orchestrator.render('{# note #}', '2021-01-02');
 SELECT orchestrator.render('{{ ds ', '2021-01-02');

@@ -86,6 +86,14 @@ SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT ''{{ yesterday }
 \echo :LAST_ERROR_SQLSTATE
 SELECT orchestrator.add_task('d', 'b', '{"operator": "sql", "query": "SELECT {{ ds"}');
 \echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT {{ ds | upper }}'));
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT {{ params.x | default(''1'' }}'));
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', orchestrator.sql('SELECT {{ nope | default(''1'') }}'));
+\echo :LAST_ERROR_SQLSTATE
+-- a parameter the DAG does not have is fine with a default
+SELECT orchestrator.sql('SELECT {{ params.absent | default(''1'') | quote_literal }}')->>'query';
 SELECT orchestrator.sql(NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT orchestrator.http_fetch('file:///etc/passwd');
@@ -103,6 +111,10 @@ SELECT orchestrator.http_fetch('https://example.com/', headers => '{"X-A": 1}');
 SELECT orchestrator.http_fetch('https://example.com/', headers => '{"X-A": "a\r\nX-Evil: 1"}');
 \echo :LAST_ERROR_SQLSTATE
 SELECT orchestrator.http_fetch('https://example.com/', headers => '{"X-A": "{{ nope }}"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('https://example.com/', headers => '{"X-A": "{{ ds | nope }}"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.http_fetch('https://example.com/', body => '{"e": {{ error | tojson( }}}');
 \echo :LAST_ERROR_SQLSTATE
 SELECT orchestrator.http_fetch('https://example.com/', headers => '["X-A"]');
 \echo :LAST_ERROR_SQLSTATE

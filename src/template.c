@@ -10,11 +10,24 @@
  *
  * An expression is one of the variables below, a date variable with
  * .strftime('FORMAT') (Python's directives, including %f), params.NAME
- * (also params['NAME']), or a quoted string.  Dates render in UTC, as
- * Airflow's do.  Jinja statements ({% %}), comments ({# #}) and filters
- * are not supported and are rejected when the task is defined, as is any
- * unknown variable, so that a typo fails at definition time and not at
- * 3 a.m.
+ * (also params['NAME']), or a quoted string, followed by any number of
+ * filters, as in Jinja:
+ *
+ *		{{ error | tojson }}					a JSON value (a string: quoted, escaped)
+ *		{{ params.x | quote_literal }}			a SQL literal, as quote_literal();
+ *												NULL for a JSON null
+ *		{{ params.t | quote_ident }}			a SQL identifier, as quote_ident()
+ *		{{ params.x | default('y') }}			'y' if x is undefined (an absent
+ *												params key, a run_id, dag_id or
+ *												task_id not known); default() alone
+ *												gives ''; default('y', true) also
+ *												replaces '', null, false, 0, [], {}
+ *
+ * default's first argument is itself an expression (with filters of its
+ * own).  Dates render in UTC, as Airflow's do.  Jinja statements ({% %}),
+ * comments ({# #}) and any other filter are not supported and are rejected
+ * when the task is defined, as is any unknown variable (with a default or
+ * not), so that a typo fails at definition time and not at 3 a.m.
  *
  *-------------------------------------------------------------------------
  */
@@ -25,6 +38,7 @@
 #include "pgtime.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -50,13 +64,57 @@ typedef enum TemplateVar
 	TV_ERROR
 } TemplateVar;
 
+typedef enum TemplateFilterKind
+{
+	TF_TOJSON,
+	TF_QUOTE_LITERAL,
+	TF_QUOTE_IDENT,
+	TF_DEFAULT
+} TemplateFilterKind;
+
 typedef struct TemplatePart
 {
 	TemplateVar var;
 	char	   *text;			/* TV_TEXT, TV_STRING: the text; TV_PARAM:
 								 * the name */
 	char	   *format;			/* strftime format, or NULL */
+	List	   *filters;		/* of TemplateFilter, applied in order */
 } TemplatePart;
+
+typedef struct TemplateFilter
+{
+	TemplateFilterKind kind;
+	TemplatePart *arg;			/* default: the value, or NULL for '' */
+	bool		boolean;		/* default(..., true): falsy values too */
+} TemplateFilter;
+
+static const struct
+{
+	const char *name;
+	TemplateFilterKind kind;
+}			template_filters[] = {
+	{"tojson", TF_TOJSON},
+	{"quote_literal", TF_QUOTE_LITERAL},
+	{"quote_ident", TF_QUOTE_IDENT},
+	{"default", TF_DEFAULT},
+};
+
+#define TEMPLATE_FILTERS_HINT \
+	"The filters are tojson, quote_literal, quote_ident and default('VALUE')."
+
+/*
+ * A value while an expression is evaluated: a string, another JSON value
+ * (from params), or undefined, which is an error once it is used other
+ * than by default().
+ */
+typedef struct TemplateValue
+{
+	bool		defined;
+	char	   *str;			/* a string, or NULL */
+	JsonbValue *json;			/* else a JSON value that is not a string */
+	const char *name;			/* undefined: the variable */
+	bool		is_param;		/* undefined: a params key */
+} TemplateValue;
 
 static const struct
 {
@@ -139,114 +197,256 @@ parse_name(const char **p, const char *end)
 }
 
 /*
- * Parses the expression between "{{" and "}}" (start..end).
+ * Parses a variable or a quoted string at *pp, without filters.
  */
 static TemplatePart *
-parse_expression(const char *start, const char *end, const char *tmpl,
-				 const char *what)
+parse_primary(const char **pp, const char *end, const char *tmpl,
+			  const char *what)
 {
 	TemplatePart *part = palloc0(sizeof(TemplatePart));
-	const char *p = skip_space(start, end);
+	const char *p = skip_space(*pp, end);
 	char	   *name;
 	char	   *member = NULL;
 	bool		found = false;
 	bool		is_date = false;
 
 	if (p >= end)
-		template_syntax_error(tmpl, what, "empty expression \"{{ }}\"");
+		template_syntax_error(tmpl, what, "expected a variable or a quoted string");
 
 	if (*p == '\'' || *p == '"')
 	{
 		part->var = TV_STRING;
 		part->text = parse_string(&p, end, tmpl, what);
-	}
-	else
-	{
-		name = parse_name(&p, end);
-		if (name == NULL)
-			template_syntax_error(tmpl, what,
-								  psprintf("unexpected \"%.*s\"", (int) (end - p), p));
-
-		/* .member or ['member'] */
-		if (p < end && *p == '.')
-		{
-			p++;
-			member = parse_name(&p, end);
-			if (member == NULL)
-				template_syntax_error(tmpl, what,
-									  psprintf("expected a name after \"%s.\"", name));
-		}
-		else if (p < end && *p == '[')
-		{
-			p = skip_space(p + 1, end);
-			if (p >= end || (*p != '\'' && *p != '"'))
-				template_syntax_error(tmpl, what,
-									  psprintf("expected a quoted name after \"%s[\"", name));
-			member = parse_string(&p, end, tmpl, what);
-			p = skip_space(p, end);
-			if (p >= end || *p != ']')
-				template_syntax_error(tmpl, what, "expected \"]\"");
-			p++;
-		}
-
-		if (strcmp(name, "params") == 0)
-		{
-			if (member == NULL)
-				template_syntax_error(tmpl, what,
-									  "use params.NAME to refer to a parameter");
-			part->var = TV_PARAM;
-			part->text = member;
-			member = NULL;
-			found = true;
-		}
-		for (int i = 0; !found && i < lengthof(template_vars); i++)
-		{
-			if (strcmp(name, template_vars[i].name) == 0)
-			{
-				part->var = template_vars[i].var;
-				is_date = template_vars[i].is_date;
-				found = true;
-			}
-		}
-		if (!found)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unknown template variable \"%s\" in %s", name, what),
-					 errdetail("The template is \"%s\".", tmpl),
-					 errhint(TEMPLATE_VARIABLES_HINT)));
-
-		if (member != NULL)
-		{
-			if (strcmp(member, "strftime") != 0)
-				template_syntax_error(tmpl, what,
-									  psprintf("\"%s\" has no attribute \"%s\"", name, member));
-			if (!is_date)
-				template_syntax_error(tmpl, what,
-									  psprintf("strftime() applies to logical_date, execution_date, data_interval_start and data_interval_end, not to \"%s\"",
-											   name));
-			p = skip_space(p, end);
-			if (p >= end || *p != '(')
-				template_syntax_error(tmpl, what, "expected \"(\" after strftime");
-			p = skip_space(p + 1, end);
-			if (p >= end || (*p != '\'' && *p != '"'))
-				template_syntax_error(tmpl, what, "strftime() takes one quoted format");
-			part->format = parse_string(&p, end, tmpl, what);
-			p = skip_space(p, end);
-			if (p >= end || *p != ')')
-				template_syntax_error(tmpl, what, "expected \")\" after the strftime format");
-			p++;
-		}
+		*pp = p;
+		return part;
 	}
 
-	p = skip_space(p, end);
-	if (p < end)
-	{
-		if (*p == '|')
-			template_syntax_error(tmpl, what, "filters (\"|\") are not supported");
+	name = parse_name(&p, end);
+	if (name == NULL)
 		template_syntax_error(tmpl, what,
 							  psprintf("unexpected \"%.*s\"", (int) (end - p), p));
+
+	/* .member or ['member'] */
+	if (p < end && *p == '.')
+	{
+		p++;
+		member = parse_name(&p, end);
+		if (member == NULL)
+			template_syntax_error(tmpl, what,
+								  psprintf("expected a name after \"%s.\"", name));
 	}
+	else if (p < end && *p == '[')
+	{
+		p = skip_space(p + 1, end);
+		if (p >= end || (*p != '\'' && *p != '"'))
+			template_syntax_error(tmpl, what,
+								  psprintf("expected a quoted name after \"%s[\"", name));
+		member = parse_string(&p, end, tmpl, what);
+		p = skip_space(p, end);
+		if (p >= end || *p != ']')
+			template_syntax_error(tmpl, what, "expected \"]\"");
+		p++;
+	}
+
+	if (strcmp(name, "params") == 0)
+	{
+		if (member == NULL)
+			template_syntax_error(tmpl, what,
+								  "use params.NAME to refer to a parameter");
+		part->var = TV_PARAM;
+		part->text = member;
+		member = NULL;
+		found = true;
+	}
+	for (int i = 0; !found && i < lengthof(template_vars); i++)
+	{
+		if (strcmp(name, template_vars[i].name) == 0)
+		{
+			part->var = template_vars[i].var;
+			is_date = template_vars[i].is_date;
+			found = true;
+		}
+	}
+	if (!found)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown template variable \"%s\" in %s", name, what),
+				 errdetail("The template is \"%s\".", tmpl),
+				 errhint(TEMPLATE_VARIABLES_HINT)));
+
+	if (member != NULL)
+	{
+		if (strcmp(member, "strftime") != 0)
+			template_syntax_error(tmpl, what,
+								  psprintf("\"%s\" has no attribute \"%s\"", name, member));
+		if (!is_date)
+			template_syntax_error(tmpl, what,
+								  psprintf("strftime() applies to logical_date, execution_date, data_interval_start and data_interval_end, not to \"%s\"",
+										   name));
+		p = skip_space(p, end);
+		if (p >= end || *p != '(')
+			template_syntax_error(tmpl, what, "expected \"(\" after strftime");
+		p = skip_space(p + 1, end);
+		if (p >= end || (*p != '\'' && *p != '"'))
+			template_syntax_error(tmpl, what, "strftime() takes one quoted format");
+		part->format = parse_string(&p, end, tmpl, what);
+		p = skip_space(p, end);
+		if (p >= end || *p != ')')
+			template_syntax_error(tmpl, what, "expected \")\" after the strftime format");
+		p++;
+	}
+	*pp = p;
 	return part;
+}
+
+static TemplatePart *parse_filtered(const char **pp, const char *end,
+									const char *tmpl, const char *what);
+
+/*
+ * Parses a filter at *pp, just after its "|": a name, and for default() its
+ * arguments.
+ */
+static TemplateFilter *
+parse_filter(const char **pp, const char *end, const char *tmpl,
+			 const char *what)
+{
+	TemplateFilter *filter = palloc0(sizeof(TemplateFilter));
+	const char *p = skip_space(*pp, end);
+	char	   *name = parse_name(&p, end);
+	bool		found = false;
+
+	if (name == NULL)
+		template_syntax_error(tmpl, what, "expected a filter name after \"|\"");
+	for (int i = 0; !found && i < lengthof(template_filters); i++)
+	{
+		if (strcmp(name, template_filters[i].name) == 0)
+		{
+			filter->kind = template_filters[i].kind;
+			found = true;
+		}
+	}
+	if (!found)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("unknown template filter \"%s\" in %s", name, what),
+				 errdetail("The template is \"%s\".", tmpl),
+				 errhint(TEMPLATE_FILTERS_HINT)));
+
+	p = skip_space(p, end);
+	if (p < end && *p == '(')
+	{
+		int			nargs = 0;
+
+		p = skip_space(p + 1, end);
+		if (p < end && *p == ')')
+			p++;				/* no arguments */
+		else
+		{
+			for (;;)
+			{
+				if (filter->kind != TF_DEFAULT)
+					template_syntax_error(tmpl, what,
+										  psprintf("the filter \"%s\" takes no arguments", name));
+				if (nargs == 0)
+					filter->arg = parse_filtered(&p, end, tmpl, what);
+				else if (nargs == 1)
+				{
+					char	   *b = parse_name(&p, end);
+
+					if (b != NULL && (strcmp(b, "true") == 0 || strcmp(b, "True") == 0))
+						filter->boolean = true;
+					else if (b != NULL && (strcmp(b, "false") == 0 || strcmp(b, "False") == 0))
+						filter->boolean = false;
+					else
+						template_syntax_error(tmpl, what,
+											  "the second argument of default() is true or false");
+				}
+				else
+					template_syntax_error(tmpl, what,
+										  "default() takes at most two arguments");
+				nargs++;
+				p = skip_space(p, end);
+				if (p < end && *p == ',')
+				{
+					p = skip_space(p + 1, end);
+					continue;
+				}
+				if (p < end && *p == ')')
+				{
+					p++;
+					break;
+				}
+				template_syntax_error(tmpl, what,
+									  psprintf("expected \",\" or \")\" in the arguments of %s()", name));
+			}
+		}
+	}
+	*pp = p;
+	return filter;
+}
+
+/* Parses a value at *pp and the filters after it. */
+static TemplatePart *
+parse_filtered(const char **pp, const char *end, const char *tmpl,
+			   const char *what)
+{
+	const char *p = *pp;
+	TemplatePart *part = parse_primary(&p, end, tmpl, what);
+
+	for (;;)
+	{
+		p = skip_space(p, end);
+		if (p >= end || *p != '|')
+			break;
+		p++;
+		part->filters = lappend(part->filters,
+								parse_filter(&p, end, tmpl, what));
+	}
+	*pp = p;
+	return part;
+}
+
+/*
+ * Parses the expression between "{{" and "}}" (start..end).
+ */
+static TemplatePart *
+parse_expression(const char *start, const char *end, const char *tmpl,
+				 const char *what)
+{
+	const char *p = skip_space(start, end);
+	TemplatePart *part;
+
+	if (p >= end)
+		template_syntax_error(tmpl, what, "empty expression \"{{ }}\"");
+	part = parse_filtered(&p, end, tmpl, what);
+	p = skip_space(p, end);
+	if (p < end)
+		template_syntax_error(tmpl, what,
+							  psprintf("unexpected \"%.*s\"", (int) (end - p), p));
+	return part;
+}
+
+/*
+ * The end of an expression that starts at p (just after "{{"): its "}}",
+ * skipping quoted strings, or the string's end if there is none.
+ */
+static const char *
+expression_end(const char *p)
+{
+	while (*p != '\0' && !(p[0] == '}' && p[1] == '}'))
+	{
+		if (*p == '\'' || *p == '"')
+		{
+			char		quote = *p++;
+
+			while (*p != '\0' && *p != quote)
+				p += (*p == '\\' && p[1] != '\0') ? 2 : 1;
+			if (*p == '\0')
+				break;
+		}
+		p++;
+	}
+	return p;
 }
 
 /*
@@ -282,22 +482,8 @@ template_parse(const char *tmpl, const char *what)
 			parts = lappend(parts, part);
 		}
 
-		/* find the closing braces, skipping quoted strings */
 		expr = p + 2;
-		p = expr;
-		while (*p != '\0' && !(p[0] == '}' && p[1] == '}'))
-		{
-			if (*p == '\'' || *p == '"')
-			{
-				char		quote = *p++;
-
-				while (*p != '\0' && *p != quote)
-					p += (*p == '\\' && p[1] != '\0') ? 2 : 1;
-				if (*p == '\0')
-					break;
-			}
-			p++;
-		}
+		p = expression_end(expr);
 		if (*p == '\0')
 			template_syntax_error(tmpl, what, "\"{{\" without a closing \"}}\"");
 		parts = lappend(parts, parse_expression(expr, p, tmpl, what));
@@ -400,23 +586,52 @@ append_isoformat(StringInfo out, TimestampTz ts)
 	appendStringInfoString(out, "+00:00");
 }
 
-static void
-append_context_string(StringInfo out, const char *value, const char *name,
-					  const char *what)
-{
-	if (value == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("template variable \"%s\" in %s has no value here", name, what)));
-	appendStringInfoString(out, value);
-}
+static void raise_undefined(const TemplateValue *v, const char *what) pg_attribute_noreturn();
 
 static void
-append_param(StringInfo out, Jsonb *params, const char *name, const char *what)
+raise_undefined(const TemplateValue *v, const char *what)
 {
+	if (v->is_param)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("parameter \"%s\" used in %s is not defined", v->name, what),
+				 errhint("Give it a value in the DAG's params.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("template variable \"%s\" in %s has no value here", v->name, what)));
+}
+
+static TemplateValue
+string_value(char *str)
+{
+	TemplateValue v;
+
+	memset(&v, 0, sizeof(v));
+	v.defined = true;
+	v.str = str;
+	return v;
+}
+
+static TemplateValue
+context_value(const char *value, const char *name)
+{
+	TemplateValue v;
+
+	if (value != NULL)
+		return string_value(pstrdup(value));
+	memset(&v, 0, sizeof(v));
+	v.name = name;
+	return v;
+}
+
+static TemplateValue
+param_value(Jsonb *params, const char *name)
+{
+	TemplateValue v;
 	JsonbValue	key;
 	JsonbValue *value = NULL;
 
+	memset(&v, 0, sizeof(v));
 	if (params != NULL && JB_ROOT_IS_OBJECT(params))
 	{
 		key.type = jbvString;
@@ -425,32 +640,179 @@ append_param(StringInfo out, Jsonb *params, const char *name, const char *what)
 		value = findJsonbValueFromContainer(&params->root, JB_FOBJECT, &key);
 	}
 	if (value == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("parameter \"%s\" used in %s is not defined", name, what),
-				 errhint("Give it a value in the DAG's params.")));
+	{
+		v.name = name;
+		v.is_param = true;
+		return v;
+	}
+	if (value->type == jbvString)
+		return string_value(pnstrdup(value->val.string.val, value->val.string.len));
+	v.defined = true;
+	v.json = value;
+	return v;
+}
 
-	switch (value->type)
+/* A value as text: JSON null is empty, numbers and booleans as in JSON. */
+static char *
+value_text(const TemplateValue *v, const char *what)
+{
+	if (!v->defined)
+		raise_undefined(v, what);
+	if (v->str != NULL)
+		return v->str;
+	switch (v->json->type)
 	{
 		case jbvNull:
-			break;
-		case jbvString:
-			appendBinaryStringInfo(out, value->val.string.val, value->val.string.len);
-			break;
+			return "";
 		case jbvNumeric:
-			appendStringInfoString(out,
-								   DatumGetCString(DirectFunctionCall1(numeric_out,
-																	   NumericGetDatum(value->val.numeric))));
-			break;
+			return DatumGetCString(DirectFunctionCall1(numeric_out,
+													   NumericGetDatum(v->json->val.numeric)));
 		case jbvBool:
-			appendStringInfoString(out, value->val.boolean ? "true" : "false");
-			break;
+			return v->json->val.boolean ? "true" : "false";
 		default:
 			/* arrays and objects render as JSON */
-			appendStringInfoString(out, JsonbToCString(NULL, value->val.binary.data,
-													   value->val.binary.len));
-			break;
+			return JsonbToCString(NULL, v->json->val.binary.data,
+								  v->json->val.binary.len);
 	}
+}
+
+/* Python's truth, for default(..., true). */
+static bool
+value_is_false(const TemplateValue *v)
+{
+	if (!v->defined)
+		return true;
+	if (v->str != NULL)
+		return v->str[0] == '\0';
+	switch (v->json->type)
+	{
+		case jbvNull:
+			return true;
+		case jbvBool:
+			return !v->json->val.boolean;
+		case jbvNumeric:
+			return DatumGetInt32(DirectFunctionCall1(numeric_int4,
+													 DirectFunctionCall1(numeric_sign,
+																		 NumericGetDatum(v->json->val.numeric)))) == 0;
+		case jbvBinary:
+			return JsonContainerSize(v->json->val.binary.data) == 0;
+		default:
+			return false;
+	}
+}
+
+static TemplateValue eval_expression(const TemplatePart *part, const char *what,
+									 const TemplateContext *ctx);
+
+static TemplateValue
+apply_filter(const TemplateFilter *filter, TemplateValue v, const char *what,
+			 const TemplateContext *ctx)
+{
+	StringInfoData buf;
+
+	switch (filter->kind)
+	{
+		case TF_DEFAULT:
+			if (v.defined && !(filter->boolean && value_is_false(&v)))
+				return v;
+			if (filter->arg == NULL)
+				return string_value("");
+			return eval_expression(filter->arg, what, ctx);
+		case TF_TOJSON:
+			if (v.defined && v.str == NULL && v.json->type == jbvNull)
+				return string_value("null");
+			if (v.defined && v.str == NULL)
+				return string_value(value_text(&v, what));
+			initStringInfo(&buf);
+			escape_json(&buf, value_text(&v, what));
+			return string_value(buf.data);
+		case TF_QUOTE_LITERAL:
+			/* as format('%L'): a JSON null is NULL */
+			if (v.defined && v.str == NULL && v.json->type == jbvNull)
+				return string_value("NULL");
+			return string_value(quote_literal_cstr(value_text(&v, what)));
+		case TF_QUOTE_IDENT:
+			return string_value(pstrdup(quote_identifier(value_text(&v, what))));
+	}
+	return v;					/* not reached */
+}
+
+/* The value of an expression: a variable or string, then its filters. */
+static TemplateValue
+eval_expression(const TemplatePart *part, const char *what,
+				const TemplateContext *ctx)
+{
+	TemplateValue v;
+	TimestampTz date = ctx->logical_date;
+	StringInfoData buf;
+	struct pg_tm tm;
+	fsec_t		fsec;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	switch (part->var)
+	{
+		case TV_TEXT:
+		case TV_STRING:
+			v = string_value(part->text);
+			break;
+		case TV_PARAM:
+			v = param_value(ctx->params, part->text);
+			break;
+		case TV_RUN_ID:
+			v = context_value(ctx->run_id, "run_id");
+			break;
+		case TV_DAG_ID:
+			v = context_value(ctx->dag_id, "dag_id");
+			break;
+		case TV_TASK_ID:
+			v = context_value(ctx->task_id, "task_id");
+			break;
+		case TV_ERROR:
+			/* empty outside a failure */
+			v = string_value(ctx->error ? pstrdup(ctx->error) : "");
+			break;
+		case TV_DS:
+		case TV_DS_NODASH:
+			utc_tm(ctx->logical_date, &tm, &fsec);
+			appendStringInfo(&buf,
+							 part->var == TV_DS ? "%04d-%02d-%02d" : "%04d%02d%02d",
+							 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
+			v = string_value(buf.data);
+			break;
+		case TV_TS:
+			append_isoformat(&buf, ctx->logical_date);
+			v = string_value(buf.data);
+			break;
+		case TV_TS_NODASH:
+			append_strftime(&buf, ctx->logical_date, "%Y%m%dT%H%M%S");
+			v = string_value(buf.data);
+			break;
+		case TV_TS_NODASH_WITH_TZ:
+			append_strftime(&buf, ctx->logical_date, "%Y%m%dT%H%M%S+0000");
+			v = string_value(buf.data);
+			break;
+		case TV_DATA_INTERVAL_START:
+		case TV_DATA_INTERVAL_END:
+		case TV_LOGICAL_DATE:
+		case TV_EXECUTION_DATE:
+			if (part->var == TV_DATA_INTERVAL_START)
+				date = ctx->data_interval_start;
+			else if (part->var == TV_DATA_INTERVAL_END)
+				date = ctx->data_interval_end;
+			if (part->format != NULL)
+				append_strftime(&buf, date, part->format);
+			else
+				append_isoformat(&buf, date);
+			v = string_value(buf.data);
+			break;
+		default:
+			elog(ERROR, "unexpected template part %d", (int) part->var);
+	}
+
+	foreach(lc, part->filters)
+		v = apply_filter(lfirst(lc), v, what, ctx);
+	return v;
 }
 
 char *
@@ -464,63 +826,15 @@ template_render(const char *tmpl, const char *what, const TemplateContext *ctx)
 	foreach(lc, parts)
 	{
 		TemplatePart *part = lfirst(lc);
-		TimestampTz date = ctx->logical_date;
-		struct pg_tm tm;
-		fsec_t		fsec;
+		TemplateValue v;
 
-		switch (part->var)
+		if (part->var == TV_TEXT)
 		{
-			case TV_TEXT:
-			case TV_STRING:
-				appendStringInfoString(&out, part->text);
-				continue;
-			case TV_PARAM:
-				append_param(&out, ctx->params, part->text, what);
-				continue;
-			case TV_RUN_ID:
-				append_context_string(&out, ctx->run_id, "run_id", what);
-				continue;
-			case TV_DAG_ID:
-				append_context_string(&out, ctx->dag_id, "dag_id", what);
-				continue;
-			case TV_TASK_ID:
-				append_context_string(&out, ctx->task_id, "task_id", what);
-				continue;
-			case TV_ERROR:
-				/* empty outside a failure */
-				if (ctx->error)
-					appendStringInfoString(&out, ctx->error);
-				continue;
-			case TV_DS:
-			case TV_DS_NODASH:
-				utc_tm(ctx->logical_date, &tm, &fsec);
-				appendStringInfo(&out,
-								 part->var == TV_DS ? "%04d-%02d-%02d" : "%04d%02d%02d",
-								 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
-				continue;
-			case TV_TS:
-				append_isoformat(&out, ctx->logical_date);
-				continue;
-			case TV_TS_NODASH:
-				append_strftime(&out, ctx->logical_date, "%Y%m%dT%H%M%S");
-				continue;
-			case TV_TS_NODASH_WITH_TZ:
-				append_strftime(&out, ctx->logical_date, "%Y%m%dT%H%M%S+0000");
-				continue;
-			case TV_DATA_INTERVAL_START:
-				date = ctx->data_interval_start;
-				break;
-			case TV_DATA_INTERVAL_END:
-				date = ctx->data_interval_end;
-				break;
-			case TV_LOGICAL_DATE:
-			case TV_EXECUTION_DATE:
-				break;
+			appendStringInfoString(&out, part->text);
+			continue;
 		}
-		if (part->format != NULL)
-			append_strftime(&out, date, part->format);
-		else
-			append_isoformat(&out, date);
+		v = eval_expression(part, what, ctx);
+		appendStringInfoString(&out, value_text(&v, what));
 	}
 	list_free_deep(parts);
 	return out.data;
@@ -565,9 +879,9 @@ template_render_name(const char *tmpl, const char *what,
 		}
 		else if (p[0] == '{' && p[1] == '{')
 		{
-			const char *close = strstr(p, "}}");
+			const char *close = expression_end(p + 2);
 
-			if (close == NULL)
+			if (*close == '\0')
 				template_syntax_error(tmpl, what, "\"{{\" without a closing \"}}\"");
 			appendBinaryStringInfo(&part, p, close + 2 - p);
 			p = close + 2;

@@ -17,6 +17,11 @@
 #   /flaky/KEY/N/NAME        503 for the first N requests of KEY, then the file
 #   /redirect/N/NAME         N redirects, then the file
 #   /redirect-to/URL         one redirect to URL (the rest of the path)
+#   /redirect-code/CODE/URL  one redirect to URL with status CODE, and a body
+#                            that is not the file's
+#   /redirect-padded/URL     302 with a Location of 2,100 spaces then URL,
+#                            and a body that is not the file's
+#   /slow-redirect/SECONDS/URL  waits, then one redirect to URL
 #   /loop                    redirects to itself for ever
 #   /echo                    the request (method, headers, body) as the body
 #   /hook/NAME               appends the request's method and body to DIR/hook-NAME.log
@@ -218,6 +223,19 @@ sub handle
 	elsif ($path =~ m{^/redirect-to/(.+)$})
 	{
 		respond($c, 302, '', Location => $1);
+	}
+	elsif ($path =~ m{^/redirect-code/(3\d\d)/(.+)$})
+	{
+		respond($c, $1, "3,redirect body,0\n", Location => $2);
+	}
+	elsif ($path =~ m{^/slow-redirect/(\d+(?:\.\d+)?)/(.+)$})
+	{
+		select(undef, undef, undef, $1);
+		respond($c, 302, '', Location => $2);
+	}
+	elsif ($path =~ m{^/redirect-padded/(.+)$})
+	{
+		respond($c, 302, "3,redirect body,0\n", Location => (' ' x 2100) . $1);
 	}
 	elsif ($path eq '/loop')
 	{

@@ -9,6 +9,8 @@ use lib $FindBin::Bin;
 use OrchTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Encode ();
+use JSON::PP;
 
 my $node = orch_node('callbacks');
 my $www = PostgreSQL::Test::Utils::tempdir;
@@ -74,6 +76,47 @@ kill 'KILL', $pid;
 $node->poll_query_until('postgres', 'SELECT 1', '1');
 wait_for($node, "SELECT count(*) FROM alerts WHERE kind = 'lost'", '1', 'a killed worker\'s try runs on_failure_callback');
 like(query($node, "SELECT error FROM alerts WHERE kind = 'lost'"), qr/stopped without recording an outcome/, 'with the error');
+
+# a webhook body built with tojson: whatever the error says, it arrives as
+# valid JSON and decodes to the exact error text
+my $nasty = qq{it's "quoted", back\\slash, \\n is not a newline,\nline two,\r\n\ttabbed, \x01, caf\x{e9} \x{2603} \x{1F600}};
+my $nasty_hex = unpack('H*', Encode::encode('UTF-8', $nasty));
+query($node, qq{
+SELECT orchestrator.create_dag('cb_json', params => '{"base": "$base", "note": "a\\r\\nX-Injected: 1", "lf": "a\\nb"}');
+SELECT orchestrator.add_task('cb_json', 'nasty', orchestrator.sql(\$q\$DO \$do\$BEGIN RAISE EXCEPTION '%', convert_from(decode('$nasty_hex', 'hex'), 'UTF8'); END\$do\$\$q\$),
+  on_failure_callback => orchestrator.http_fetch('{{ params.base }}/hook/json', method => 'POST',
+      headers => '{"Content-Type": "application/json", "X-Error": "{{ error | tojson }}"}',
+      body => '{"task": {{ task_id | tojson }}, "error": {{ error | tojson }}, "note": {{ params.absent | default("none") | tojson }}}'));
+SELECT orchestrator.add_task('cb_json', 'header_error', orchestrator.sql('SELECT 1/0'),
+  on_failure_callback => orchestrator.http_fetch('{{ params.base }}/hook/header-error', headers => '{"X-Error": "{{ error }}, and {{ params.lf }}"}'));
+SELECT orchestrator.add_task('cb_json', 'header_crlf', orchestrator.http_fetch('{{ params.base }}/hook/header-crlf', headers => '{"X-Note": "{{ params.note }}"}'));
+SELECT orchestrator.add_task('cb_json', 'header_lf', orchestrator.http_fetch('{{ params.base }}/hook/header-lf', headers => '{"X-Note": "{{ params.lf }}"}'));
+});
+$run = query($node, "SELECT orchestrator.trigger_dag('cb_json')");
+is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'failed', 'a run whose task fails with a hostile error text');
+wait_for($node, "SELECT count(*) FROM orchestrator.callback", '0', 'its callbacks ran');
+is(query($node, "SELECT error = convert_from(decode('$nasty_hex', 'hex'), 'UTF8') FROM orchestrator.task_instances WHERE run_id = $run AND task_id = 'nasty'"),
+	't', 'the task failed with the hostile text as its error');
+my $raw = do { local $/; open my $fh, '<:raw', "$www/hook-json.log" or die "no webhook call: $!"; <$fh> };
+my ($method, $type, $json) = $raw =~ /^(\S+) (\S+) (.*)\n\z/s or diag("hook log: $raw");
+is("$method $type", 'POST application/json', 'the webhook was called once, with its JSON body');
+my $body = eval { JSON::PP->new->utf8->decode($json) };
+ok($body, 'the body is valid JSON') or diag("$@: $json");
+is($body->{error}, $nasty, 'and its error round-trips exactly: quotes, backslashes, newlines, tab, controls, non-ASCII');
+is($body->{task}, 'nasty', 'with the task id');
+is($body->{note}, 'none', 'and a default for an absent parameter');
+
+# a rendered header value with a line break is an error, never a second header
+my %error = map { split /\|/, $_, 2 } split /\n(?=\w+\|)/,
+  query($node, "SELECT task_id || '|' || coalesce(error, state) FROM orchestrator.task_instances WHERE run_id = $run");
+like($error{header_crlf}, qr/^header "X-Note" of task "header_crlf" renders with a line break/, 'a header rendered with CR LF fails the task');
+like($error{header_lf}, qr/^header "X-Note" of task "header_lf" renders with a line break/, 'and one with LF only');
+like(query($node, "SELECT string_agg(level || ' ' || message, E'\\n' ORDER BY id) FROM orchestrator.task_log WHERE run_id = $run AND task_id = 'header_error'"),
+	qr/WARNING on_failure_callback failed: header "X-Error" of task "header_error" renders with a line break/,
+	'as does a webhook header that renders the error with a line break');
+ok(!-e "$www/hook-header-crlf.log" && !-e "$www/hook-header-lf.log" && !-e "$www/hook-header-error.log",
+	'none of them made a request');
+unlike(do { local $/; open my $fh, '<', "$www/requests.log" or die; <$fh> }, qr/header-(crlf|lf|error)/, 'not even a partial one');
 
 # definitions: callbacks are checked
 my ($rc, $out, $err) = $node->psql('postgres',
