@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -64,6 +65,7 @@ void
 catalog_write_begin(CatalogWrite *cw)
 {
 	cw->caller = GetUserId();
+	orch_require_catalog();
 	SPI_connect();
 	GetUserIdAndSecContext(&cw->save_userid, &cw->save_sec_context);
 	SetUserIdAndSecContext(catalog_owner(),
@@ -104,15 +106,18 @@ bool
 lock_owned_dag(CatalogWrite *cw, const char *dag_id, bool missing_ok,
 			   bool creating)
 {
-	Oid			types[3] = {TEXTOID, OIDOID, BOOLOID};
-	Datum		values[3];
+	Oid			types[4] = {TEXTOID, OIDOID, BOOLOID, INT8OID};
+	Datum		values[4];
 
+	/* an owner's OID counts in the cluster it came from only */
 	values[0] = CStringGetTextDatum(dag_id);
 	values[1] = ObjectIdGetDatum(cw->caller);
 	values[2] = BoolGetDatum(superuser_arg(cw->caller));
-	run_query("SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 AND (owner = $2 OR $3) "
+	values[3] = Int64GetDatum((int64) GetSystemIdentifier());
+	run_query("SELECT 1 FROM orchestrator.dag "
+			  "WHERE dag_id = $1 AND ((owner = $2 AND owner_sysid = $4) OR $3) "
 			  "FOR UPDATE",
-			  3, types, values, NULL, SPI_OK_SELECT);
+			  4, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 		return true;
 	if (creating)
@@ -270,8 +275,10 @@ orch_create_dag(PG_FUNCTION_ARGS)
 	/* a new DAG, or the definition of one the caller owns */
 	run_query("INSERT INTO orchestrator.dag (dag_id, owner, schedule, start_date, end_date, "
 			  "catchup, max_active_runs, max_active_tasks, timezone, params, "
-			  "dagrun_timeout, paused, description, on_failure_callback, on_success_callback) "
-			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
+			  "dagrun_timeout, paused, description, on_failure_callback, on_success_callback, "
+			  "owner_name) "
+			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+			  " (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $2)) "
 			  "ON CONFLICT (dag_id) DO NOTHING",
 			  15, types, values, nulls, SPI_OK_INSERT);
 	if (SPI_processed == 0)

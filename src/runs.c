@@ -13,6 +13,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -213,17 +214,19 @@ orch_backfill(PG_FUNCTION_ARGS)
 static char *
 lock_owned_run(CatalogWrite *cw, int64 run_id, char **dag_id)
 {
-	Oid			types[3] = {INT8OID, OIDOID, BOOLOID};
-	Datum		values[3];
+	Oid			types[4] = {INT8OID, OIDOID, BOOLOID, INT8OID};
+	Datum		values[4];
 	char	   *state;
 
 	values[0] = Int64GetDatum(run_id);
 	values[1] = ObjectIdGetDatum(cw->caller);
 	values[2] = BoolGetDatum(superuser_arg(cw->caller));
+	values[3] = Int64GetDatum((int64) GetSystemIdentifier());
 	run_query("SELECT r.dag_id, r.state FROM orchestrator.dag_run r "
 			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
-			  "WHERE r.run_id = $1 AND (d.owner = $2 OR $3) FOR UPDATE OF r",
-			  3, types, values, NULL, SPI_OK_SELECT);
+			  "WHERE r.run_id = $1 AND ((d.owner = $2 AND d.owner_sysid = $4) OR $3) "
+			  "FOR UPDATE OF r",
+			  4, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -338,6 +341,12 @@ orch_cancel_run(PG_FUNCTION_ARGS)
 
 	catalog_write_begin(&cw);
 	state = lock_owned_run(&cw, run_id, &dag_id);
+	values[0] = Int64GetDatum(run_id);
+	/* its callbacks go too, also one running (the scheduler stops it) */
+	run_query("DELETE FROM orchestrator.callback WHERE run_id = $1",
+			  1, types, values, NULL, SPI_OK_DELETE);
+	if (SPI_processed > 0)
+		orch_wake_scheduler_at_commit();
 	if (strcmp(state, "success") == 0 || strcmp(state, "failed") == 0)
 	{
 		ereport(NOTICE,
@@ -345,7 +354,6 @@ orch_cancel_run(PG_FUNCTION_ARGS)
 		catalog_write_end(&cw);
 		PG_RETURN_VOID();
 	}
-	values[0] = Int64GetDatum(run_id);
 	/* wait for a claim in progress, then decide on committed states */
 	run_query("SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 FOR UPDATE",
 			  1, types, values, NULL, SPI_OK_SELECT);
