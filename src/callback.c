@@ -144,6 +144,8 @@ run_next_callback(MemoryContext cxt)
 		worker_check_owner(&task);
 		worker_set_run_context(&task);
 		worker_timeout_start((int64) orch_callback_timeout_ms);
+		/* a spec changed behind the API's back gets a clear error */
+		callback_validate(task.spec, kind);
 		sandbox_enter(&scope, task.owner);
 		if (strcmp(operator_name(task.spec), "sql") == 0)
 			op_sql_run(&task);

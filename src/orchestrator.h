@@ -63,6 +63,7 @@ typedef struct OrchShared
 	LWLock	   *lock;
 	pid_t		scheduler_pid;
 	Latch	   *scheduler_latch;
+	bool		database_exists;	/* orchestrator.database was connected to */
 	int			nslots;
 	OrchWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } OrchShared;
