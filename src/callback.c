@@ -163,15 +163,11 @@ run_next_callback(MemoryContext cxt)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = worker_catch(cxt);
 		char	   *message;
 		bool		timed_out = worker_timed_out();
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
 		progress_set(SLOT_FINISHING, task.run_id, task.task_id, task.owner, kind, id);
-		worker_abort();
 		if (timed_out)
 			message = psprintf("%s failed: orchestrator.callback_timeout (%d ms) exceeded",
 							   kind, orch_callback_timeout_ms);
@@ -210,10 +206,7 @@ orch_drop_lost_callbacks(void)
 	if (n == 0)
 		return;
 	tuptable = SPI_tuptable;
-	slots = palloc(sizeof(OrchWorkerSlot) * orch_shared->nslots);
-	LWLockAcquire(orch_shared->lock, LW_SHARED);
-	memcpy(slots, orch_shared->slots, sizeof(OrchWorkerSlot) * orch_shared->nslots);
-	LWLockRelease(orch_shared->lock);
+	slots = progress_copy_slots();
 
 	for (uint64 i = 0; i < n; i++)
 	{

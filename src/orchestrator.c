@@ -226,8 +226,9 @@ orch_now(void)
 	return parsed_value;
 }
 
+/* The launcher, which starts the scheduler (launcher.c). */
 static void
-orch_register_scheduler(void)
+orch_register_launcher(void)
 {
 	BackgroundWorker worker;
 
@@ -237,9 +238,9 @@ orch_register_scheduler(void)
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = 10;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "orchestrator");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "orch_scheduler_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "orchestrator scheduler");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "orchestrator scheduler");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "orch_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "orchestrator launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "orchestrator launcher");
 	RegisterBackgroundWorker(&worker);
 }
 
@@ -359,7 +360,7 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = orch_shmem_startup;
 
-	orch_register_scheduler();
+	orch_register_launcher();
 }
 
 PG_FUNCTION_INFO_V1(orch_check_setup);

@@ -63,7 +63,6 @@ typedef struct OrchShared
 	LWLock	   *lock;
 	pid_t		scheduler_pid;
 	Latch	   *scheduler_latch;
-	bool		database_exists;	/* orchestrator.database was connected to */
 	int			nslots;
 	OrchWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } OrchShared;
@@ -87,6 +86,7 @@ extern void orch_wake_scheduler_at_commit(void);
 extern TimestampTz orch_now(void);
 
 /* the scheduler and workers (scheduler.c, worker.c) */
+extern PGDLLEXPORT void orch_launcher_main(Datum arg);
 extern PGDLLEXPORT void orch_scheduler_main(Datum arg);
 extern PGDLLEXPORT void orch_worker_main(Datum arg);
 
@@ -95,6 +95,7 @@ extern bool progress_slot_acquire(void);
 extern void progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id,
 						 Oid owner, const char *what, int64 callback_id);
 extern void progress_set_deadline(TimestampTz deadline);
+extern OrchWorkerSlot *progress_copy_slots(void);
 extern void orch_progress_add_bytes(uint64 bytes);
 extern void orch_progress_set_rows(uint64 rows);
 extern void orch_begin_xact(void);

@@ -80,6 +80,18 @@ progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id, Oid owner,
 	LWLockRelease(orch_shared->lock);
 }
 
+/* A copy of every worker's slot, as it is now (for the scheduler). */
+OrchWorkerSlot *
+progress_copy_slots(void)
+{
+	OrchWorkerSlot *slots = palloc(sizeof(OrchWorkerSlot) * orch_shared->nslots);
+
+	LWLockAcquire(orch_shared->lock, LW_SHARED);
+	memcpy(slots, orch_shared->slots, sizeof(OrchWorkerSlot) * orch_shared->nslots);
+	LWLockRelease(orch_shared->lock);
+	return slots;
+}
+
 /* Past this time (and the grace), the scheduler stops what the slot runs. */
 void
 progress_set_deadline(TimestampTz deadline)

@@ -33,12 +33,7 @@
 
 #include <signal.h>
 
-#include "access/heapam.h"
-#include "access/htup_details.h"
-#include "access/table.h"
-#include "access/tableam.h"
 #include "access/xact.h"
-#include "catalog/pg_database.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -207,17 +202,6 @@ col_datum(int row, int col, bool *isnull)
 }
 
 /* A copy of the worker slots, taken under the lock. */
-static OrchWorkerSlot *
-copy_slots(void)
-{
-	OrchWorkerSlot *slots = palloc(sizeof(OrchWorkerSlot) * orch_shared->nslots);
-
-	LWLockAcquire(orch_shared->lock, LW_SHARED);
-	memcpy(slots, orch_shared->slots, sizeof(OrchWorkerSlot) * orch_shared->nslots);
-	LWLockRelease(orch_shared->lock);
-	return slots;
-}
-
 /*
  * 1. A running task instance whose worker holds no slot for it is lost: its
  * worker died (SIGKILL, a crash, a restart) without recording an outcome.
@@ -243,7 +227,7 @@ recover_lost(void)
 	if (n == 0)
 		return;
 	tuptable = SPI_tuptable;
-	slots = copy_slots();
+	slots = progress_copy_slots();
 
 	for (uint64 i = 0; i < n; i++)
 	{
@@ -464,7 +448,7 @@ static List *
 stop_workers(OrchWorkerSlot **slots_out, MemoryContext keep)
 {
 	MemoryContext old = MemoryContextSwitchTo(keep);
-	OrchWorkerSlot *slots = copy_slots();
+	OrchWorkerSlot *slots = progress_copy_slots();
 	TimestampTz now = GetCurrentTimestamp();
 	List	   *terminate = NIL;
 
@@ -1454,66 +1438,6 @@ scheduler_tick(void)
 	return Min(sleep_ms, MAX_SLEEP_MS);
 }
 
-/* Whether a database of that name exists; connected to none. */
-static bool
-database_exists(const char *name)
-{
-	Relation	rel;
-	TableScanDesc scan;
-	HeapTuple	tuple;
-	bool		found = false;
-
-	StartTransactionCommand();
-	(void) GetTransactionSnapshot();
-	rel = table_open(DatabaseRelationId, AccessShareLock);
-	scan = table_beginscan_catalog(rel, 0, NULL);
-	while (!found && (tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
-		found = strcmp(NameStr(((Form_pg_database) GETSTRUCT(tuple))->datname), name) == 0;
-	table_endscan(scan);
-	table_close(rel, AccessShareLock);
-	CommitTransactionCommand();
-	return found;
-}
-
-/*
- * A scheduler can connect to one database only, once, and connecting to
- * one that does not exist is FATAL: the postmaster would restart it every
- * ten seconds, each time with an error in the log.  Unless the database is
- * known to exist, the scheduler first connects to none and waits for it
- * (saying so once); when it appears, it exits, and the postmaster starts
- * the next one, which connects.
- */
-static void
-wait_for_database(void)
-{
-	if (orch_shared->database_exists)
-	{
-		/* should connecting fail, the next scheduler waits instead */
-		orch_shared->database_exists = false;
-		return;
-	}
-	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
-	for (bool said = false;; said = true)
-	{
-		if (database_exists(orch_database))
-		{
-			orch_shared->database_exists = true;
-			if (said)
-				ereport(LOG,
-						(errmsg("orchestrator scheduler: database \"%s\" exists now; starting", orch_database)));
-			proc_exit(1);
-		}
-		if (!said)
-			ereport(LOG,
-					(errmsg("orchestrator scheduler: database \"%s\" does not exist; waiting for it", orch_database),
-					 errhint("Create it, or set orchestrator.database to the database whose DAGs should run and restart the server.")));
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 5000L, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
-}
-
 void
 orch_scheduler_main(Datum arg)
 {
@@ -1523,10 +1447,8 @@ orch_scheduler_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	wait_for_database();
+	/* the launcher saw the database exist */
 	BackgroundWorkerInitializeConnection(orch_database, NULL, 0);
-	/* connected: after a crash, the next scheduler connects at once */
-	orch_shared->database_exists = true;
 	sandbox_pin_session();
 	pgstat_report_appname("orchestrator scheduler");
 

@@ -98,17 +98,23 @@ worker_timed_out(void)
 }
 
 /*
- * After an error: no timeout or cancel left for what comes next, the
- * transaction rolled back (which also undoes the user code's settings and
- * identity), large objects closed.
+ * In a PG_CATCH: the error, copied into cxt; then no timeout or cancel left
+ * for what comes next, the transaction rolled back (which also undoes the
+ * user code's settings and identity), large objects closed.
  */
-void
-worker_abort(void)
+ErrorData *
+worker_catch(MemoryContext cxt)
 {
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
 	disable_all_timeouts(false);
 	QueryCancelPending = false;
 	AbortCurrentTransaction();
 	close_lo_relation(false);
+	return edata;
 }
 
 /* A transaction with a snapshot and SPI, for a background worker. */
@@ -337,12 +343,8 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = worker_catch(cxt);
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		worker_abort();
 		progress_set(SLOT_IDLE, 0, NULL, InvalidOid, NULL, 0);
 		fail_unclaimable(run_id, task_id, edata->message);
 		return CLAIM_POISON;
@@ -663,12 +665,8 @@ record_failed_try(TaskRun *task, const char *text, MemoryContext cxt)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = worker_catch(cxt);
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		worker_abort();
 		ereport(LOG,
 				(errmsg("orchestrator: could not record the failure of task \"%s\" of run " INT64_FORMAT " with its log and callbacks: %s; recording its error alone",
 						task->task_id, task->run_id, edata->message)));
@@ -731,16 +729,12 @@ orch_worker_main(Datum arg)
 		}
 		PG_CATCH();
 		{
-			ErrorData  *edata;
+			ErrorData  *edata = worker_catch(task_cxt);
 			char	   *text;
 
-			MemoryContextSwitchTo(task_cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
 			progress_set(SLOT_FINISHING, task.run_id, task.task_id, task.owner, "task", 0);
 			task_log_end();
 			text = error_text(edata, &task);
-			worker_abort();
 
 			ereport(LOG,
 					(errmsg("task \"%s\" of DAG \"%s\" (run " INT64_FORMAT ", try %d) failed: %s",

@@ -32,8 +32,8 @@ extern void worker_timeout_start(int64 ms);
 extern void worker_timeout_stop(void);
 extern bool worker_timed_out(void);
 
-/* after an error: the transaction and what it held are gone */
-extern void worker_abort(void);
+/* in a PG_CATCH: the error kept, the transaction and what it held gone */
+extern ErrorData *worker_catch(MemoryContext cxt);
 
 /* callbacks (callback.c) */
 extern bool run_next_callback(MemoryContext cxt);

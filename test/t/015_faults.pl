@@ -92,15 +92,15 @@ ok_run_completes('after hanging callbacks');
 # list to its next task
 query($node, qq{
 SELECT orchestrator.create_dag('reload');
-SELECT orchestrator.add_task('reload', 'slow', orchestrator.sql('SELECT pg_sleep(2)'));
-SELECT orchestrator.add_task('reload', 'fetch', orchestrator.http_fetch('http://127.0.0.1:$port/x.csv'), '{slow}');
+SELECT orchestrator.add_task('reload', 'a_slow', orchestrator.sql('SELECT pg_sleep(2)'));
+SELECT orchestrator.add_task('reload', 'b_fetch', orchestrator.http_fetch('http://127.0.0.1:$port/x.csv'));
 });
 $run = query($node, "SELECT orchestrator.trigger_dag('reload')");
-wait_for($node, "SELECT state FROM orchestrator.task_instances WHERE run_id = $run AND task_id = 'slow'", 'running',
-	'a worker is busy');
+wait_for($node, "SELECT state FROM orchestrator.task_instances WHERE run_id = $run AND task_id = 'a_slow'", 'running',
+	'a worker is busy (its next task queued behind it)');
 query($node, "ALTER SYSTEM SET orchestrator.http_allowed_hosts = 'example.invalid'; SELECT pg_reload_conf()");
 is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'failed', 'its next task');
-like(query($node, "SELECT error FROM orchestrator.task_instances WHERE run_id = $run AND task_id = 'fetch'"),
+like(query($node, "SELECT error FROM orchestrator.task_instances WHERE run_id = $run AND task_id = 'b_fetch'"),
 	qr/host "127\.0\.0\.1" is not allowed/, 'obeys the reloaded setting');
 is(query($node, "SELECT count(DISTINCT worker_pid) FROM orchestrator.task_instances WHERE run_id = $run"), '1',
 	'in the same worker');
@@ -120,7 +120,7 @@ shared_preload_libraries = 'orchestrator'
 orchestrator.database = 'later'
 });
 $late->start;
-ok($late->wait_for_log(qr/orchestrator scheduler: database "later" does not exist; waiting for it/),
+ok($late->wait_for_log(qr/orchestrator launcher: database "later" does not exist; waiting for it/),
 	'a missing database is waited for');
 sleep 12;
 $log = slurp_file($late->logfile);
