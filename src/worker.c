@@ -117,10 +117,19 @@ worker_catch(MemoryContext cxt)
 	return edata;
 }
 
-/* A transaction with a snapshot and SPI, for a background worker. */
+/* the memory context current when the transaction began, for after it */
+static MemoryContext xact_caller_cxt = NULL;
+
+/*
+ * A transaction with a snapshot and SPI, for a background worker.  What is
+ * allocated in it goes with it; after the commit, the caller's memory
+ * context is current again (not TopMemoryContext, where what a loop of
+ * transactions allocates would pile up).
+ */
 void
 orch_begin_xact(void)
 {
+	xact_caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
@@ -133,6 +142,8 @@ orch_end_xact(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	if (xact_caller_cxt != NULL)
+		MemoryContextSwitchTo(xact_caller_cxt);
 	pgstat_report_stat(false);
 }
 
