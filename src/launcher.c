@@ -67,15 +67,8 @@ start_scheduler(void)
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "orchestrator");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "orch_scheduler_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "orchestrator scheduler");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "orchestrator scheduler");
-	worker.bgw_notify_pid = MyProcPid;
+	orch_bgworker_spec(&worker, "orch_scheduler_main", "orchestrator scheduler",
+					   BGW_NEVER_RESTART, MyProcPid);
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 		return NULL;
 	return handle;

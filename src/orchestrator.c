@@ -226,22 +226,24 @@ orch_now(void)
 	return parsed_value;
 }
 
-/* The launcher, which starts the scheduler (launcher.c). */
-static void
-orch_register_launcher(void)
+/*
+ * A background worker of this library: connected to a database (or none),
+ * never on a standby (runs start once it is promoted).  notify_pid: the
+ * process told when it starts and stops (0 for none).
+ */
+void
+orch_bgworker_spec(BackgroundWorker *worker, const char *function,
+				   const char *type, int restart_time, pid_t notify_pid)
 {
-	BackgroundWorker worker;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	/* never on a standby: runs start once it is promoted */
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 10;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "orchestrator");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "orch_launcher_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "orchestrator launcher");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "orchestrator launcher");
-	RegisterBackgroundWorker(&worker);
+	memset(worker, 0, sizeof(*worker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker->bgw_restart_time = restart_time;
+	snprintf(worker->bgw_library_name, BGW_MAXLEN, "orchestrator");
+	snprintf(worker->bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker->bgw_name, BGW_MAXLEN, "%s", type);
+	snprintf(worker->bgw_type, BGW_MAXLEN, "%s", type);
+	worker->bgw_notify_pid = notify_pid;
 }
 
 void
@@ -360,7 +362,13 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = orch_shmem_startup;
 
-	orch_register_launcher();
+	{
+		BackgroundWorker launcher;
+
+		/* it starts the scheduler (launcher.c) */
+		orch_bgworker_spec(&launcher, "orch_launcher_main", "orchestrator launcher", 10, 0);
+		RegisterBackgroundWorker(&launcher);
+	}
 }
 
 PG_FUNCTION_INFO_V1(orch_check_setup);

@@ -10,6 +10,7 @@
 
 #include "datatype/timestamp.h"
 #include "fmgr.h"
+#include "postmaster/bgworker.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "utils/jsonb.h"
@@ -86,6 +87,8 @@ extern void orch_wake_scheduler_at_commit(void);
 extern TimestampTz orch_now(void);
 
 /* the scheduler and workers (scheduler.c, worker.c) */
+extern void orch_bgworker_spec(BackgroundWorker *worker, const char *function,
+							   const char *type, int restart_time, pid_t notify_pid);
 extern PGDLLEXPORT void orch_launcher_main(Datum arg);
 extern PGDLLEXPORT void orch_scheduler_main(Datum arg);
 extern PGDLLEXPORT void orch_worker_main(Datum arg);

@@ -1276,15 +1276,8 @@ start_workers(int64 queued)
 		}
 		starts_in_window++;
 
-		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		worker.bgw_restart_time = BGW_NEVER_RESTART;
-		snprintf(worker.bgw_library_name, BGW_MAXLEN, "orchestrator");
-		snprintf(worker.bgw_function_name, BGW_MAXLEN, "orch_worker_main");
-		snprintf(worker.bgw_name, BGW_MAXLEN, "orchestrator worker");
-		snprintf(worker.bgw_type, BGW_MAXLEN, "orchestrator worker");
-		worker.bgw_notify_pid = MyProcPid;
+		orch_bgworker_spec(&worker, "orch_worker_main", "orchestrator worker",
+						   BGW_NEVER_RESTART, MyProcPid);
 
 		old = MemoryContextSwitchTo(TopMemoryContext);
 		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
