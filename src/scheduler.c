@@ -117,22 +117,25 @@ scheduler_detach(int code, Datum arg)
  */
 #define SCHED_LOCK_TIMEOUT	"100ms"
 
+typedef enum XactResult
+{
+	XACT_COMMITTED,
+	XACT_FAILED,				/* an error, logged */
+	XACT_LOCKED					/* a lock wait gave up: again in a second */
+} XactResult;
+
 /*
  * Runs fn(arg) in a transaction of its own, so that the scheduler never
  * holds one transaction, nor the locks it takes, across every DAG.  An
  * error is logged and rolled back, and the caller goes on; a lock that
  * could not be had is not an error: what needed it is retried shortly.
- * Returns whether fn committed.
  */
-static bool xact_lock_busy = false;	/* in_xact() gave up on a lock */
-
-static bool
+static XactResult
 in_xact(void (*fn) (void *), void *arg, const char *what)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
-	bool		ok = true;
+	XactResult	result = XACT_COMMITTED;
 
-	xact_lock_busy = false;
 	orch_begin_xact();
 	set_config_option("lock_timeout", SCHED_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
 					  GUC_ACTION_LOCAL, true, 0, false);
@@ -156,17 +159,19 @@ in_xact(void (*fn) (void *), void *arg, const char *what)
 					(errmsg("orchestrator scheduler: %s: %s; trying again shortly",
 							what, edata->message)));
 			wake_by(tick_now + USECS_PER_SEC);
-			xact_lock_busy = true;
+			result = XACT_LOCKED;
 		}
 		else
+		{
 			ereport(WARNING,
 					(errmsg("orchestrator scheduler: %s: %s", what, edata->message),
 					 edata->detail ? errdetail("%s", edata->detail) : 0));
+			result = XACT_FAILED;
+		}
 		FreeErrorData(edata);
-		ok = false;
 	}
 	PG_END_TRY();
-	return ok;
+	return result;
 }
 
 /*
@@ -433,6 +438,17 @@ record_timeout(const OrchWorkerSlot *slot, TimestampTz now)
 							   tick_now, false);
 }
 
+/* lappend_int() in a memory context that outlives the transaction */
+static List *
+keep_index(List *list, int index, MemoryContext keep)
+{
+	MemoryContext old = MemoryContextSwitchTo(keep);
+
+	list = lappend_int(list, index);
+	MemoryContextSwitchTo(old);
+	return list;
+}
+
 /*
  * 2. Workers whose try must stop.  A try past its execution_timeout is
  * cancelled by its own worker; one whose instance is no longer its running
@@ -476,9 +492,7 @@ stop_workers(OrchWorkerSlot **slots_out, MemoryContext keep)
 					ereport(LOG,
 							(errmsg("orchestrator: terminating worker %d: %s \"%s\" of run " INT64_FORMAT " went on past its timeout",
 									slot->pid, slot->what, slot->task_id, slot->run_id)));
-				old = MemoryContextSwitchTo(keep);
-				terminate = lappend_int(terminate, s);
-				MemoryContextSwitchTo(old);
+				terminate = keep_index(terminate, s, keep);
 				continue;
 			}
 		}
@@ -515,9 +529,7 @@ stop_workers(OrchWorkerSlot **slots_out, MemoryContext keep)
 			ereport(LOG,
 					(errmsg("orchestrator: terminating worker %d: %s \"%s\" of run " INT64_FORMAT " went on after it was cancelled",
 							slot->pid, slot->what, slot->task_id, slot->run_id)));
-			old = MemoryContextSwitchTo(keep);
-			terminate = lappend_int(terminate, s);
-			MemoryContextSwitchTo(old);
+			terminate = keep_index(terminate, s, keep);
 		}
 	}
 
@@ -813,19 +825,19 @@ schedule_dags(List *dags)
 		DagRow	   *dag = lfirst(lc);
 		TimestampTz saved_wake = tick_wake;
 		TimestampTz next_check;
-		bool		ok;
+		XactResult	result;
 		DagCacheEntry *entry;
 
 		/* the DAG's own next wake-up, collected apart */
 		tick_wake = DT_NOEND;
-		ok = in_xact(schedule_dag, dag,
-					 psprintf("cannot schedule DAG \"%s\"", dag->dag_id));
+		result = in_xact(schedule_dag, dag,
+						 psprintf("cannot schedule DAG \"%s\"", dag->dag_id));
 		next_check = tick_wake;
 		tick_wake = Min(saved_wake, tick_wake);
 		/* locked by another transaction: again in a second */
-		if (dag->skipped || xact_lock_busy)
+		if (dag->skipped || result == XACT_LOCKED)
 			continue;
-		if (!ok)
+		if (result == XACT_FAILED)
 			next_check = tick_now + DAG_RETRY_AFTER_ERROR;
 		entry = hash_search(dag_cache, dag->dag_id, HASH_ENTER, NULL);
 		entry->xmin = dag->xmin;
