@@ -4,7 +4,8 @@ MODULE_big = orchestrator
 OBJS = src/orchestrator.o src/cron.o src/template.o src/operator.o src/dag.o \
 	src/scheduler.o src/worker.o src/runs.o src/op_sql.o src/op_data.o \
 	src/stream.o src/http.o src/gunzip.o src/artifact.o src/copy.o \
-	src/pictures.o src/tasklog.o src/events.o src/sandbox.o src/progress.o src/callback.o src/launcher.o
+	src/pictures.o src/tasklog.o src/events.o src/sandbox.o src/progress.o src/callback.o src/launcher.o \
+	src/rules.o src/state.o
 SHLIB_LINK = -lcurl -lz
 DATA = sql/orchestrator--0.1.sql sql/orchestrator--0.1--0.2.sql
 PGFILEDESC = "orchestrator - data pipelines inside PostgreSQL"
@@ -33,3 +34,12 @@ demo:
 
 demo-stop:
 	bash demo/stop.sh
+
+# the pure decisions (src/rules.c), tested on their own, without a server
+.PHONY: unit
+unit: test/unit/rules_test
+	test/unit/rules_test
+
+test/unit/rules_test: test/unit/rules_test.c src/rules.c src/rules.h
+	$(CC) $(CFLAGS) $(CPPFLAGS) -I$(srcdir)/src -o $@ test/unit/rules_test.c src/rules.c \
+		-L$(pkglibdir) -lpgport

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # bench/sched.sh: what scheduling costs, on a throwaway server with the
-# default settings (4 workers), side by side with published figures.
+# default settings (4 workers, max_active_tasks 16), SQL tasks of SELECT 1,
+# side by side with published figures:
 #
-#   trigger_dag commit -> the task's started_at, median and p95 of N runs
-#   (BENCH_TRIGGERS, default 20), with BENCH_DAGS DAGs defined (default
-#   10,000, none due: yearly schedules), and the same with none defined.
-#
-# The rest of the fast-hops benchmark (hop time in a chain, fan-out,
-# fan-in, draining 10,000 tasks) belongs with the worker that chains tasks
-# and is not measured yet.
+#   hop time in a chain of 100 tasks (first start to last finish / 100)
+#   trigger_dag commit -> the task's started_at, median and p95 of
+#     BENCH_TRIGGERS runs (default 100), with no other DAG, and with
+#     BENCH_DAGS DAGs defined (default 10,000, none due)
+#   one DAG of 1,000 independent tasks, trigger to run end
+#   a fan-out/fan-in of 100 x 10 (ten stages of 100 parallel tasks, each
+#     stage joined before the next), trigger to run end
+#   draining 10,000 queued tasks spread over 100 runs, in tasks per second
+#   the scheduler's pass with BENCH_DAGS DAGs defined: idle, and when 1,000
+#     of them are due in the same minute; and its CPU time over a minute
+#     with nothing due
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 . test/lib.sh
 
 dags=${BENCH_DAGS:-10000}
-triggers=${BENCH_TRIGGERS:-20}
+triggers=${BENCH_TRIGGERS:-100}
 work=/tmp/orchestrator-sched-bench
 
 orch_install_deps
@@ -25,43 +30,120 @@ trap cleanup EXIT
 orch_cluster_stop "$work"
 rm -rf "$work"
 port=$(orch_free_port 56432)
-orch_cluster_start "$work" "$port" "orchestrator.database = 'postgres'" >/dev/null
+orch_cluster_start "$work" "$port" "orchestrator.database = 'postgres'" \
+	"log_min_messages = debug1" >/dev/null
 q() { orch_as_cluster_user psql -X -q -At -h "$work" -p "$port" -U postgres postgres -c "$1"; }
+wait_run() { q "SELECT orchestrator.wait_run($1, '30 minutes')" >/dev/null; }
 
 q "CREATE EXTENSION orchestrator" >/dev/null 2>&1
-q "SELECT orchestrator.create_dag('probe');
-   SELECT orchestrator.add_task('probe', 't', orchestrator.sql('SELECT 1'));" >/dev/null
 
-# trigger -> start, in milliseconds: median and p95 of $triggers runs
+# --- a chain of 100
+q "SELECT orchestrator.create_dag('chain');
+   SELECT orchestrator.add_task('chain', 't' || i, orchestrator.sql('SELECT 1'),
+                                upstream => CASE WHEN i > 1 THEN ARRAY['t' || (i - 1)] END)
+   FROM generate_series(1, 100) i" >/dev/null
+run=$(q "SELECT orchestrator.trigger_dag('chain')")
+wait_run "$run"
+hop=$(q "SELECT round((extract(epoch FROM max(finished_at) - min(started_at)) * 1000 / 100)::numeric, 2)
+         FROM orchestrator.task_instance WHERE run_id = $run")
+
+# --- trigger -> start, in milliseconds: median and p95
+q "SELECT orchestrator.create_dag('probe');
+   SELECT orchestrator.add_task('probe', 't', orchestrator.sql('SELECT 1'))" >/dev/null
 latency() {
-	local run
-	for _ in $(seq "$triggers"); do
-		run=$(q "SELECT orchestrator.trigger_dag('probe')")
-		q "SELECT orchestrator.wait_run($run, '1 minute')" >/dev/null
+	local run first
+	first=$(q "SELECT coalesce(max(run_id), 0) FROM orchestrator.dag_run")
+	for i in $(seq "$triggers"); do
+		run=$(q "SELECT orchestrator.trigger_dag('probe', logical_date => now() + interval '$i seconds')")
+		wait_run "$run"
 	done
 	q "WITH l AS (
 	     SELECT extract(epoch FROM ti.started_at - r.queued_at) * 1000 AS ms
 	     FROM orchestrator.dag_run r JOIN orchestrator.task_instance ti USING (run_id)
-	     WHERE r.dag_id = 'probe' AND r.run_id > coalesce((SELECT max(run_id) FROM orchestrator.dag_run WHERE dag_id = 'probe') - $triggers, 0))
-	   SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' | ' ||
-	          round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM l"
+	     WHERE r.dag_id = 'probe' AND r.run_id > $first)
+	   SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' ms | ' ||
+	          round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' ms' FROM l"
 }
-
 none=$(latency)
+
+# --- 1,000 independent tasks
+q "SELECT orchestrator.create_dag('fan');
+   SELECT orchestrator.add_task('fan', 't' || i, orchestrator.sql('SELECT 1')) FROM generate_series(1, 1000) i" >/dev/null
+run=$(q "SELECT orchestrator.trigger_dag('fan')")
+wait_run "$run"
+fan=$(q "SELECT round(extract(epoch FROM finished_at - queued_at)::numeric, 2) FROM orchestrator.dag_run WHERE run_id = $run")
+
+# --- ten stages of 100, joined
+q "SELECT orchestrator.create_dag('stages');
+   SELECT orchestrator.add_task('stages', 'j0', orchestrator.sql('SELECT 1'));
+   SELECT orchestrator.add_task('stages', format('s%s_%s', k, i), orchestrator.sql('SELECT 1'),
+                                upstream => ARRAY['j' || (k - 1)])
+   FROM generate_series(1, 10) k, generate_series(1, 100) i;
+   SELECT orchestrator.add_task('stages', 'j' || k, orchestrator.sql('SELECT 1'),
+                                upstream => ARRAY(SELECT format('s%s_%s', k, i) FROM generate_series(1, 100) i))
+   FROM generate_series(1, 10) k" >/dev/null
+run=$(q "SELECT orchestrator.trigger_dag('stages')")
+wait_run "$run"
+stages=$(q "SELECT round(extract(epoch FROM finished_at - queued_at)::numeric, 2) FROM orchestrator.dag_run WHERE run_id = $run")
+
+# --- draining 10,000 tasks over 100 runs
+q "SELECT orchestrator.create_dag('drain', max_active_runs => 100, max_active_tasks => 10000);
+   SELECT orchestrator.add_task('drain', 't' || i, orchestrator.sql('SELECT 1')) FROM generate_series(1, 100) i" >/dev/null
+first=$(q "SELECT coalesce(max(run_id), 0) FROM orchestrator.dag_run")
+q "BEGIN; SELECT orchestrator.trigger_dag('drain', logical_date => now() - i * interval '1 hour')
+   FROM generate_series(1, 100) i; COMMIT" >/dev/null
+for r in $(q "SELECT run_id FROM orchestrator.dag_run WHERE run_id > $first"); do wait_run "$r"; done
+drain=$(q "SELECT round(count(*) / extract(epoch FROM max(ti.finished_at) - min(r.queued_at)))
+           FROM orchestrator.dag_run r JOIN orchestrator.task_instance ti USING (run_id)
+           WHERE r.run_id > $first")
+
+# --- many DAGs defined: 1,000 due at 12:30 every day, the rest once a year
 q "DO \$\$ BEGIN
      FOR i IN 1..$dags LOOP
-       PERFORM orchestrator.create_dag('d' || i, '0 0 1 1 *', start_date => now());
+       PERFORM orchestrator.create_dag('d' || i,
+                 CASE WHEN i <= 1000 THEN '30 12 * * *' ELSE '0 0 1 1 *' END,
+                 start_date => '2026-01-01', timezone => 'UTC');
        PERFORM orchestrator.add_task('d' || i, 't', orchestrator.sql('SELECT 1'));
      END LOOP;
    END \$\$" >/dev/null
 sleep 2
 many=$(latency)
 
-echo
-echo "| trigger_dag commit to the task's start (ms) | median | p95 |"
-echo "| --- | ---: | ---: |"
-echo "| no other DAG | $none |"
-echo "| $dags DAGs defined, none due | $many |"
-echo "| the same before 0.2 (issue report) | 47,000 | |"
-echo "| graphile-worker, published | 4 | |"
-echo "| Hatchet, promised | < 25 | |"
+# the scheduler's passes, from its DEBUG1 lines; its CPU time from /proc
+sched_pid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'orchestrator scheduler'")
+cpu() { awk '{print $14 + $15}' "/proc/$sched_pid/stat"; }
+tick=$(getconf CLK_TCK)
+passes() { grep -o 'pass took [0-9.]* ms, [0-9]* DAGs due' "$work/server.log" || true; }
+# a pass with nothing due: wake the scheduler with a reload
+before=$(passes | wc -l)
+q "SELECT pg_reload_conf()" >/dev/null
+sleep 2
+idle_pass=$(passes | tail -n +$((before + 1)) | awk '$6 == 0 {print $3; exit}')
+cpu0=$(cpu)
+sleep 60
+idle_cpu=$(( ($(cpu) - cpu0) * 1000 / tick ))
+# the minute the 1,000 come due (on the scheduler's test clock)
+before=$(passes | wc -l)
+q "ALTER SYSTEM SET orchestrator.test_clock = '2026-06-01 12:31:00+00'; SELECT pg_reload_conf()" >/dev/null
+for _ in $(seq 120); do
+	[ "$(q "SELECT count(*) FROM orchestrator.dag_run WHERE dag_id LIKE 'd%'")" -ge 1000 ] && break
+	sleep 1
+done
+sleep 2
+due_pass=$(passes | tail -n +$((before + 1)) | awk '$6 >= 1000 {print $3; exit}')
+q "ALTER SYSTEM RESET orchestrator.test_clock; SELECT pg_reload_conf()" >/dev/null
+
+cat <<EOF
+
+| case | orchestrator | published, for comparison |
+| --- | ---: | --- |
+| chain of 100 tasks, time per hop | $hop ms | Airflow: seconds between dependent tasks |
+| trigger_dag commit to the task's start, median, p95 (no other DAG) | $none | graphile-worker 4 ms; Hatchet < 25 ms |
+| the same with $dags DAGs defined, none due | $many | before 0.2: 47,000 ms |
+| 1,000 independent tasks, trigger to run end | $fan s | before 0.2: 4.1 s |
+| fan-out/fan-in, 10 stages of 100, trigger to run end | $stages s | |
+| draining 10,000 tasks over 100 runs | $drain tasks/s | |
+| a scheduler pass, $dags DAGs defined, none due | ${idle_pass:-?} ms | |
+| a scheduler pass when 1,000 of them are due | ${due_pass:-?} ms | |
+| the idle scheduler's CPU time over 60 s | ${idle_cpu} ms | |
+EOF

@@ -5,6 +5,7 @@ CREATE EXTENSION orchestrator;
 SELECT extversion FROM pg_extension WHERE extname = 'orchestrator';
 SHOW orchestrator.events;
 SHOW orchestrator.callback_timeout;
+SHOW orchestrator.worker_idle_timeout;
 
 -- the test cluster preloads the library and runs this database's DAGs
 SELECT orchestrator.check_setup();

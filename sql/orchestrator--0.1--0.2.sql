@@ -109,3 +109,23 @@ SELECT p.run_id,
   JOIN orchestrator.dag_runs r ON r.run_id = p.run_id;
 
 GRANT SELECT ON orchestrator.progress TO PUBLIC;
+
+------------------------------------------------------------------------
+-- Workers decide their own tasks' downstream (state.c).  A task instance
+-- that is ready but finds no room under its DAG's max_active_tasks stays
+-- scheduled with ready_at set; a worker whose task ends queues the oldest
+-- such instances of its DAG.  The counts of a run's active and unfinished
+-- instances, and the search for held-back ones, go through small partial
+-- indexes.
+------------------------------------------------------------------------
+
+ALTER TABLE orchestrator.task_instance ADD COLUMN ready_at timestamptz;
+COMMENT ON COLUMN orchestrator.task_instance.ready_at IS
+	'When its trigger rule let it run while its DAG had no room under max_active_tasks: it is queued when a task of the DAG ends';
+
+CREATE INDEX task_instance_unfinished_idx ON orchestrator.task_instance (run_id, state)
+	WHERE state IN ('scheduled', 'queued', 'running', 'up_for_retry');
+CREATE INDEX task_instance_ready_idx ON orchestrator.task_instance (run_id, ready_at)
+	WHERE ready_at IS NOT NULL;
+-- a finished task's downstream tasks
+CREATE INDEX task_upstream_idx ON orchestrator.task USING gin (upstream);

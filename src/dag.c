@@ -23,14 +23,17 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgtime.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -79,12 +82,101 @@ catalog_write_end(CatalogWrite *cw)
 	SPI_finish();
 }
 
+/*
+ * The background workers' plans, by query text: the scheduler and the task
+ * workers run the same few statements over and over, and planning them
+ * each time would cost more than running them.  (Their search_path is
+ * pinned, and the plan cache replans after any change to what a plan
+ * depends on.)  Bounded, for statements built at run time.
+ */
+typedef struct KeptPlan
+{
+	const char *query;			/* the key (a copy, in the hash's context) */
+	int			nargs;
+	Oid			types[FUNC_MAX_ARGS];
+	SPIPlanPtr	plan;
+} KeptPlan;
+
+#define MAX_KEPT_PLANS	256
+
+static HTAB *kept_plans = NULL;
+
+/* the key is a pointer to the query text: hashed and compared as text */
+static uint32
+kept_plan_hash(const void *key, Size keysize)
+{
+	const char *query = *(const char *const *) key;
+
+	return hash_bytes((const unsigned char *) query, (int) strlen(query));
+}
+
+static int
+kept_plan_match(const void *key1, const void *key2, Size keysize)
+{
+	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
+}
+
+static SPIPlanPtr
+kept_plan(const char *query, int nargs, Oid *types)
+{
+	KeptPlan   *entry;
+	bool		found;
+
+	if (!IsBackgroundWorker || nargs > FUNC_MAX_ARGS)
+		return NULL;
+	if (kept_plans == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(char *);
+		ctl.entrysize = sizeof(KeptPlan);
+		ctl.hash = kept_plan_hash;
+		ctl.match = kept_plan_match;
+		ctl.hcxt = TopMemoryContext;
+		kept_plans = hash_create("orchestrator kept plans", 64, &ctl,
+								 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	}
+	entry = hash_search(kept_plans, &query, HASH_FIND, &found);
+	if (entry != NULL)
+	{
+		if (entry->nargs == nargs &&
+			(nargs == 0 || memcmp(entry->types, types, sizeof(Oid) * nargs) == 0))
+			return entry->plan;
+		return NULL;
+	}
+	if (hash_get_num_entries(kept_plans) >= MAX_KEPT_PLANS)
+		return NULL;
+	{
+		SPIPlanPtr	plan = SPI_prepare(query, nargs, types);
+		char	   *key;
+
+		if (plan == NULL)
+			elog(ERROR, "orchestrator catalog query failed to prepare (%s): %s",
+				 SPI_result_code_string(SPI_result), query);
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep the plan of: %s", query);
+		key = MemoryContextStrdup(TopMemoryContext, query);
+		entry = hash_search(kept_plans, &key, HASH_ENTER, &found);
+		entry->query = key;
+		entry->nargs = nargs;
+		if (nargs > 0)
+			memcpy(entry->types, types, sizeof(Oid) * nargs);
+		entry->plan = plan;
+		return plan;
+	}
+}
+
 void
 run_query(const char *query, int nargs, Oid *types, Datum *values,
 		  const char *nulls, int expected)
 {
-	int			rc = SPI_execute_with_args(query, nargs, types, values, nulls,
-										   false, 0);
+	SPIPlanPtr	plan = kept_plan(query, nargs, types);
+	int			rc;
+
+	if (plan != NULL)
+		rc = SPI_execute_plan(plan, values, nulls, false, 0);
+	else
+		rc = SPI_execute_with_args(query, nargs, types, values, nulls, false, 0);
 
 	if (rc != expected)
 		elog(ERROR, "orchestrator catalog query failed (%s): %s",

@@ -46,6 +46,7 @@ char	   *orch_http_allowed_hosts = NULL;
 char	   *orch_history_retention = NULL;
 char	   *orch_events = NULL;
 int			orch_callback_timeout_ms = 5 * 60 * 1000;
+int			orch_worker_idle_timeout_ms = 5000;
 
 /* set when loaded through shared_preload_libraries */
 bool		orch_preloaded = false;
@@ -327,6 +328,16 @@ _PG_init(void)
 							&orch_callback_timeout_ms,
 							5 * 60 * 1000,
 							1, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("orchestrator.worker_idle_timeout",
+							"How long a task worker with nothing to run waits for work before it exits.",
+							"A waiting worker takes the next task at once, without a process start; 0 makes workers exit as soon as nothing is queued.",
+							&orch_worker_idle_timeout_ms,
+							5000,
+							0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

@@ -27,6 +27,7 @@ extern char *orch_http_allowed_hosts;
 extern char *orch_history_retention;
 extern char *orch_events;
 extern int	orch_callback_timeout_ms;
+extern int	orch_worker_idle_timeout_ms;
 
 /*
  * Shared memory (orchestrator.c): the scheduler's latch, and one slot per
@@ -35,6 +36,7 @@ extern int	orch_callback_timeout_ms;
 typedef enum OrchSlotPhase
 {
 	SLOT_IDLE,					/* no task */
+	SLOT_WAITING,				/* no task, waiting on its latch for one */
 	SLOT_CLAIMING,				/* claim not yet committed */
 	SLOT_RUNNING,				/* claim committed: running the task */
 	SLOT_FINISHING				/* recording the outcome: not to be signalled */
@@ -44,6 +46,8 @@ typedef struct OrchWorkerSlot
 {
 	pid_t		pid;			/* 0: free */
 	OrchSlotPhase phase;
+	Latch	   *latch;			/* the worker's, to hand it work */
+	bool		handed;			/* work was handed to it while it waited */
 	int64		run_id;
 	Oid			owner;			/* the DAG's owner, for the progress view */
 	char		task_id[ORCH_MAX_ID_LEN + 1];	/* "" for a DAG's callback */
@@ -99,13 +103,12 @@ extern void progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id,
 						 Oid owner, const char *what, int64 callback_id);
 extern void progress_set_deadline(TimestampTz deadline);
 extern OrchWorkerSlot *progress_copy_slots(void);
+extern int	progress_hand_out(int n);
+extern bool progress_leave_if_idle(void);
 extern void orch_progress_add_bytes(uint64 bytes);
 extern void orch_progress_set_rows(uint64 rows);
 extern void orch_begin_xact(void);
 extern void orch_end_xact(void);
-extern bool orch_record_failure(int64 run_id, const char *task_id, int pid,
-								int try_number, const char *error,
-								TimestampTz now, bool only_state);
 
 /* callbacks (callback.c), for the scheduler */
 extern void orch_drop_lost_callbacks(void);

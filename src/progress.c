@@ -43,6 +43,7 @@ progress_slot_acquire(void)
 			my_slot = &orch_shared->slots[i];
 			memset(my_slot, 0, sizeof(OrchWorkerSlot));
 			my_slot->pid = MyProcPid;
+			my_slot->latch = MyLatch;
 			break;
 		}
 	}
@@ -63,8 +64,9 @@ progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id, Oid owner,
 			 const char *what, int64 callback_id)
 {
 	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
-	if (phase == SLOT_CLAIMING || phase == SLOT_IDLE)
+	if (phase == SLOT_CLAIMING || phase == SLOT_IDLE || phase == SLOT_WAITING)
 	{
+		my_slot->handed = false;
 		my_slot->started_at = GetCurrentTimestamp();
 		my_slot->bytes_read = 0;
 		my_slot->rows_loaded = 0;
@@ -90,6 +92,53 @@ progress_copy_slots(void)
 	memcpy(slots, orch_shared->slots, sizeof(OrchWorkerSlot) * orch_shared->nslots);
 	LWLockRelease(orch_shared->lock);
 	return slots;
+}
+
+/*
+ * Hands work to up to n workers that wait for some: their latches are set,
+ * and they no longer leave when their wait ends.  Returns how many.
+ */
+int
+progress_hand_out(int n)
+{
+	int			handed = 0;
+
+	if (orch_shared == NULL || n <= 0)
+		return 0;
+	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < orch_shared->nslots && handed < n; i++)
+	{
+		OrchWorkerSlot *slot = &orch_shared->slots[i];
+
+		if (slot->pid != 0 && slot->phase == SLOT_WAITING && !slot->handed)
+		{
+			slot->handed = true;
+			SetLatch(slot->latch);
+			handed++;
+		}
+	}
+	LWLockRelease(orch_shared->lock);
+	return handed;
+}
+
+/*
+ * A worker whose wait for work ended: it gives its slot up and is to exit,
+ * unless work was handed to it meanwhile (then it stays, and claims).
+ */
+bool
+progress_leave_if_idle(void)
+{
+	bool		leave;
+
+	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
+	leave = !my_slot->handed;
+	if (leave)
+	{
+		memset(my_slot, 0, sizeof(OrchWorkerSlot));
+		my_slot = NULL;
+	}
+	LWLockRelease(orch_shared->lock);
+	return leave;
 }
 
 /* Past this time (and the grace), the scheduler stops what the slot runs. */

@@ -25,6 +25,7 @@
 
 #include "cron.h"
 #include "orchestrator.h"
+#include "state.h"
 
 /* at most this many runs from one backfill() call */
 #define MAX_BACKFILL_RUNS 10000
@@ -277,39 +278,7 @@ orch_clear_task(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("run " INT64_FORMAT " has no task \"%s\"", run_id, task_id)));
 
-#define CLEAR_SET \
-	"WITH RECURSIVE cleared(task_id) AS ( " \
-	"  SELECT $2::text " \
-	"  UNION " \
-	"  SELECT t.task_id FROM orchestrator.task t JOIN cleared c ON c.task_id = ANY (t.upstream) " \
-	"  WHERE $4 AND t.dag_id = $3) "
-
-	run_query(CLEAR_SET
-			  "SELECT ti.task_id FROM orchestrator.task_instance ti JOIN cleared USING (task_id) "
-			  "WHERE ti.run_id = $1 AND ti.state IN ('queued', 'running') "
-			  "FOR UPDATE OF ti",
-			  4, types, values, NULL, SPI_OK_SELECT);
-	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("task \"%s\" of run " INT64_FORMAT " is queued or running",
-						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), run_id),
-				 errhint("Wait for it to finish, or cancel the run with cancel_run() first.")));
-
-	run_query(CLEAR_SET
-			  "UPDATE orchestrator.task_instance ti SET state = 'scheduled', "
-			  " max_tries = ti.try_number + coalesce(t.retries, 0) + 1, "
-			  " queued_at = NULL, started_at = NULL, finished_at = NULL, "
-			  " next_try_at = NULL, error = NULL, worker_pid = NULL "
-			  "FROM cleared LEFT JOIN orchestrator.task t ON t.dag_id = $3 AND t.task_id = cleared.task_id "
-			  "WHERE ti.run_id = $1 AND ti.task_id = cleared.task_id",
-			  4, types, values, NULL, SPI_OK_UPDATE);
-	cleared = (int) SPI_processed;
-
-	/* a finished run opens again, and starts as max_active_runs allows */
-	run_query("UPDATE orchestrator.dag_run SET state = 'queued', finished_at = NULL "
-			  "WHERE run_id = $1 AND state IN ('success', 'failed')",
-			  1, types, values, NULL, SPI_OK_UPDATE);
+	cleared = state_clear_tasks(run_id, dag_id, task_id, downstream);
 	catalog_write_end(&cw);
 
 	orch_wake_scheduler_at_commit();
@@ -357,14 +326,8 @@ orch_cancel_run(PG_FUNCTION_ARGS)
 	/* wait for a claim in progress, then decide on committed states */
 	run_query("SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 FOR UPDATE",
 			  1, types, values, NULL, SPI_OK_SELECT);
-	run_query("UPDATE orchestrator.task_instance SET "
-			  " state = CASE WHEN state = 'running' THEN 'failed' ELSE 'skipped' END, "
-			  " error = CASE WHEN state = 'running' THEN 'cancelled by cancel_run()' ELSE error END, "
-			  " finished_at = now(), next_try_at = NULL "
-			  "WHERE run_id = $1 AND state IN ('scheduled', 'queued', 'running', 'up_for_retry')",
-			  1, types, values, NULL, SPI_OK_UPDATE);
-	run_query("UPDATE orchestrator.dag_run SET state = 'failed', finished_at = now() WHERE run_id = $1",
-			  1, types, values, NULL, SPI_OK_UPDATE);
+	state_fail_run(run_id, "cancelled by cancel_run()",
+				   GetCurrentTransactionStartTimestamp(), false);
 	catalog_write_end(&cw);
 
 	orch_wake_scheduler_at_commit();

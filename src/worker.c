@@ -15,12 +15,17 @@
  *	  the instance becomes success, and both commit together.  The success
  *	  update only applies while the instance is still this worker's running
  *	  try; if the run was cancelled or timed out meanwhile, it raises an
- *	  error instead, so the work is rolled back.
+ *	  error instead, so the work is rolled back.  In the same transaction,
+ *	  with the run's row locked, the task's downstream is decided and what
+ *	  became ready is queued (state.c), and the run ends if it was the last.
  * 3. On error: roll back, then record the error and the next state
- *	  (up_for_retry, or failed when no tries remain) in a new transaction.
+ *	  (up_for_retry, or failed when no tries remain, then its downstream as
+ *	  after a success) in a new transaction.
  *
- * Then the worker wakes the scheduler and claims the next queued instance;
- * it exits when there is none.
+ * Then the instances it queued go to workers waiting for work, and it
+ * claims the next queued instance itself.  With none, it waits on its
+ * latch for orchestrator.worker_idle_timeout, for the scheduler or another
+ * worker to hand it work, and exits when none came.
  *
  *-------------------------------------------------------------------------
  */
@@ -52,6 +57,7 @@
 
 #include "orchestrator.h"
 #include "sandbox.h"
+#include "state.h"
 #include "tasklog.h"
 #include "worker.h"
 
@@ -159,63 +165,6 @@ worker_getstr(HeapTuple tuple, TupleDesc desc, int col, MemoryContext cxt)
 }
 
 /*
- * Records a failed try: up_for_retry with its next try time, or failed when
- * no tries remain, and with it the callback due and the error as the try's
- * last log line (unless only_state).  Only applies to the given running
- * try, so that a try already cancelled, timed out or recovered is left as
- * it is.  Runs inside a transaction with SPI connected.  Returns whether it
- * applied.
- */
-bool
-orch_record_failure(int64 run_id, const char *task_id, int pid,
-					int try_number, const char *error, TimestampTz now,
-					bool only_state)
-{
-	Oid			types[6] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID};
-	Datum		values[6];
-
-	values[0] = Int64GetDatum(run_id);
-	values[1] = CStringGetTextDatum(task_id);
-	values[2] = Int32GetDatum(pid);
-	values[3] = Int32GetDatum(try_number);
-	values[4] = CStringGetTextDatum(error);
-	values[5] = TimestampTzGetDatum(now);
-	run_query("UPDATE orchestrator.task_instance ti SET "
-			  " state = CASE WHEN ti.try_number < ti.max_tries THEN 'up_for_retry' ELSE 'failed' END, "
-			  " next_try_at = CASE WHEN ti.try_number < ti.max_tries THEN $6 + "
-			  "   CASE WHEN t.retry_exponential_backoff "
-			  "        THEN LEAST(coalesce(t.retry_delay, '5 minutes') * power(2, LEAST(ti.try_number - 1, 30)), "
-			  "                   coalesce(t.max_retry_delay, '1 day')) "
-			  "        ELSE LEAST(coalesce(t.retry_delay, '5 minutes'), coalesce(t.max_retry_delay, coalesce(t.retry_delay, '5 minutes'))) END "
-			  "   END, "
-			  " finished_at = $6, error = $5 "
-			  "FROM orchestrator.dag_run r "
-			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
-			  "WHERE r.run_id = ti.run_id AND ti.run_id = $1 AND ti.task_id = $2 "
-			  "  AND ti.state = 'running' AND ti.worker_pid = $3 AND ti.try_number = $4",
-			  6, types, values, NULL, SPI_OK_UPDATE);
-	if (SPI_processed == 0)
-		return false;
-	if (only_state)
-		return true;
-	/* its callback, due with this outcome */
-	run_query("INSERT INTO orchestrator.callback (run_id, task_id, kind, spec, try_number, error) "
-			  "SELECT ti.run_id, ti.task_id, c.kind, c.spec, ti.try_number, $5 "
-			  "FROM orchestrator.task_instance ti "
-			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
-			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
-			  "CROSS JOIN LATERAL (SELECT CASE WHEN ti.state = 'failed' THEN 'on_failure_callback' ELSE 'on_retry_callback' END, "
-			  "                           CASE WHEN ti.state = 'failed' THEN t.on_failure_callback ELSE t.on_retry_callback END) c(kind, spec) "
-			  "WHERE ti.run_id = $1 AND ti.task_id = $2 AND c.spec IS NOT NULL",
-			  6, types, values, NULL, SPI_OK_INSERT);
-	/* the error ends the try's log */
-	run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
-			  "VALUES ($1, $2, $4, $6, 'ERROR', $5)",
-			  6, types, values, NULL, SPI_OK_INSERT);
-	return true;
-}
-
-/*
  * The run's context, from nine consecutive columns starting at col (see
  * RUN_CONTEXT_COLUMNS): dag_id, run_type, logical_date,
  * data_interval_start, data_interval_end, the DAG's owner, its params
@@ -266,13 +215,7 @@ fail_unclaimable(int64 run_id, const char *task_id, const char *error)
 			(errmsg("orchestrator: task \"%s\" of run " INT64_FORMAT " could not be claimed: %s",
 					task_id, run_id, error)));
 	orch_begin_xact();
-	run_query("UPDATE orchestrator.task_instance SET state = 'failed', finished_at = $3, error = $4 "
-			  "WHERE run_id = $1 AND task_id = $2 AND state = 'queued'",
-			  4, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID},
-			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
-				  TimestampTzGetDatum(orch_now()),
-			  CStringGetTextDatum(psprintf("the task could not be claimed: %s", error))},
-			  NULL, SPI_OK_UPDATE);
+	state_fail_unclaimable(run_id, task_id, error, orch_now());
 	orch_end_xact();
 }
 
@@ -339,14 +282,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 		task->cache = !isnull && DatumGetBool(d);
 		task->ctx.task_id = task->task_id;
 
-		run_query("UPDATE orchestrator.task_instance SET state = 'running', "
-				  " try_number = try_number + 1, worker_pid = $3, started_at = $4, "
-				  " finished_at = NULL, next_try_at = NULL, error = NULL "
-				  "WHERE run_id = $1 AND task_id = $2",
-				  4, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID},
-				  (Datum[]) {Int64GetDatum(task->run_id), CStringGetTextDatum(task->task_id),
-					  Int32GetDatum(MyProcPid), TimestampTzGetDatum(orch_now())},
-				  NULL, SPI_OK_UPDATE);
+		state_try_claimed(task->run_id, task->task_id, orch_now());
 
 		/* the slot names the try before the claim is visible */
 		progress_set(SLOT_CLAIMING, task->run_id, task->task_id, task->owner, "task", 0);
@@ -533,13 +469,51 @@ run_operator(TaskRun *task)
 	artifact_done();
 }
 
+/*
+ * The task's downstream and its run, decided in the transaction that
+ * records its outcome (state.c).  In a subtransaction: should deciding
+ * fail (a definition changed behind the API's back, say), the task's own
+ * outcome still commits, and the scheduler, woken, decides and reports.
+ */
+static void
+advance(RunRef *run, TaskRun *task, Advance *adv)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	PG_TRY();
+	{
+		state_advance_after(run, task->task_id, orch_now(), adv);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		memset(adv, 0, sizeof(Advance));
+		adv->undecided = true;
+		ereport(LOG,
+				(errmsg("orchestrator: could not decide the downstream of task \"%s\" of run " INT64_FORMAT ": %s",
+						task->task_id, task->run_id, edata->message)));
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+}
+
 /* The work and the success row, in one transaction. */
 static void
-run_task(TaskRun *task)
+run_task(TaskRun *task, Advance *adv)
 {
 	UserScope	scope;
-	Oid			types[5] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID};
-	Datum		values[5];
+	Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
+	Datum		values[3];
+	RunRef		run;
 
 	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING,
@@ -601,17 +575,11 @@ run_task(TaskRun *task)
 	values[0] = Int64GetDatum(task->run_id);
 	values[1] = CStringGetTextDatum(task->task_id);
 	values[2] = Int32GetDatum(task->try_number);
-	values[3] = TimestampTzGetDatum(orch_now());
-	values[4] = Int64GetDatum((int64) task->rows_loaded);
-	run_query("UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
-			  " rows_loaded = $5, cached = $6 "
-			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
-			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
-			  6, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, BOOLOID},
-			  (Datum[]) {values[0], values[1], values[2], values[3], values[4],
-			  BoolGetDatum(task->cached)},
-			  task->has_rows ? "      " : "    n ", SPI_OK_UPDATE);
-	if (SPI_processed != 1)
+
+	/* the run first (state.c's order of locks): a sibling's join waits */
+	if (!state_lock_run(task->run_id, false, &run) ||
+		!state_try_succeeded(task->run_id, task->task_id, task->try_number, orch_now(),
+							 task->has_rows, (int64) task->rows_loaded, task->cached))
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("task \"%s\" of run " INT64_FORMAT " was cancelled while it ran; its work is rolled back",
@@ -625,6 +593,7 @@ run_task(TaskRun *task)
 			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
 			  "WHERE r.run_id = $1 AND t.on_success_callback IS NOT NULL",
 			  3, types, values, NULL, SPI_OK_INSERT);
+	advance(&run, task, adv);
 	sandbox_reset_session();
 	orch_end_xact();
 }
@@ -657,22 +626,44 @@ error_text(ErrorData *edata, TaskRun *task)
 }
 
 /*
+ * Records a failed try, with its log and callback; when no tries remain,
+ * its downstream and its run are decided as after a success.
+ */
+static void
+record_failure(TaskRun *task, const char *text, bool only_state, Advance *adv)
+{
+	RunRef		run;
+	bool		final = false;
+	bool		locked;
+
+	orch_begin_xact();
+	if (!only_state)
+		task_log_write(task->run_id, task->task_id, task->try_number);
+	locked = state_lock_run(task->run_id, false, &run);
+	if (state_try_failed(task->run_id, task->task_id, MyProcPid, task->try_number,
+						 text, orch_now(), only_state, &final) && locked)
+	{
+		if (final)
+			advance(&run, task, adv);
+		else
+			adv->undecided = true;	/* the retry is the scheduler's */
+	}
+	sandbox_reset_session();
+	orch_end_xact();
+}
+
+/*
  * Records a failed try with its own error.  Should recording it with its
  * log and callback fail (a secondary failure), that is logged, and the
  * state and error are recorded alone: the try never ends as "lost" while
  * its worker knew what went wrong.
  */
 static void
-record_failed_try(TaskRun *task, const char *text, MemoryContext cxt)
+record_failed_try(TaskRun *task, const char *text, MemoryContext cxt, Advance *adv)
 {
 	PG_TRY();
 	{
-		orch_begin_xact();
-		task_log_write(task->run_id, task->task_id, task->try_number);
-		orch_record_failure(task->run_id, task->task_id, MyProcPid,
-							task->try_number, text, orch_now(), false);
-		sandbox_reset_session();
-		orch_end_xact();
+		record_failure(task, text, false, adv);
 	}
 	PG_CATCH();
 	{
@@ -681,13 +672,60 @@ record_failed_try(TaskRun *task, const char *text, MemoryContext cxt)
 		ereport(LOG,
 				(errmsg("orchestrator: could not record the failure of task \"%s\" of run " INT64_FORMAT " with its log and callbacks: %s; recording its error alone",
 						task->task_id, task->run_id, edata->message)));
-		orch_begin_xact();
-		orch_record_failure(task->run_id, task->task_id, MyProcPid,
-							task->try_number, text, orch_now(), true);
-		sandbox_reset_session();
-		orch_end_xact();
+		memset(adv, 0, sizeof(Advance));
+		record_failure(task, text, true, adv);
 	}
 	PG_END_TRY();
+}
+
+/*
+ * Nothing to claim: waits on the latch for work, for
+ * orchestrator.worker_idle_timeout.  True when there may be work (the
+ * latch was set: handed work, a reload, a signal), false when the worker
+ * is to exit (its slot already given up).
+ */
+static bool
+wait_for_work(void)
+{
+	TimestampTz since = GetCurrentTimestamp();
+
+	progress_set(SLOT_WAITING, 0, NULL, InvalidOid, NULL, 0);
+	for (;;)
+	{
+		long		left = orch_worker_idle_timeout_ms -
+			(long) ((GetCurrentTimestamp() - since) / 1000);
+		int			rc;
+
+		if (left <= 0)
+			return !progress_leave_if_idle();
+		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					   left, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (rc & WL_LATCH_SET)
+		{
+			progress_set(SLOT_IDLE, 0, NULL, InvalidOid, NULL, 0);
+			return true;
+		}
+	}
+}
+
+/*
+ * After a task: the instances it queued go to waiting workers (this one
+ * takes one itself); the scheduler is woken only for what workers do not
+ * do: start more of them, retries, instances undecided, a run slot freed.
+ * (Instances held back under max_active_tasks are queued by the workers of
+ * the DAG's active tasks as these end.)
+ */
+static void
+hand_out(const Advance *adv)
+{
+	int			others = adv->queued - 1;
+
+	if (others > 0 && progress_hand_out(others) < others)
+		orch_wake_scheduler();
+	else if (adv->ended || adv->undecided)
+		orch_wake_scheduler();
 }
 
 void
@@ -712,6 +750,7 @@ orch_worker_main(Datum arg)
 	{
 		TaskRun		task;
 		ClaimResult claim;
+		Advance		adv;
 
 		CHECK_FOR_INTERRUPTS();
 		/* settings reloaded between tasks (allowed hosts, say) */
@@ -730,13 +769,18 @@ orch_worker_main(Datum arg)
 		MemoryContextReset(task_cxt);
 		claim = claim_next(&task, task_cxt);
 		if (claim == CLAIM_NONE)
+		{
+			if (wait_for_work())
+				continue;
 			break;
+		}
 		if (claim == CLAIM_POISON)
 			continue;
 
+		memset(&adv, 0, sizeof(adv));
 		PG_TRY();
 		{
-			run_task(&task);
+			run_task(&task, &adv);
 		}
 		PG_CATCH();
 		{
@@ -750,14 +794,15 @@ orch_worker_main(Datum arg)
 			ereport(LOG,
 					(errmsg("task \"%s\" of DAG \"%s\" (run " INT64_FORMAT ", try %d) failed: %s",
 							task.task_id, task.dag_id, task.run_id, task.try_number, text)));
-			record_failed_try(&task, text, task_cxt);
+			memset(&adv, 0, sizeof(adv));
+			record_failed_try(&task, text, task_cxt, &adv);
 		}
 		PG_END_TRY();
 
 		progress_set(SLOT_IDLE, 0, NULL, InvalidOid, NULL, 0);
 		/* a cancel meant for the finished task is not for the next one */
 		QueryCancelPending = false;
-		orch_wake_scheduler();
+		hand_out(&adv);
 	}
 
 	orch_wake_scheduler();

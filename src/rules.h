@@ -1,0 +1,117 @@
+/*-------------------------------------------------------------------------
+ *
+ * rules.h
+ *	  The rules of runs and task instances, as pure functions: trigger
+ *	  rules, which task instances of a run become ready, skipped or
+ *	  upstream_failed, and a run's outcome from its leaves.  No catalog, no
+ *	  memory allocation, no errors: state.c applies what they decide, and
+ *	  test/unit/rules_test.c checks them on their own.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ORCHESTRATOR_RULES_H
+#define ORCHESTRATOR_RULES_H
+
+#include <stdbool.h>
+
+/* a task instance's state (task_instance.state) */
+typedef enum TiState
+{
+	TI_SCHEDULED,
+	TI_QUEUED,
+	TI_RUNNING,
+	TI_SUCCESS,
+	TI_FAILED,
+	TI_UP_FOR_RETRY,
+	TI_UPSTREAM_FAILED,
+	TI_SKIPPED,
+	TI_NSTATES
+} TiState;
+
+/* a task's trigger rule (task.trigger_rule), Airflow's nine */
+typedef enum TriggerRule
+{
+	TR_ALL_SUCCESS,
+	TR_ALL_FAILED,
+	TR_ALL_DONE,
+	TR_ONE_SUCCESS,
+	TR_ONE_FAILED,
+	TR_NONE_FAILED,
+	TR_NONE_SKIPPED,
+	TR_NONE_FAILED_MIN_ONE_SUCCESS,
+	TR_ALWAYS,
+	TR_NRULES
+} TriggerRule;
+
+/* what a scheduled task instance's trigger rule says */
+typedef enum Decision
+{
+	DECIDE_WAIT,				/* not yet: upstream still going */
+	DECIDE_READY,				/* to be queued */
+	DECIDE_SKIPPED,
+	DECIDE_UPSTREAM_FAILED
+} Decision;
+
+/* a task instance's upstream instances, counted by state */
+typedef struct UpstreamTally
+{
+	int			n;				/* all of them */
+	int			success;
+	int			skipped;
+	int			failed;			/* failed or upstream_failed */
+	int			done;			/* in a final state */
+} UpstreamTally;
+
+extern bool rules_parse_state(const char *name, TiState *state);
+extern const char *rules_state_name(TiState state);
+extern bool rules_parse_trigger_rule(const char *name, TriggerRule *rule);
+extern const char *rules_trigger_rule_name(TriggerRule rule);
+
+/* success, failed, upstream_failed or skipped: the instance will not run again */
+extern bool rules_state_done(TiState state);
+
+/* queued or running: counts against max_active_tasks */
+extern bool rules_state_active(TiState state);
+
+extern void rules_tally(UpstreamTally *tally, TiState upstream);
+extern Decision rules_decide(TriggerRule rule, const UpstreamTally *tally);
+
+/*
+ * A run's task instances, as the evaluation of a run sees them.  upstream
+ * holds indexes into the same array.  "removed" is an instance whose task
+ * is no longer in the DAG; "retry_due" an up_for_retry instance whose next
+ * try time has come.
+ */
+typedef struct RuleTask
+{
+	TiState		state;
+	TriggerRule rule;
+	bool		removed;
+	bool		retry_due;
+	int			nupstream;
+	const int  *upstream;
+	bool		is_leaf;		/* no task of the run depends on it */
+	bool		changed;		/* set by rules_evaluate_run */
+	bool		ready;			/* set by it: ready, held back for want of budget */
+} RuleTask;
+
+/*
+ * Decides a run until nothing changes: scheduled instances whose trigger
+ * rule says so become skipped or upstream_failed (which propagates), ready
+ * ones and due retries become queued while *budget (the free places under
+ * max_active_tasks) lasts.  Changed instances get changed = true; those
+ * ready but held back for want of budget get ready = true, and their
+ * number is returned.
+ */
+extern int	rules_evaluate_run(RuleTask *tasks, int n, int *budget);
+
+typedef enum RunOutcome
+{
+	RUN_GOING,					/* some instance is not done */
+	RUN_SUCCEEDS,
+	RUN_FAILS					/* a leaf failed or is upstream_failed */
+} RunOutcome;
+
+extern RunOutcome rules_run_outcome(const RuleTask *tasks, int n);
+
+#endif							/* ORCHESTRATOR_RULES_H */

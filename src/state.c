@@ -1,0 +1,693 @@
+/*-------------------------------------------------------------------------
+ *
+ * state.c
+ *	  The changes of state of runs and task instances (see state.h), as
+ *	  SQL on the catalog; the decisions are rules.c's.
+ *
+ * Locks, always taken in this order, so that no two of these wait on each
+ * other in a cycle:
+ *
+ * 1. the run's row (FOR NO KEY UPDATE; the API's FOR UPDATE), by whatever
+ *	  changes the states of its task instances;
+ * 2. the DAG's row (FOR NO KEY UPDATE), by whatever queues task instances,
+ *	  so that the count of its active instances is exact under
+ *	  max_active_tasks when workers of several runs queue at once;
+ * 3. the task instances' rows.
+ *
+ * A task instance that is ready but finds no room under max_active_tasks
+ * stays scheduled, with ready_at set; whoever frees room (a worker whose
+ * task ends) queues the oldest such instances of the DAG, through a small
+ * index, without evaluating whole runs.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "lib/stringinfo.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "orchestrator.h"
+#include "rules.h"
+#include "state.h"
+
+static Datum
+col(int row, int column, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, column, isnull);
+}
+
+static char *
+col_text(int row, int column)
+{
+	bool		isnull;
+	Datum		d = col(row, column, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static TiState
+parse_state(const char *name)
+{
+	TiState		state;
+
+	if (!rules_parse_state(name, &state))
+		elog(ERROR, "unknown task instance state \"%s\"", name);
+	return state;
+}
+
+static TriggerRule
+parse_rule(const char *name)
+{
+	TriggerRule rule;
+
+	if (!rules_parse_trigger_rule(name, &rule))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown trigger rule \"%s\"", name)));
+	return rule;
+}
+
+/*
+ * Queued runs start, oldest logical date first, up to each DAG's
+ * max_active_runs; a run another transaction has locked waits.
+ */
+void
+state_start_runs(TimestampTz now)
+{
+	run_query("WITH free AS ( "
+			  "  SELECT d.dag_id, d.max_active_runs - "
+			  "         (SELECT count(*) FROM orchestrator.dag_run x "
+			  "          WHERE x.dag_id = d.dag_id AND x.state = 'running') AS n "
+			  "  FROM orchestrator.dag d WHERE NOT d.paused "
+			  "    AND d.dag_id IN (SELECT dag_id FROM orchestrator.dag_run WHERE state = 'queued')), "
+			  "queued AS ( "
+			  "  SELECT r.run_id, r.dag_id, r.logical_date FROM orchestrator.dag_run r "
+			  "  WHERE r.state = 'queued' FOR NO KEY UPDATE SKIP LOCKED), "
+			  "ranked AS ( "
+			  "  SELECT r.run_id, row_number() OVER (PARTITION BY r.dag_id "
+			  "                                      ORDER BY r.logical_date, r.run_id) AS k, f.n "
+			  "  FROM queued r JOIN free f ON f.dag_id = r.dag_id) "
+			  "UPDATE orchestrator.dag_run r SET state = 'running', started_at = $1, finished_at = NULL "
+			  "FROM ranked WHERE ranked.run_id = r.run_id AND ranked.k <= ranked.n",
+			  1, (Oid[]) {TIMESTAMPTZOID}, (Datum[]) {TimestampTzGetDatum(now)},
+			  NULL, SPI_OK_UPDATE);
+}
+
+bool
+state_lock_run(int64 run_id, bool skip_locked, RunRef *run)
+{
+	Datum		value = Int64GetDatum(run_id);
+	bool		isnull;
+	Datum		d;
+
+	run_query(skip_locked ?
+			  "SELECT r.dag_id, d.max_active_tasks, r.started_at + d.dagrun_timeout "
+			  "FROM orchestrator.dag_run r JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "WHERE r.run_id = $1 AND r.state = 'running' "
+			  "FOR NO KEY UPDATE OF r SKIP LOCKED" :
+			  "SELECT r.dag_id, d.max_active_tasks, r.started_at + d.dagrun_timeout "
+			  "FROM orchestrator.dag_run r JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "WHERE r.run_id = $1 AND r.state = 'running' "
+			  "FOR NO KEY UPDATE OF r",
+			  1, (Oid[]) {INT8OID}, &value, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return false;
+	run->run_id = run_id;
+	run->dag_id = col_text(0, 1);
+	run->max_active_tasks = DatumGetInt32(col(0, 2, &isnull));
+	d = col(0, 3, &isnull);
+	run->has_timeout = !isnull;
+	run->deadline = isnull ? 0 : DatumGetTimestampTz(d);
+	return true;
+}
+
+/* a task instance becomes skipped or upstream_failed: it is done */
+static void
+set_done(int64 run_id, const char *task_id, TiState state, TimestampTz now)
+{
+	run_query("UPDATE orchestrator.task_instance SET state = $3, finished_at = $4, "
+			  " next_try_at = NULL, ready_at = NULL "
+			  "WHERE run_id = $1 AND task_id = $2",
+			  4, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  CStringGetTextDatum(rules_state_name(state)), TimestampTzGetDatum(now)},
+			  NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * Room under the DAG's max_active_tasks, with the DAG's row locked (see
+ * the order of locks above) until the end of the transaction.
+ */
+static int
+dag_room(const char *dag_id, int max_active_tasks)
+{
+	Datum		value = CStringGetTextDatum(dag_id);
+	bool		isnull;
+	int64		active;
+
+	run_query("SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 FOR NO KEY UPDATE",
+			  1, (Oid[]) {TEXTOID}, &value, NULL, SPI_OK_SELECT);
+	/* the DAG's running runs, then their active instances, by index */
+	run_query("SELECT count(*) FROM orchestrator.dag_run r "
+			  "JOIN orchestrator.task_instance ti ON ti.run_id = r.run_id "
+			  "WHERE r.dag_id = $1 AND r.state = 'running' "
+			  "  AND ti.state IN ('queued', 'running')",
+			  1, (Oid[]) {TEXTOID}, &value, NULL, SPI_OK_SELECT);
+	active = DatumGetInt64(col(0, 1, &isnull));
+	return (int) Max(Min((int64) max_active_tasks - active, INT_MAX), 0);
+}
+
+/* A ready task instance is queued (if it still waits); returns 1 if it was. */
+static int
+queue_one(int64 run_id, const char *task_id, TimestampTz now)
+{
+	run_query("UPDATE orchestrator.task_instance SET state = 'queued', queued_at = $3, "
+			  " next_try_at = NULL, ready_at = NULL "
+			  "WHERE run_id = $1 AND task_id = $2 AND state IN ('scheduled', 'up_for_retry')",
+			  3, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  TimestampTzGetDatum(now)},
+			  NULL, SPI_OK_UPDATE);
+	return (int) SPI_processed;
+}
+
+/*
+ * Queues the ready instances (run_ids[i], task_ids[i]) in order while the
+ * DAG has room; marks the rest ready_at, for whoever frees room.
+ */
+static void
+queue_ready(const char *dag_id, int max_active_tasks, int n, const int64 *run_ids,
+			char **task_ids, TimestampTz now, Advance *adv)
+{
+	int			room;
+
+	if (n == 0)
+		return;
+	room = dag_room(dag_id, max_active_tasks);
+	for (int i = 0; i < n; i++)
+	{
+		if (i < room)
+			adv->queued += queue_one(run_ids[i], task_ids[i], now);
+		else
+		{
+			/* (already marked by an earlier pass: not written again) */
+			run_query("UPDATE orchestrator.task_instance SET ready_at = $3 "
+					  "WHERE run_id = $1 AND task_id = $2 AND ready_at IS NULL "
+					  "  AND state IN ('scheduled', 'up_for_retry')",
+					  3, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID},
+					  (Datum[]) {Int64GetDatum(run_ids[i]), CStringGetTextDatum(task_ids[i]),
+						  TimestampTzGetDatum(now)},
+					  NULL, SPI_OK_UPDATE);
+			adv->held = true;
+		}
+	}
+}
+
+/* The DAG's callback for a run that ended, if it has one. */
+static void
+enqueue_run_callback(int64 run_id, const char *state, const char *error)
+{
+	Datum		values[3];
+	char		nulls[3] = "   ";
+
+	values[0] = Int64GetDatum(run_id);
+	values[1] = CStringGetTextDatum(state);
+	if (error)
+		values[2] = CStringGetTextDatum(error);
+	else
+		nulls[2] = 'n';
+	run_query("INSERT INTO orchestrator.callback (run_id, kind, spec, error) "
+			  "SELECT r.run_id, c.kind, c.spec, $3 "
+			  "FROM orchestrator.dag_run r JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "CROSS JOIN LATERAL (SELECT CASE WHEN $2 = 'failed' THEN 'on_failure_callback' ELSE 'on_success_callback' END, "
+			  "                           CASE WHEN $2 = 'failed' THEN d.on_failure_callback ELSE d.on_success_callback END) c(kind, spec) "
+			  "WHERE r.run_id = $1 AND c.spec IS NOT NULL",
+			  3, (Oid[]) {INT8OID, TEXTOID, TEXTOID}, values, nulls, SPI_OK_INSERT);
+}
+
+/* a run's task instance's index in its array, by task id */
+typedef struct TaskIndexEntry
+{
+	char		task_id[ORCH_MAX_ID_LEN + 1];	/* the key */
+	int			index;
+} TaskIndexEntry;
+
+void
+state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
+{
+	Oid			types[3] = {INT8OID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[3];
+	RuleTask   *tasks;
+	char	  **names;
+	int64	   *run_ids;
+	char	  **ready;
+	int			nready = 0;
+	int			n;
+	int			budget = 0;
+	bool		isnull;
+	HASHCTL		ctl;
+	HTAB	   *byname;
+
+	values[0] = Int64GetDatum(run->run_id);
+	values[1] = CStringGetTextDatum(run->dag_id);
+	values[2] = TimestampTzGetDatum(now);
+
+	/* every task of the definition has an instance (also tasks added later) */
+	run_query("INSERT INTO orchestrator.task_instance (run_id, task_id, state, max_tries) "
+			  "SELECT $1, t.task_id, 'scheduled', t.retries + 1 "
+			  "FROM orchestrator.task t WHERE t.dag_id = $2 "
+			  "ON CONFLICT (run_id, task_id) DO NOTHING",
+			  2, types, values, NULL, SPI_OK_INSERT);
+
+	run_query("SELECT ti.task_id, ti.state, ti.next_try_at, t.trigger_rule, t.upstream, "
+			  "       t.task_id IS NULL "
+			  "FROM orchestrator.task_instance ti "
+			  "LEFT JOIN orchestrator.task t ON t.dag_id = $2 AND t.task_id = ti.task_id "
+			  "WHERE ti.run_id = $1 ORDER BY t.position, ti.task_id",
+			  2, types, values, NULL, SPI_OK_SELECT);
+	n = (int) SPI_processed;
+	tasks = palloc0(sizeof(RuleTask) * Max(n, 1));
+	names = palloc0(sizeof(char *) * Max(n, 1));
+
+	/* upstream names to indexes through a hash: linear in the run's tasks */
+	ctl.keysize = ORCH_MAX_ID_LEN + 1;
+	ctl.entrysize = sizeof(TaskIndexEntry);
+	ctl.hcxt = CurrentMemoryContext;
+	byname = hash_create("orchestrator run tasks", Max(n, 16), &ctl,
+						 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		d;
+
+		names[i] = col_text(i, 1);
+		tasks[i].state = parse_state(col_text(i, 2));
+		d = col(i, 3, &isnull);
+		if (tasks[i].state == TI_UP_FOR_RETRY)
+		{
+			TimestampTz at = isnull ? 0 : DatumGetTimestampTz(d);
+
+			tasks[i].retry_due = isnull || at <= now;
+			if (!tasks[i].retry_due && (adv->retry_at == 0 || at < adv->retry_at))
+				adv->retry_at = at;
+		}
+		tasks[i].removed = DatumGetBool(col(i, 6, &isnull));
+		tasks[i].rule = tasks[i].removed ? TR_ALL_SUCCESS : parse_rule(col_text(i, 4));
+		tasks[i].is_leaf = !tasks[i].removed;
+		if (strlen(names[i]) <= ORCH_MAX_ID_LEN)
+		{
+			TaskIndexEntry *e = hash_search(byname, names[i], HASH_ENTER, NULL);
+
+			e->index = i;
+		}
+	}
+	for (int i = 0; i < n; i++)
+	{
+		Datum		d = col(i, 5, &isnull);
+		Datum	   *elems;
+		int			nelems;
+		int		   *upstream;
+
+		if (isnull)
+			continue;
+		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, NULL, &nelems);
+		upstream = palloc(sizeof(int) * Max(nelems, 1));
+		for (int e = 0; e < nelems; e++)
+		{
+			char	   *name = TextDatumGetCString(elems[e]);
+			TaskIndexEntry *found;
+
+			if (strlen(name) > ORCH_MAX_ID_LEN)
+				continue;
+			found = hash_search(byname, name, HASH_FIND, NULL);
+			if (found == NULL)
+				continue;
+			upstream[tasks[i].nupstream++] = found->index;
+			tasks[found->index].is_leaf = false;
+		}
+		tasks[i].upstream = upstream;
+	}
+	hash_destroy(byname);
+
+	/*
+	 * Decided with no budget first: what is ready is queued by queue_ready,
+	 * under the DAG's lock, only if something is.
+	 */
+	rules_evaluate_run(tasks, n, &budget);
+	ready = palloc(sizeof(char *) * Max(n, 1));
+	run_ids = palloc(sizeof(int64) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		if (tasks[i].changed)
+			set_done(run->run_id, names[i], tasks[i].state, now);
+		if (tasks[i].ready)
+		{
+			run_ids[nready] = run->run_id;
+			ready[nready++] = names[i];
+		}
+	}
+	queue_ready(run->dag_id, run->max_active_tasks, nready, run_ids, ready, now, adv);
+
+	/* the run ends when all its tasks are done; its leaves decide how */
+	switch (rules_run_outcome(tasks, n))
+	{
+		case RUN_GOING:
+			return;
+		case RUN_SUCCEEDS:
+			run_query("UPDATE orchestrator.dag_run SET state = 'success', finished_at = $3 WHERE run_id = $1",
+					  3, types, values, NULL, SPI_OK_UPDATE);
+			enqueue_run_callback(run->run_id, "success", NULL);
+			break;
+		case RUN_FAILS:
+			{
+				StringInfoData why;
+
+				run_query("UPDATE orchestrator.dag_run SET state = 'failed', finished_at = $3 WHERE run_id = $1",
+						  3, types, values, NULL, SPI_OK_UPDATE);
+				initStringInfo(&why);
+				for (int i = 0; i < n; i++)
+					if (tasks[i].is_leaf &&
+						(tasks[i].state == TI_FAILED || tasks[i].state == TI_UPSTREAM_FAILED))
+						appendStringInfo(&why, "%s%s %s", why.len ? ", " : "tasks ",
+										 names[i], rules_state_name(tasks[i].state));
+				enqueue_run_callback(run->run_id, "failed", why.data);
+				break;
+			}
+	}
+	adv->ended = true;
+}
+
+/*
+ * Queues the oldest ready instances of the DAG that earlier found no room,
+ * as far as there is room now.  Every worker whose task ends comes here
+ * after taking the DAG's lock (dag_room), so an instance held back by a
+ * transaction that counted its task as active is seen once that commits.
+ */
+static void
+queue_held(const RunRef *run, TimestampTz now, Advance *adv)
+{
+	int			room = dag_room(run->dag_id, run->max_active_tasks);
+	uint64		n;
+	SPITupleTable *rows;
+	bool		isnull;
+
+	if (room == 0)
+		return;
+	run_query("SELECT ti.run_id, ti.task_id FROM orchestrator.dag_run r "
+			  "JOIN orchestrator.task_instance ti ON ti.run_id = r.run_id "
+			  "WHERE r.dag_id = $1 AND r.state = 'running' "
+			  "  AND ti.ready_at IS NOT NULL AND ti.state IN ('scheduled', 'up_for_retry') "
+			  "ORDER BY ti.ready_at, ti.run_id, ti.task_id LIMIT $2",
+			  2, (Oid[]) {TEXTOID, INT4OID},
+			  (Datum[]) {CStringGetTextDatum(run->dag_id), Int32GetDatum(room)},
+			  NULL, SPI_OK_SELECT);
+	n = SPI_processed;
+	rows = SPI_tuptable;
+	for (uint64 i = 0; i < n; i++)
+	{
+		int64		run_id;
+
+		SPI_tuptable = rows;
+		run_id = DatumGetInt64(col(i, 1, &isnull));
+		adv->queued += queue_one(run_id, col_text(i, 2), now);
+	}
+}
+
+void
+state_advance_after(const RunRef *run, const char *task_id, TimestampTz now,
+					Advance *adv)
+{
+	List	   *frontier = list_make1(pstrdup(task_id));
+	int64	   *run_ids = NULL;
+	char	  **ready = NULL;
+	int			nready = 0;
+	int			maxready = 0;
+	bool		isnull;
+
+	/* its downstream, and theirs as long as skipped and upstream_failed propagate */
+	while (frontier != NIL)
+	{
+		Datum	   *elems = palloc(sizeof(Datum) * list_length(frontier));
+		ListCell   *lc;
+		int			i = 0;
+		uint64		nrows;
+		SPITupleTable *rows;
+
+		foreach(lc, frontier)
+			elems[i++] = CStringGetTextDatum(lfirst(lc));
+		run_query("SELECT t.task_id, t.trigger_rule, cardinality(t.upstream), "
+				  "       ARRAY(SELECT u.state FROM orchestrator.task_instance u "
+				  "             WHERE u.run_id = $1 AND u.task_id = ANY (t.upstream)) "
+				  "FROM orchestrator.task t "
+				  "JOIN orchestrator.task_instance ti ON ti.run_id = $1 AND ti.task_id = t.task_id "
+				  "WHERE t.dag_id = $2 AND t.upstream && $3 AND ti.state = 'scheduled' "
+				  "ORDER BY t.position",
+				  3, (Oid[]) {INT8OID, TEXTOID, TEXTARRAYOID},
+				  (Datum[]) {Int64GetDatum(run->run_id), CStringGetTextDatum(run->dag_id),
+					  PointerGetDatum(construct_array(elems, list_length(frontier), TEXTOID,
+													  -1, false, TYPALIGN_INT))},
+				  NULL, SPI_OK_SELECT);
+		frontier = NIL;
+		nrows = SPI_processed;
+		rows = SPI_tuptable;
+		for (uint64 r = 0; r < nrows; r++)
+		{
+			char	   *name;
+			TriggerRule rule;
+			int			cardinality;
+			Datum	   *states;
+			int			nstates;
+			UpstreamTally tally = {0};
+			Decision	decision;
+
+			SPI_tuptable = rows;
+			name = col_text(r, 1);
+			rule = parse_rule(col_text(r, 2));
+			cardinality = DatumGetInt32(col(r, 3, &isnull));
+			deconstruct_array(DatumGetArrayTypeP(col(r, 4, &isnull)), TEXTOID, -1, false,
+							  TYPALIGN_INT, &states, NULL, &nstates);
+			/* an upstream task added to the DAG has no instance yet: the scheduler's */
+			if (nstates != cardinality)
+			{
+				adv->undecided = true;
+				continue;
+			}
+			for (int s = 0; s < nstates; s++)
+				rules_tally(&tally, parse_state(TextDatumGetCString(states[s])));
+			decision = rules_decide(rule, &tally);
+			if (decision == DECIDE_READY)
+			{
+				if (nready == maxready)
+				{
+					maxready = Max(16, maxready * 2);
+					ready = ready ? repalloc(ready, sizeof(char *) * maxready) :
+						palloc(sizeof(char *) * maxready);
+					run_ids = run_ids ? repalloc(run_ids, sizeof(int64) * maxready) :
+						palloc(sizeof(int64) * maxready);
+				}
+				run_ids[nready] = run->run_id;
+				ready[nready++] = name;
+			}
+			else if (decision == DECIDE_SKIPPED || decision == DECIDE_UPSTREAM_FAILED)
+			{
+				set_done(run->run_id, name,
+						 decision == DECIDE_SKIPPED ? TI_SKIPPED : TI_UPSTREAM_FAILED, now);
+				frontier = lappend(frontier, name);
+			}
+		}
+	}
+	queue_ready(run->dag_id, run->max_active_tasks, nready, run_ids, ready, now, adv);
+
+	/* the room this task left, for instances that found none */
+	if (!adv->held)
+		queue_held(run, now, adv);
+
+	/* the last one ends the run (decided over the whole run, leaves and all) */
+	run_query("SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 "
+			  "  AND state IN ('scheduled', 'queued', 'running', 'up_for_retry') LIMIT 1",
+			  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(run->run_id)}, NULL,
+			  SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		state_evaluate_run(run, now, adv);
+}
+
+void
+state_try_claimed(int64 run_id, const char *task_id, TimestampTz now)
+{
+	run_query("UPDATE orchestrator.task_instance SET state = 'running', "
+			  " try_number = try_number + 1, worker_pid = $3, started_at = $4, "
+			  " finished_at = NULL, next_try_at = NULL, error = NULL, ready_at = NULL "
+			  "WHERE run_id = $1 AND task_id = $2",
+			  4, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  Int32GetDatum(MyProcPid), TimestampTzGetDatum(now)},
+			  NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * The try succeeded: only while it is still this worker's running try (a
+ * run cancelled or timed out meanwhile makes this false).
+ */
+bool
+state_try_succeeded(int64 run_id, const char *task_id, int try_number,
+					TimestampTz now, bool has_rows, int64 rows_loaded, bool cached)
+{
+	run_query("UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
+			  " rows_loaded = $5, cached = $6 "
+			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
+			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
+			  6, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, BOOLOID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  Int32GetDatum(try_number), TimestampTzGetDatum(now),
+			  Int64GetDatum(rows_loaded), BoolGetDatum(cached)},
+			  has_rows ? "      " : "    n ", SPI_OK_UPDATE);
+	return SPI_processed == 1;
+}
+
+/*
+ * Records a failed try: up_for_retry with its next try time, or failed when
+ * no tries remain (*final), and with it the callback due and the error as
+ * the try's last log line (unless only_state).  Only applies to the given
+ * running try, so that a try already cancelled, timed out or recovered is
+ * left as it is.  Returns whether it applied.
+ */
+bool
+state_try_failed(int64 run_id, const char *task_id, int pid, int try_number,
+				 const char *error, TimestampTz now, bool only_state, bool *final)
+{
+	Oid			types[6] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[6];
+	bool		isnull;
+
+	values[0] = Int64GetDatum(run_id);
+	values[1] = CStringGetTextDatum(task_id);
+	values[2] = Int32GetDatum(pid);
+	values[3] = Int32GetDatum(try_number);
+	values[4] = CStringGetTextDatum(error);
+	values[5] = TimestampTzGetDatum(now);
+	run_query("UPDATE orchestrator.task_instance ti SET "
+			  " state = CASE WHEN ti.try_number < ti.max_tries THEN 'up_for_retry' ELSE 'failed' END, "
+			  " next_try_at = CASE WHEN ti.try_number < ti.max_tries THEN $6 + "
+			  "   CASE WHEN t.retry_exponential_backoff "
+			  "        THEN LEAST(coalesce(t.retry_delay, '5 minutes') * power(2, LEAST(ti.try_number - 1, 30)), "
+			  "                   coalesce(t.max_retry_delay, '1 day')) "
+			  "        ELSE LEAST(coalesce(t.retry_delay, '5 minutes'), coalesce(t.max_retry_delay, coalesce(t.retry_delay, '5 minutes'))) END "
+			  "   END, "
+			  " finished_at = $6, error = $5, ready_at = NULL "
+			  "FROM orchestrator.dag_run r "
+			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
+			  "WHERE r.run_id = ti.run_id AND ti.run_id = $1 AND ti.task_id = $2 "
+			  "  AND ti.state = 'running' AND ti.worker_pid = $3 AND ti.try_number = $4 "
+			  "RETURNING ti.state = 'failed'",
+			  6, types, values, NULL, SPI_OK_UPDATE_RETURNING);
+	if (SPI_processed == 0)
+		return false;
+	if (final)
+		*final = DatumGetBool(col(0, 1, &isnull));
+	if (only_state)
+		return true;
+	/* its callback, due with this outcome */
+	run_query("INSERT INTO orchestrator.callback (run_id, task_id, kind, spec, try_number, error) "
+			  "SELECT ti.run_id, ti.task_id, c.kind, c.spec, ti.try_number, $5 "
+			  "FROM orchestrator.task_instance ti "
+			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
+			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
+			  "CROSS JOIN LATERAL (SELECT CASE WHEN ti.state = 'failed' THEN 'on_failure_callback' ELSE 'on_retry_callback' END, "
+			  "                           CASE WHEN ti.state = 'failed' THEN t.on_failure_callback ELSE t.on_retry_callback END) c(kind, spec) "
+			  "WHERE ti.run_id = $1 AND ti.task_id = $2 AND c.spec IS NOT NULL",
+			  6, types, values, NULL, SPI_OK_INSERT);
+	/* the error ends the try's log */
+	run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
+			  "VALUES ($1, $2, $4, $6, 'ERROR', $5)",
+			  6, types, values, NULL, SPI_OK_INSERT);
+	return true;
+}
+
+/* A queued instance that could not be claimed fails, once, with why. */
+void
+state_fail_unclaimable(int64 run_id, const char *task_id, const char *error,
+					   TimestampTz now)
+{
+	run_query("UPDATE orchestrator.task_instance SET state = 'failed', finished_at = $3, error = $4 "
+			  "WHERE run_id = $1 AND task_id = $2 AND state = 'queued'",
+			  4, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  TimestampTzGetDatum(now),
+			  CStringGetTextDatum(psprintf("the task could not be claimed: %s", error))},
+			  NULL, SPI_OK_UPDATE);
+}
+
+void
+state_fail_run(int64 run_id, const char *error, TimestampTz now, bool callback)
+{
+	Oid			types[3] = {INT8OID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[3] = {Int64GetDatum(run_id), CStringGetTextDatum(error),
+	TimestampTzGetDatum(now)};
+
+	run_query("UPDATE orchestrator.task_instance SET "
+			  " state = CASE WHEN state = 'running' THEN 'failed' ELSE 'skipped' END, "
+			  " error = CASE WHEN state = 'running' THEN $2 ELSE error END, "
+			  " finished_at = $3, next_try_at = NULL, ready_at = NULL "
+			  "WHERE run_id = $1 AND state IN ('scheduled', 'queued', 'running', 'up_for_retry')",
+			  3, types, values, NULL, SPI_OK_UPDATE);
+	run_query("UPDATE orchestrator.dag_run SET state = 'failed', finished_at = $3 WHERE run_id = $1",
+			  3, types, values, NULL, SPI_OK_UPDATE);
+	if (callback)
+		enqueue_run_callback(run_id, "failed", error);
+}
+
+int
+state_clear_tasks(int64 run_id, const char *dag_id, const char *task_id,
+				  bool downstream)
+{
+	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, BOOLOID};
+	Datum		values[4];
+	int			cleared;
+
+	values[0] = Int64GetDatum(run_id);
+	values[1] = CStringGetTextDatum(task_id);
+	values[2] = CStringGetTextDatum(dag_id);
+	values[3] = BoolGetDatum(downstream);
+
+#define CLEAR_SET \
+	"WITH RECURSIVE cleared(task_id) AS ( " \
+	"  SELECT $2::text " \
+	"  UNION " \
+	"  SELECT t.task_id FROM orchestrator.task t JOIN cleared c ON c.task_id = ANY (t.upstream) " \
+	"  WHERE $4 AND t.dag_id = $3) "
+
+	run_query(CLEAR_SET
+			  "SELECT ti.task_id FROM orchestrator.task_instance ti JOIN cleared USING (task_id) "
+			  "WHERE ti.run_id = $1 AND ti.state IN ('queued', 'running') "
+			  "FOR UPDATE OF ti",
+			  4, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("task \"%s\" of run " INT64_FORMAT " is queued or running",
+						col_text(0, 1), run_id),
+				 errhint("Wait for it to finish, or cancel the run with cancel_run() first.")));
+
+	run_query(CLEAR_SET
+			  "UPDATE orchestrator.task_instance ti SET state = 'scheduled', "
+			  " max_tries = ti.try_number + coalesce(t.retries, 0) + 1, "
+			  " queued_at = NULL, started_at = NULL, finished_at = NULL, "
+			  " next_try_at = NULL, error = NULL, worker_pid = NULL, ready_at = NULL "
+			  "FROM cleared LEFT JOIN orchestrator.task t ON t.dag_id = $3 AND t.task_id = cleared.task_id "
+			  "WHERE ti.run_id = $1 AND ti.task_id = cleared.task_id",
+			  4, types, values, NULL, SPI_OK_UPDATE);
+	cleared = (int) SPI_processed;
+
+	/* a finished run opens again, and starts as max_active_runs allows */
+	run_query("UPDATE orchestrator.dag_run SET state = 'queued', finished_at = NULL "
+			  "WHERE run_id = $1 AND state IN ('success', 'failed')",
+			  1, types, values, NULL, SPI_OK_UPDATE);
+	return cleared;
+}

@@ -1,0 +1,145 @@
+# Fast hops: the worker that finishes a task decides its downstream and
+# runs the next one; idle workers wait for work and are handed it.
+#
+# The scheduler is frozen (SIGSTOP) while the workers go on, so that what
+# the tests see is the workers' doing and not the scheduler's safety net: a
+# join the workers missed would leave the run hanging.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::Bin;
+use OrchTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = orch_node('hops', "orchestrator.worker_idle_timeout = '60s'\n");
+
+sub scheduler_pid
+{
+	return query($node,
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'orchestrator scheduler'");
+}
+
+# --- 1. a whole run decided by its workers alone: a fan-out held back by
+# max_active_tasks, a join, a failure propagating, one_failed, the end
+query($node, q{
+CREATE TABLE hits (task text);
+SELECT orchestrator.create_dag('solo', max_active_tasks => 2);
+SELECT orchestrator.add_task('solo', 'first', orchestrator.sql('SELECT pg_sleep(2)'));
+SELECT orchestrator.add_task('solo', x, orchestrator.sql(format('INSERT INTO public.hits VALUES (%L)', x)),
+                             upstream => ARRAY['first'])
+  FROM unnest(ARRAY['a', 'b', 'c']) x;
+SELECT orchestrator.add_task('solo', 'join', orchestrator.sql($$INSERT INTO public.hits VALUES ('join')$$),
+                             upstream => ARRAY['a', 'b', 'c']);
+SELECT orchestrator.add_task('solo', 'after', orchestrator.sql($$INSERT INTO public.hits VALUES ('after')$$),
+                             upstream => ARRAY['join']);
+SELECT orchestrator.add_task('solo', 'bad', orchestrator.sql('SELECT 1/0'), upstream => ARRAY['first']);
+SELECT orchestrator.add_task('solo', 'not_run', orchestrator.sql('SELECT 1'), upstream => ARRAY['bad']);
+SELECT orchestrator.add_task('solo', 'not_run_either', orchestrator.sql('SELECT 1'), upstream => ARRAY['not_run']);
+SELECT orchestrator.add_task('solo', 'on_fail', orchestrator.sql($$INSERT INTO public.hits VALUES ('on_fail')$$),
+                             upstream => ARRAY['bad'], trigger_rule => 'one_failed');
+});
+my $run = query($node, "SELECT orchestrator.trigger_dag('solo')");
+wait_for($node, "SELECT state FROM orchestrator.task_instances WHERE run_id = $run AND task_id = 'first'",
+	'running', 'the first task runs');
+my $sched = scheduler_pid();
+ok($sched, 'the scheduler runs');
+kill 'STOP', $sched;
+wait_for($node, "SELECT state FROM orchestrator.dag_runs WHERE run_id = $run", 'failed',
+	'with the scheduler frozen, the workers take the run to its end');
+is( query($node,
+		"SELECT string_agg(task_id || ' ' || state, ', ' ORDER BY task_id) FROM orchestrator.task_instances WHERE run_id = $run"),
+	'a success, after success, b success, bad failed, c success, first success, join success, '
+	  . 'not_run upstream_failed, not_run_either upstream_failed, on_fail success',
+	'each task as its trigger rule says; upstream_failed propagates two levels');
+is(query($node, "SELECT string_agg(task, ' ' ORDER BY task) FROM hits"),
+	'a after b c join on_fail', 'each task that ran, ran once');
+is( query($node, qq{
+WITH t AS (SELECT started_at, finished_at FROM orchestrator.task_instances
+           WHERE run_id = $run AND started_at IS NOT NULL)
+SELECT max((SELECT count(*) FROM t t2 WHERE t2.started_at <= t1.started_at AND t2.finished_at > t1.started_at))
+FROM t t1}) <= 2 ? 'ok' : 'exceeded', 'ok',
+	'the siblings held back by max_active_tasks = 2 ran as room freed, never more than two at once');
+kill 'CONT', $sched;
+
+# --- 2. siblings finishing at the same moment never miss their join
+query($node, q{
+SELECT orchestrator.create_dag('fanin', max_active_tasks => 16);
+SELECT orchestrator.add_task('fanin', 'root', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.add_task('fanin', 's' || i,
+         orchestrator.sql('SELECT pg_advisory_lock_shared(4242); SELECT pg_advisory_unlock_shared(4242)'),
+         upstream => ARRAY['root'])
+  FROM generate_series(1, 8) i;
+SELECT orchestrator.add_task('fanin', 'join', orchestrator.sql('SELECT 1'),
+         upstream => ARRAY(SELECT 's' || i FROM generate_series(1, 8) i));
+SELECT orchestrator.add_task('fanin', 'join_done', orchestrator.sql('SELECT 1'),
+         upstream => ARRAY(SELECT 's' || i FROM generate_series(1, 8) i), trigger_rule => 'all_done');
+});
+for my $round (1 .. 3)
+{
+	my $holder = $node->background_psql('postgres');
+	$holder->query_safe('SELECT pg_advisory_lock(4242)');
+	$run = query($node, "SELECT orchestrator.trigger_dag('fanin')");
+	wait_for($node,
+		"SELECT count(*) >= 4 FROM orchestrator.task_instances WHERE run_id = $run AND state = 'running' AND task_id LIKE 's%'",
+		't', "round $round: four siblings wait on the lock, one per worker");
+	$sched = scheduler_pid();
+	kill 'STOP', $sched;
+	# all four finish at once; the others follow on the same workers
+	$holder->query_safe('SELECT pg_advisory_unlock(4242)');
+	$holder->quit;
+	wait_for($node, "SELECT state FROM orchestrator.dag_runs WHERE run_id = $run", 'success',
+		"round $round: the join ran, with the scheduler frozen");
+	is( query($node,
+			"SELECT count(*) FROM orchestrator.task_instances WHERE run_id = $run AND state = 'success' AND try_number = 1"),
+		'11', "round $round: every task once, at its first try");
+	kill 'CONT', $sched;
+}
+
+# --- 3. limits hold while workers queue for each other, across runs
+query($node, q{
+SELECT orchestrator.create_dag('lim', max_active_tasks => 3, max_active_runs => 3);
+SELECT orchestrator.add_task('lim', 'root', orchestrator.sql('SELECT pg_sleep(0.1)'));
+SELECT orchestrator.add_task('lim', 'x' || i, orchestrator.sql('SELECT pg_sleep(0.1)'), upstream => ARRAY['root'])
+  FROM generate_series(1, 8) i;
+SELECT orchestrator.add_task('lim', 'y' || i, orchestrator.sql('SELECT pg_sleep(0.1)'), upstream => ARRAY['x' || i])
+  FROM generate_series(1, 8) i;
+});
+my @runs = map { query($node, "SELECT orchestrator.trigger_dag('lim', logical_date => now() - interval '$_ days')") } 1 .. 3;
+for my $r (@runs)
+{
+	is(query($node, "SELECT orchestrator.wait_run($r, '5 minutes')"), 'success', "run $r of lim ends");
+}
+# the most tries running at once, from their recorded start and end
+is( query($node, qq{
+WITH t AS (
+  SELECT ti.started_at, ti.finished_at FROM orchestrator.task_instances ti
+  WHERE ti.run_id IN (@{[join(', ', @runs)]}))
+SELECT max((SELECT count(*) FROM t t2 WHERE t2.started_at <= t1.started_at AND t2.finished_at > t1.started_at))
+FROM t t1}) <= 3 ? 'ok' : 'exceeded', 'ok',
+	'never more than max_active_tasks = 3 at once over three runs');
+is(query($node, "SELECT count(*) FROM orchestrator.task_instances WHERE run_id IN (@{[join(', ', @runs)]}) AND state = 'success'"),
+	'51', 'all 51 tasks ran');
+
+# --- 4. an idle worker is handed the next task; it leaves after the idle timeout
+query($node, q{
+SELECT orchestrator.create_dag('one');
+SELECT orchestrator.add_task('one', 't', orchestrator.sql('SELECT 1'));
+});
+$run = query($node, "SELECT orchestrator.trigger_dag('one')");
+is(query($node, "SELECT orchestrator.wait_run($run, '1 minute')"), 'success', 'a task runs');
+my $pid = query($node, "SELECT worker_pid FROM orchestrator.task_instances WHERE run_id = $run");
+my $waiting = query($node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'orchestrator worker' AND pid = $pid");
+is($waiting, '1', 'its worker waits for more work');
+$run = query($node, "SELECT orchestrator.trigger_dag('one', logical_date => now() + interval '1 day')");
+is(query($node, "SELECT orchestrator.wait_run($run, '1 minute')"), 'success', 'the next run runs');
+is(query($node, "SELECT worker_pid FROM orchestrator.task_instances WHERE run_id = $run"), $pid,
+	'on the waiting worker: no new process');
+$node->safe_psql('postgres', "ALTER SYSTEM SET orchestrator.worker_idle_timeout = '1s'; SELECT pg_reload_conf()");
+wait_for($node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'orchestrator worker'", '0',
+	'idle workers leave after orchestrator.worker_idle_timeout');
+
+ok(!$node->log_contains('lost its worker'), 'no live worker was ever taken for lost');
+ok(!$node->log_contains('could not decide'), 'the workers decided every downstream');
+$node->stop;
+done_testing();
