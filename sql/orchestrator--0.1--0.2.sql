@@ -129,3 +129,17 @@ CREATE INDEX task_instance_ready_idx ON orchestrator.task_instance (run_id, read
 	WHERE ready_at IS NOT NULL;
 -- a finished task's downstream tasks
 CREATE INDEX task_upstream_idx ON orchestrator.task USING gin (upstream);
+
+------------------------------------------------------------------------
+-- Owners are mapped when something they map from changes, not once a
+-- minute (owners.c): roles, through a utility hook, and rows inserted into
+-- orchestrator.dag (a restore), through this trigger.
+------------------------------------------------------------------------
+
+CREATE FUNCTION orchestrator.dag_rows_inserted() RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'orch_dag_rows_inserted';
+REVOKE ALL ON FUNCTION orchestrator.dag_rows_inserted() FROM PUBLIC;
+
+CREATE TRIGGER dag_rows_inserted AFTER INSERT ON orchestrator.dag
+	FOR EACH STATEMENT EXECUTE FUNCTION orchestrator.dag_rows_inserted();

@@ -368,6 +368,8 @@ _PG_init(void)
 	if (!orch_preloaded)
 		return;
 
+	owners_init();
+
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = orch_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;

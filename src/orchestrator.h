@@ -68,6 +68,7 @@ typedef struct OrchShared
 	LWLock	   *lock;
 	pid_t		scheduler_pid;
 	Latch	   *scheduler_latch;
+	uint64		owners_generation;	/* bumped when owners may need mapping */
 	int			nslots;
 	OrchWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } OrchShared;
@@ -109,6 +110,11 @@ extern void orch_progress_add_bytes(uint64 bytes);
 extern void orch_progress_set_rows(uint64 rows);
 extern void orch_begin_xact(void);
 extern void orch_end_xact(void);
+
+/* owners across clusters (owners.c) */
+extern void owners_init(void);
+extern uint64 owners_generation(void);
+extern void owners_map(void *arg);
 
 /* callbacks (callback.c), for the scheduler */
 extern void orch_drop_lost_callbacks(void);

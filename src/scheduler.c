@@ -82,9 +82,8 @@ static int	starts_in_window = 0;
 /* when the scheduler last applied orchestrator.history_retention */
 static TimestampTz last_purge = DT_NOBEGIN;
 
-/* when owners were last mapped (map_owners), and how often */
-static TimestampTz last_owner_map = DT_NOBEGIN;
-#define OWNER_MAP_EVERY		(60 * USECS_PER_SEC)
+/* the owners generation last mapped (owners.c); -1: map at the next pass */
+static uint64 owners_mapped = PG_UINT64_MAX;
 
 /* the catalog version last complained about */
 static char *version_logged = NULL;
@@ -278,60 +277,6 @@ recover_lost(void)
 					 errdetail("Live workers: %s.", live.len ? live.data : "none")));
 		}
 	}
-}
-
-/*
- * Owners that a restore brought from another cluster (their OIDs mean
- * nothing here): each such DAG goes to the role of the same name, or to no
- * one; a DAG of no one goes to a role of its owner's name created since;
- * and a renamed owner's new name is kept, for the next restore.
- */
-static void
-map_owners(void *arg)
-{
-	Datum		sysid = Int64GetDatum((int64) GetSystemIdentifier());
-
-	/* (rows an API call has locked are left for the next time) */
-	run_query("UPDATE orchestrator.dag d SET owner_sysid = $1, "
-			  " owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = d.owner_name) "
-			  "FROM (SELECT dag_id FROM orchestrator.dag WHERE owner_sysid <> $1 "
-			  "      FOR NO KEY UPDATE SKIP LOCKED) l "
-			  "WHERE d.dag_id = l.dag_id "
-			  "RETURNING d.dag_id, d.owner_name::text, d.owner IS NOT NULL",
-			  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE_RETURNING);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		bool		found = DatumGetBool(col_datum(i, 3, &isnull));
-
-		ereport(LOG,
-				(errmsg("orchestrator: DAG \"%s\" was restored from another cluster: %s",
-						col_text(i, 1),
-						psprintf(found ? "it belongs to role \"%s\" of this one" :
-								 "it belongs to no one: role \"%s\" does not exist here",
-								 col_text(i, 2) ? col_text(i, 2) : "?"))));
-	}
-	/*
-	 * (each statement sees rows committed since the one before: a restore
-	 * may bring foreign rows meanwhile, which only the next pass maps, so
-	 * these two touch rows of this cluster only)
-	 */
-	run_query("UPDATE orchestrator.dag d SET owner = r.oid "
-			  "FROM (SELECT dag_id FROM orchestrator.dag WHERE owner IS NULL AND owner_sysid = $1 "
-			  "      FOR NO KEY UPDATE SKIP LOCKED) l, pg_catalog.pg_roles r "
-			  "WHERE d.dag_id = l.dag_id AND r.rolname = d.owner_name "
-			  "RETURNING d.dag_id, d.owner_name::text",
-			  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE_RETURNING);
-	for (uint64 i = 0; i < SPI_processed; i++)
-		ereport(LOG,
-				(errmsg("orchestrator: DAG \"%s\" now belongs to the new role \"%s\"",
-						col_text(i, 1), col_text(i, 2))));
-	run_query("UPDATE orchestrator.dag d SET owner_name = r.rolname "
-			  "FROM (SELECT x.dag_id FROM orchestrator.dag x JOIN pg_catalog.pg_roles y ON y.oid = x.owner "
-			  "      WHERE x.owner_name IS DISTINCT FROM y.rolname AND x.owner_sysid = $1 "
-			  "      FOR NO KEY UPDATE OF x SKIP LOCKED) l, pg_catalog.pg_roles r "
-			  "WHERE d.dag_id = l.dag_id AND r.oid = d.owner AND d.owner_sysid = $1",
-			  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE);
 }
 
 /* 1. Work whose worker is gone: lost tries, lost callbacks. */
@@ -1065,13 +1010,18 @@ scheduler_tick(void)
 	if (installed)
 	{
 		in_xact(recover_work, NULL, "cannot recover lost work");
-		if (last_owner_map == DT_NOBEGIN || tick_now - last_owner_map >= OWNER_MAP_EVERY ||
-			tick_now < last_owner_map)
+		/* when roles changed or DAGs were inserted (a restore): no polling */
+		if (owners_mapped != owners_generation())
 		{
-			in_xact(map_owners, NULL, "cannot map the owners of restored DAGs");
-			last_owner_map = tick_now;
+			uint64		generation = owners_generation();
+			bool		complete = false;
+
+			if (in_xact(owners_map, &complete, "cannot map the owners of restored DAGs") ==
+				XACT_COMMITTED && complete)
+				owners_mapped = generation;
+			else
+				wake_by(tick_now + 10 * USECS_PER_SEC);
 		}
-		wake_by(last_owner_map + OWNER_MAP_EVERY);
 		if (orch_enabled)
 		{
 			orch_begin_xact();
@@ -1200,8 +1150,8 @@ orch_scheduler_main(Datum arg)
 				hash_destroy(dag_cache);
 				dag_cache = NULL;
 			}
-			/* and a restore may have brought owners to map */
-			last_owner_map = DT_NOBEGIN;
+			/* and owners are mapped again, should anything have been missed */
+			owners_mapped = PG_UINT64_MAX;
 		}
 	}
 }

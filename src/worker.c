@@ -430,13 +430,13 @@ worker_check_owner(TaskRun *task)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("DAG \"%s\" was restored from another cluster, and its owner \"%s\" is not mapped to a role of this one yet",
 						task->dag_id, task->owner_name ? task->owner_name : "?"),
-				 errhint("The scheduler maps restored DAGs to roles by name when it starts, once a minute, and at a reload (pg_reload_conf()).")));
+				 errhint("The scheduler maps restored DAGs to roles by name when it starts, when roles change or DAGs are restored, and at a reload (pg_reload_conf()).")));
 	if (!OidIsValid(task->owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("DAG \"%s\" has no owner: role \"%s\" does not exist in this cluster",
 						task->dag_id, task->owner_name ? task->owner_name : "?"),
-				 errhint("Create the role (the scheduler gives it the DAG within a minute, or at a reload), or drop the DAG.")));
+				 errhint("Create the role (the scheduler gives it the DAG once that commits), or drop the DAG.")));
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(task->owner)))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
