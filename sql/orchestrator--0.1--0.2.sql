@@ -129,6 +129,8 @@ CREATE INDEX task_instance_ready_idx ON orchestrator.task_instance (run_id, read
 	WHERE ready_at IS NOT NULL;
 -- a finished task's downstream tasks
 CREATE INDEX task_upstream_idx ON orchestrator.task USING gin (upstream);
+
+------------------------------------------------------------------------
 -- Loads that real data needs (copy_into):
 --   on_error => 'skip' sets bad rows aside in orchestrator.rejects, up to
 --   reject_limit; mode => 'partition' loads the run's data interval into
