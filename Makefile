@@ -3,7 +3,7 @@ EXTENSION = orchestrator
 MODULE_big = orchestrator
 OBJS = src/orchestrator.o src/cron.o src/template.o src/operator.o src/dag.o \
 	src/scheduler.o src/worker.o src/runs.o src/op_sql.o src/op_data.o \
-	src/stream.o src/http.o src/gunzip.o src/artifact.o src/copy.o \
+	src/stream.o src/http.o src/gunzip.o src/artifact.o src/copy.o src/copy_skip.o \
 	src/pictures.o src/tasklog.o src/events.o src/sandbox.o src/progress.o src/callback.o src/launcher.o \
 	src/rules.o src/state.o src/owners.o
 SHLIB_LINK = -lcurl -lz

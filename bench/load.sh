@@ -8,6 +8,10 @@
 #   fetch, gunzip, copy      this extension: three tasks through artifacts
 #   pandas to_sql            the course's script: read_csv + to_sql, 100k a chunk
 #
+# then copy_into(url) with on_error => 'skip' against 'stop' (the default):
+# on the same clean file, and on the file with 1% bad rows (gen_taxi.pl
+# --bad), each the median of three runs, with the ratios to 'stop'.
+#
 # and prints seconds, rows per second and peak memory (resident set) of the
 # process that did the work.  The task worker's peak is also measured for a
 # ten times smaller file, to show that memory does not grow with the data.
@@ -47,6 +51,8 @@ echo "generating $rows and $small rows"
 perl test/gen_taxi.pl --month 2021-01 --rows "$rows" >"$data/jan.csv"
 gzip -6 -c "$data/jan.csv" >"$data/jan.csv.gz"
 perl test/gen_taxi.pl --month 2021-01 --rows "$small" | gzip -6 >"$data/small.csv.gz"
+bad=$((rows / 100))
+perl test/gen_taxi.pl --month 2021-01 --rows "$rows" --bad "$bad" | gzip -6 >"$data/jan_bad.csv.gz"
 chmod 644 "$data"/*
 
 port=$(orch_free_port 55440)
@@ -136,6 +142,8 @@ SELECT orchestrator.create_dag('bench_tasks', params => '{"base": "$base"}');
 SELECT orchestrator.add_task('bench_tasks', 'download', orchestrator.http_fetch('{{ params.base }}/files/{{ params.file }}'));
 SELECT orchestrator.add_task('bench_tasks', 'unzip', orchestrator.gunzip('download'));
 SELECT orchestrator.add_task('bench_tasks', 'load', orchestrator.copy_into('bench_t', input => 'unzip'));
+SELECT orchestrator.create_dag('bench_skip', params => '{"base": "$base"}');
+SELECT orchestrator.add_task('bench_skip', 'load', orchestrator.copy_into('bench_t', url => '{{ params.base }}/files/{{ params.file }}', on_error => 'skip'));
 SQL
 
 echo "loading"
@@ -146,6 +154,29 @@ big_peak=$last_peak
 dag_bench "fetch, gunzip, copy" bench_tasks jan.csv.gz "$rows"
 dag_bench "copy_into(url), small" bench_stream small.csv.gz "$small"
 small_peak=$last_peak
+
+# on_error => 'skip' against 'stop': the median of three runs each, into a
+# table that takes only January's trips (NOT NULL and CHECK on the pickup),
+# so that every bad row is one
+median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+skip_secs() {
+	local dag=$1 file=$2 expect=$3 t=()
+	for _ in 1 2 3; do
+		q -c "DROP TABLE IF EXISTS bench_t; CREATE TABLE bench_t ($columns,
+			CHECK (tpep_pickup_datetime >= '2021-01-01' AND tpep_pickup_datetime < '2021-02-01'))"
+		q -c "ALTER TABLE bench_t ALTER tpep_pickup_datetime SET NOT NULL"
+		local run=$(q -c "SELECT orchestrator.trigger_dag('$dag', jsonb_build_object('file', '$file'))")
+		[ "$(q -c "SELECT orchestrator.wait_run($run, '30 minutes')")" = success ] || { echo "$dag $file failed" >&2; exit 1; }
+		[ "$(q -c "SELECT count(*) FROM bench_t")" = "$expect" ] || { echo "$dag $file: wrong row count" >&2; exit 1; }
+		t+=("$(q -c "SELECT extract(epoch FROM finished_at - started_at) FROM orchestrator.task_instances WHERE run_id = $run")")
+	done
+	median3 "${t[@]}"
+}
+echo "on_error: stop and skip"
+stop_clean=$(skip_secs bench_stream jan.csv.gz "$rows")
+skip_clean=$(skip_secs bench_skip jan.csv.gz "$rows")
+skip_bad=$(skip_secs bench_skip jan_bad.csv.gz "$rows")
+rejected=$(q -c "SELECT rows_rejected FROM orchestrator.task_instances ti JOIN orchestrator.dag_runs r USING (run_id) WHERE r.dag_id = 'bench_skip' ORDER BY run_id DESC LIMIT 1")
 
 # the course's ingest script: pandas read_csv in chunks, then to_sql
 q -c "DROP TABLE IF EXISTS bench_t"
@@ -173,3 +204,10 @@ printf '%-26s %10s %19s %11s\n' "method" "time" "rate" "peak RSS"
 printf '%s\n' "${results[@]}"
 echo
 echo "task worker's peak RSS, copy_into(url): $((small_peak / 1024)) MB for $small rows, $((big_peak / 1024)) MB for $rows rows"
+echo
+echo "copy_into(url), median of 3 runs:"
+awk -v a="$stop_clean" -v b="$skip_clean" -v c="$skip_bad" -v n="$bad" -v r="$rejected" 'BEGIN {
+	printf "  on_error => stop, clean file         %7.2f s\n", a
+	printf "  on_error => skip, clean file         %7.2f s   %.2fx stop (the bound: 1.10x)\n", b, b / a
+	printf "  on_error => skip, 1%% bad rows        %7.2f s   %.2fx stop (the bound: 2x); %d bad rows, %d set aside\n", c, c / a, n, r
+}'

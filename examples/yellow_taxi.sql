@@ -32,7 +32,7 @@ SELECT orchestrator.add_task(
 SELECT orchestrator.add_task(
 	'yellow_taxi', 'ingest',
 	orchestrator.copy_into('yellow_taxi_{{ execution_date.strftime(''%Y_%m'') }}',
-						   input => 'unzip', "create" => true, mode => 'replace'),
+						   input => 'unzip', create_table => true, mode => 'replace'),
 	retries => 2);
 
 COMMIT;

@@ -19,7 +19,7 @@ SELECT orchestrator.add_task(
 	'yellow_taxi_stream', 'ingest',
 	orchestrator.copy_into('yellow_taxi_stream_{{ execution_date.strftime(''%Y_%m'') }}',
 						   url => '{{ params.base_url }}/yellow_tripdata_{{ execution_date.strftime(''%Y-%m'') }}.csv.gz',
-						   "create" => true, mode => 'replace'),
+						   create_table => true, mode => 'replace'),
 	retries => 2, retry_delay => '30 seconds');
 
 -- The month's days, replaced as a whole, so that a rerun never counts twice.

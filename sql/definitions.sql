@@ -10,10 +10,13 @@ SELECT orchestrator.http_fetch('http://127.0.0.1:8080/hook', method => 'post',
 							   headers => '{"Content-Type": "application/json", "X-Run": "{{ run_id }}"}',
 							   body => '{"ds": "{{ ds }}"}', timeout => '30 seconds', max_bytes => 1048576);
 SELECT orchestrator.gunzip('download');
-SELECT orchestrator.copy_into('yellow_taxi_{{ execution_date.strftime(''%Y_%m'') }}', input => 'unzip', "create" => true);
+SELECT orchestrator.copy_into('yellow_taxi_{{ execution_date.strftime(''%Y_%m'') }}', input => 'unzip', create_table => true);
 SELECT orchestrator.copy_into('public.trips', url => 'https://example.com/trips.csv', format => 'text',
 							  header => false, delimiter => '|', null_string => '', compression => 'none',
-							  mode => 'replace', "create" => true, columns => 'id bigint, at timestamptz, note text');
+							  mode => 'replace', create_table => true, columns => 'id bigint, at timestamptz, note text');
+SELECT orchestrator.copy_into('yellow_taxi', url => 'https://example.com/{{ data_interval_start.strftime(''%Y-%m'') }}.csv.gz',
+							  mode => 'partition', partition_by => 'tpep_pickup_datetime',
+							  on_error => 'skip', reject_limit => 1000);
 
 -- the course pipeline
 SELECT orchestrator.create_dag('yellow_taxi', schedule => '0 6 2 * *',
@@ -28,7 +31,7 @@ SELECT orchestrator.add_task('yellow_taxi', 'download',
 -- the task read as input is made upstream without being named
 SELECT orchestrator.add_task('yellow_taxi', 'unzip', orchestrator.gunzip('download'));
 SELECT orchestrator.add_task('yellow_taxi', 'ingest',
-	orchestrator.copy_into('yellow_taxi_{{ execution_date.strftime(''%Y_%m'') }}', input => 'unzip', "create" => true),
+	orchestrator.copy_into('yellow_taxi_{{ execution_date.strftime(''%Y_%m'') }}', input => 'unzip', create_table => true),
 	upstream => '{unzip}', retries => 2);
 SELECT orchestrator.add_task('yellow_taxi', 'summary',
 	orchestrator.sql('SELECT count(*) FROM yellow_taxi_{{ execution_date.strftime(''%Y_%m'') }}'),

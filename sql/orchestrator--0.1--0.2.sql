@@ -143,3 +143,88 @@ REVOKE ALL ON FUNCTION orchestrator.dag_rows_inserted() FROM PUBLIC;
 
 CREATE TRIGGER dag_rows_inserted AFTER INSERT ON orchestrator.dag
 	FOR EACH STATEMENT EXECUTE FUNCTION orchestrator.dag_rows_inserted();
+
+-- Loads that real data needs (copy_into):
+--   on_error => 'skip' sets bad rows aside in orchestrator.rejects, up to
+--   reject_limit; mode => 'partition' loads the run's data interval into
+--   the partition of exactly that range; "create" is now create_table (a
+--   spec written under 0.1 with "create" still runs).
+------------------------------------------------------------------------
+
+-- The rows a load set aside, written in the task's transaction (so they
+-- commit with its rows and state, or not at all).  line_number counts as
+-- COPY does, the header being line 1; raw_line and error are cut at 8 kB.
+CREATE TABLE orchestrator.rejects (
+	run_id bigint NOT NULL,
+	task_id text NOT NULL,
+	try_number integer NOT NULL,
+	line_number bigint NOT NULL,
+	raw_line text NOT NULL,
+	error text NOT NULL,
+	sqlstate text NOT NULL,
+	PRIMARY KEY (run_id, task_id, try_number, line_number),
+	FOREIGN KEY (run_id, task_id) REFERENCES orchestrator.task_instance ON DELETE CASCADE
+);
+COMMENT ON TABLE orchestrator.rejects IS
+	'The rows copy_into(on_error => ''skip'') set aside: which line of which try, and why';
+
+ALTER TABLE orchestrator.rejects ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rejects_owner ON orchestrator.rejects
+	USING (EXISTS (SELECT 1 FROM orchestrator.dag_run dr
+				   JOIN orchestrator.dag d ON d.dag_id = dr.dag_id
+				   WHERE dr.run_id = rejects.run_id
+					 AND orchestrator.owned(d.owner, d.owner_sysid)));
+GRANT SELECT ON orchestrator.rejects TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('orchestrator.rejects', '');
+
+-- how many rows the try set aside (NULL for a task that loads nothing)
+CREATE OR REPLACE VIEW orchestrator.task_instances WITH (security_invoker = true) AS
+SELECT ti.run_id,
+	   r.dag_id,
+	   ti.task_id,
+	   ti.state,
+	   ti.try_number,
+	   ti.max_tries,
+	   ti.queued_at,
+	   ti.started_at,
+	   ti.finished_at,
+	   ti.finished_at - ti.started_at AS duration,
+	   ti.error,
+	   ti.worker_pid,
+	   ti.rows_loaded,
+	   ti.cached,
+	   CASE WHEN ti.rows_loaded IS NOT NULL THEN
+		   (SELECT count(*) FROM orchestrator.rejects rj
+			 WHERE rj.run_id = ti.run_id AND rj.task_id = ti.task_id
+			   AND rj.try_number = ti.try_number)
+	   END AS rows_rejected
+  FROM orchestrator.task_instance ti
+  JOIN orchestrator.dag_run r USING (run_id);
+
+DROP FUNCTION orchestrator.copy_into(text, text, text, text, boolean, text, text, text, text, boolean, text);
+CREATE FUNCTION orchestrator.copy_into(target text,
+									   input text DEFAULT NULL,
+									   url text DEFAULT NULL,
+									   format text DEFAULT 'csv',
+									   header boolean DEFAULT true,
+									   delimiter text DEFAULT NULL,
+									   null_string text DEFAULT NULL,
+									   compression text DEFAULT 'auto',
+									   mode text DEFAULT 'append',
+									   create_table boolean DEFAULT false,
+									   columns text DEFAULT NULL,
+									   on_error text DEFAULT 'stop',
+									   reject_limit bigint DEFAULT NULL,
+									   partition_by text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN orchestrator.validate_operator(
+	pg_catalog.jsonb_build_object('operator', 'copy_into', 'target', target,
+								  'input', input, 'url', url,
+								  'format', format, 'header', header,
+								  'delimiter', delimiter,
+								  'null_string', null_string,
+								  'compression', compression, 'mode', mode,
+								  'create_table', create_table, 'columns', columns,
+								  'on_error', on_error, 'reject_limit', reject_limit,
+								  'partition_by', partition_by));

@@ -54,6 +54,22 @@ SELECT orchestrator.backfill('minutely', '2021-01-01', '2021-02-01');
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'minutely';
 
+-- a manual run of a scheduled DAG covers the last complete interval before
+-- its logical date, as in Airflow; without a schedule, or @once, none
+SELECT orchestrator.trigger_dag('minutely', logical_date => '2021-06-01 10:00:30') > 0 AS created;
+SELECT orchestrator.trigger_dag('no_tasks_yet', logical_date => '2021-03-05 00:00') > 0 AS created;
+SELECT orchestrator.create_dag('yearly', '0 0 1 1 *', timezone => 'America/New_York');
+SELECT orchestrator.add_task('yearly', 't', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.trigger_dag('yearly', logical_date => '2021-06-15 12:00') > 0 AS created;
+SELECT orchestrator.add_task('manual_only', 't', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.trigger_dag('manual_only', logical_date => '2021-06-15 12:00') > 0 AS created;
+SELECT orchestrator.add_task('once', 't', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.trigger_dag('once', logical_date => '2021-06-15 12:00') > 0 AS created;
+SELECT dag_id, logical_date, data_interval_start, data_interval_end
+  FROM orchestrator.dag_runs
+ WHERE run_type = 'manual' AND dag_id IN ('minutely', 'no_tasks_yet', 'yearly', 'manual_only', 'once')
+ ORDER BY dag_id, logical_date;
+
 -- wait_run returns the state when its timeout passes
 SELECT run_id AS first_run FROM orchestrator.dag_runs WHERE run_type = 'manual' AND dag_id = 'r' \gset
 SELECT orchestrator.wait_run(:first_run, '0.1 seconds');

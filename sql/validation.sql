@@ -142,13 +142,42 @@ SELECT orchestrator.copy_into('t', input => 'a', delimiter => ';;');
 \echo :LAST_ERROR_SQLSTATE
 SELECT orchestrator.copy_into('t', input => 'a', format => 'binary', delimiter => ',');
 \echo :LAST_ERROR_SQLSTATE
-SELECT orchestrator.copy_into('t', input => 'a', format => 'binary', "create" => true);
+SELECT orchestrator.copy_into('t', input => 'a', format => 'binary', create_table => true);
 \echo :LAST_ERROR_SQLSTATE
 SELECT orchestrator.copy_into('t', input => 'a', columns => 'id int');
 \echo :LAST_ERROR_SQLSTATE
-SELECT orchestrator.copy_into('t', input => 'a', "create" => true, columns => 'id int) ; DROP TABLE x; --');
+SELECT orchestrator.copy_into('t', input => 'a', create_table => true, columns => 'id int) ; DROP TABLE x; --');
 \echo :LAST_ERROR_SQLSTATE
-SELECT orchestrator.copy_into('t', input => 'a', "create" => true, columns => 'LIKE other');
+SELECT orchestrator.copy_into('t', input => 'a', create_table => true, columns => 'LIKE other');
+\echo :LAST_ERROR_SQLSTATE
+-- bad rows set aside (on_error), the run's interval as a partition
+SELECT orchestrator.copy_into('t', input => 'a', on_error => 'ignore');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', on_error => NULL);
+SELECT orchestrator.copy_into('t', input => 'a', on_error => 'skip', reject_limit => -1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', reject_limit => 10);
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', on_error => 'skip', format => 'binary');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', '{"operator": "copy_into", "target": "t", "input": "a", "on_error": "skip", "reject_limit": 1.5}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', '{"operator": "copy_into", "target": "t", "input": "a", "on_error": "skip", "reject_limit": "10"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', mode => 'partition');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', partition_by => 'at');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', mode => 'partition', partition_by => '');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.copy_into('t', input => 'a', mode => 'partition', partition_by => repeat('x', 64));
+\echo :LAST_ERROR_SQLSTATE
+-- create_table was "create" under 0.1: a spec may say either, not both
+SELECT orchestrator.add_task('d', 'b', '{"operator": "copy_into", "target": "t", "input": "a", "create": true, "create_table": false}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', '{"operator": "copy_into", "target": "t", "input": "a", "create": "yes"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT orchestrator.add_task('d', 'b', '{"operator": "copy_into", "target": "t", "input": "a", "creat": true}');
 \echo :LAST_ERROR_SQLSTATE
 
 -- nothing was left behind

@@ -16,10 +16,14 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
+#include "copy_skip.h"
 #include "orchestrator.h"
 #include "stream.h"
 #include "task.h"
@@ -219,14 +223,46 @@ op_gunzip_run(TaskRun *task)
 			 source->bytes, task->artifact.size, seconds_since(start));
 }
 
+/*
+ * The DAG's time zone, read as the catalog's owner (the task's owner reads
+ * its DAG too, but its search_path and rights are its own).
+ */
+static char *
+dag_timezone(TaskRun *task)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	char	   *tz;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(rejects_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	SPI_connect();
+	run_query("SELECT timezone FROM orchestrator.dag WHERE dag_id OPERATOR(pg_catalog.=) $1",
+			  1, (Oid[]) {TEXTOID}, (Datum[]) {CStringGetTextDatum(task->dag_id)},
+			  NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("DAG \"%s\" does not exist", task->dag_id)));
+	tz = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	return tz;
+}
+
 void
 op_copy_into_run(TaskRun *task)
 {
 	CopyTarget target;
 	Stream	   *source;
-	HttpResult result;
+	HttpResult	result;
 	char	   *name;
 	Stream	   *input;
+	char	   *on_error;
+	JsonbValue *v;
 	TimestampTz start = GetCurrentTimestamp();
 
 	memset(&target, 0, sizeof(target));
@@ -243,8 +279,27 @@ op_copy_into_run(TaskRun *task)
 	target.mode = spec_string(task, "mode", false);
 	if (target.mode == NULL)
 		target.mode = "append";
-	target.create = spec_bool(task, "create", false);
+	/* "create" is create_table's name in specs written under 0.1 */
+	target.create = spec_bool(task, "create_table", spec_bool(task, "create", false));
 	target.columns = spec_string(task, "columns", false);
+
+	on_error = spec_string(task, "on_error", false);
+	target.skip = (on_error != NULL && strcmp(on_error, "skip") == 0);
+	target.reject_limit = -1;
+	v = jsonb_get_key(task->spec, "reject_limit");
+	if (v != NULL && v->type == jbvNumeric)
+		target.reject_limit = DatumGetInt64(DirectFunctionCall1(numeric_int8,
+																NumericGetDatum(v->val.numeric)));
+	target.run_id = task->run_id;
+	target.task_id = task->task_id;
+	target.try_number = task->try_number;
+	if (strcmp(target.mode, "partition") == 0)
+	{
+		target.partition_by = spec_string(task, "partition_by", false);
+		target.interval_start = task->ctx.data_interval_start;
+		target.interval_end = task->ctx.data_interval_end;
+		target.timezone = dag_timezone(task);
+	}
 
 	if (OidIsValid(task->input_loid))
 		input = artifact_source(task->input_loid);
@@ -257,9 +312,14 @@ op_copy_into_run(TaskRun *task)
 
 	task->rows_loaded = copy_sink(source, &target);
 	task->has_rows = true;
-	task_log("loaded " UINT64_FORMAT " rows into %s (" UINT64_FORMAT " bytes read%s) in %.3f s",
-			 task->rows_loaded, name, input->bytes, source != input ? ", gunzipped" : "",
-			 seconds_since(start));
+	if (target.skip)
+		task_log("loaded " UINT64_FORMAT " rows into %s, " UINT64_FORMAT " bad rows set aside in orchestrator.rejects (" UINT64_FORMAT " bytes read%s) in %.3f s",
+				 task->rows_loaded, target.loaded, target.rejected, input->bytes,
+				 source != input ? ", gunzipped" : "", seconds_since(start));
+	else
+		task_log("loaded " UINT64_FORMAT " rows into %s (" UINT64_FORMAT " bytes read%s) in %.3f s",
+				 task->rows_loaded, target.loaded, input->bytes,
+				 source != input ? ", gunzipped" : "", seconds_since(start));
 }
 
 /*

@@ -34,6 +34,7 @@ typedef enum ArgKind
 	ARG_TASK,					/* the id of an upstream task */
 	ARG_BOOL,
 	ARG_BYTES,					/* a positive integer */
+	ARG_COUNT,					/* an integer, zero or more */
 	ARG_INTERVAL,				/* a positive interval, as text */
 	ARG_HEADERS					/* object of templated header values */
 } ArgKind;
@@ -44,6 +45,7 @@ typedef struct OperatorArg
 	ArgKind		kind;
 	bool		required;		/* must be present and not null */
 	const char *const *choices;
+	bool		legacy;			/* an old name, read but not offered */
 } OperatorArg;
 
 typedef struct OperatorDef
@@ -58,7 +60,8 @@ static const char *const http_methods[] = {
 };
 static const char *const copy_formats[] = {"csv", "text", "binary", NULL};
 static const char *const copy_compressions[] = {"auto", "gzip", "none", NULL};
-static const char *const copy_modes[] = {"append", "replace", NULL};
+static const char *const copy_modes[] = {"append", "replace", "partition", NULL};
+static const char *const copy_on_errors[] = {"stop", "skip", NULL};
 
 static const OperatorArg sql_args[] = {
 	{"query", ARG_TEMPLATE, true, NULL},
@@ -90,8 +93,13 @@ static const OperatorArg copy_into_args[] = {
 	{"null_string", ARG_TEXT, false, NULL},
 	{"compression", ARG_TEXT, false, copy_compressions},
 	{"mode", ARG_TEXT, false, copy_modes},
-	{"create", ARG_BOOL, false, NULL},
+	{"create_table", ARG_BOOL, false, NULL},
 	{"columns", ARG_COLUMNS, false, NULL},
+	{"on_error", ARG_TEXT, false, copy_on_errors},
+	{"reject_limit", ARG_COUNT, false, NULL},
+	{"partition_by", ARG_TEXT, false, NULL},
+	/* create_table's name in specs written under version 0.1 */
+	{"create", ARG_BOOL, false, NULL, true},
 	{NULL}
 };
 
@@ -178,6 +186,7 @@ find_operator(Jsonb *spec, bool missing_ok)
 }
 
 static void arg_error(const char *op, const OperatorArg *arg, const char *msg) pg_attribute_noreturn();
+static void validate_copy_into(Jsonb *spec);
 
 static void
 arg_error(const char *op, const OperatorArg *arg, const char *msg)
@@ -273,6 +282,21 @@ validate_arg(const char *op, const OperatorArg *arg, JsonbValue *v,
 													  NumericGetDatum(v->val.numeric)));
 				if (n <= 0)
 					arg_error(op, arg, "it must be positive");
+				return;
+			}
+		case ARG_COUNT:
+			{
+				Datum		n;
+
+				if (v->type != jbvNumeric)
+					arg_error(op, arg, psprintf("expected a number, not %s", jbv_type_name(v)));
+				n = NumericGetDatum(v->val.numeric);
+				if (!DatumGetBool(DirectFunctionCall2(numeric_eq, n,
+													  DirectFunctionCall2(numeric_trunc, n,
+																		  Int32GetDatum(0)))))
+					arg_error(op, arg, "expected a whole number");
+				if (DatumGetInt64(DirectFunctionCall1(numeric_int8, n)) < 0)
+					arg_error(op, arg, "it must not be negative");
 				return;
 			}
 		case ARG_HEADERS:
@@ -406,7 +430,8 @@ operator_validate(Jsonb *spec, const char *task_id)
 		for (const OperatorArg *arg = def->args; arg->name != NULL; arg++)
 		{
 			known |= (strcmp(key, arg->name) == 0);
-			appendStringInfo(&list, "%s%s", arg == def->args ? "" : ", ", arg->name);
+			if (!arg->legacy)
+				appendStringInfo(&list, "%s%s", arg == def->args ? "" : ", ", arg->name);
 		}
 		if (!known)
 			ereport(ERROR,
@@ -431,40 +456,96 @@ operator_validate(Jsonb *spec, const char *task_id)
 	}
 
 	if (strcmp(def->name, "copy_into") == 0)
-	{
-		JsonbValue *input = jsonb_get_key(spec, "input");
-		JsonbValue *url = jsonb_get_key(spec, "url");
-		JsonbValue *format = jsonb_get_key(spec, "format");
-		JsonbValue *create = jsonb_get_key(spec, "create");
-		JsonbValue *columns = jsonb_get_key(spec, "columns");
-		JsonbValue *delimiter = jsonb_get_key(spec, "delimiter");
-		bool		has_input = (input != NULL && input->type != jbvNull);
-		bool		has_url = (url != NULL && url->type != jbvNull);
-		bool		binary = (format != NULL && format->type == jbvString &&
-							  strcmp(jbv_cstring(format), "binary") == 0);
-		bool		creates = (create != NULL && create->type == jbvBool &&
-							   create->val.boolean);
+		validate_copy_into(spec);
+}
 
-		if (has_input == has_url)
+/* the value of a text argument, or NULL if it is absent or null */
+static char *
+spec_text(Jsonb *spec, const char *key)
+{
+	JsonbValue *v = jsonb_get_key(spec, key);
+
+	return (v != NULL && v->type == jbvString) ? jbv_cstring(v) : NULL;
+}
+
+static bool
+spec_given(Jsonb *spec, const char *key)
+{
+	JsonbValue *v = jsonb_get_key(spec, key);
+
+	return v != NULL && v->type != jbvNull;
+}
+
+/* What copy_into's arguments say together. */
+static void
+validate_copy_into(Jsonb *spec)
+{
+	JsonbValue *create = jsonb_get_key(spec, "create_table");
+	char	   *format = spec_text(spec, "format");
+	char	   *mode = spec_text(spec, "mode");
+	char	   *on_error = spec_text(spec, "on_error");
+	char	   *partition_by = spec_text(spec, "partition_by");
+	bool		has_input = spec_given(spec, "input");
+	bool		has_url = spec_given(spec, "url");
+	bool		binary = (format != NULL && strcmp(format, "binary") == 0);
+	bool		skip = (on_error != NULL && strcmp(on_error, "skip") == 0);
+	bool		partition = (mode != NULL && strcmp(mode, "partition") == 0);
+	bool		creates;
+
+	if (spec_given(spec, "create"))
+	{
+		if (spec_given(spec, "create_table"))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("copy_into needs exactly one of input and url"),
-					 errhint("Use input => 'task' to load an upstream task's artifact, or url => '...' to stream a file.")));
-		if (columns != NULL && columns->type != jbvNull && !creates)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("copy_into takes columns only with create => true"),
-					 errhint("columns gives the names and types of the table that create makes.")));
-		if (binary && delimiter != NULL && delimiter->type != jbvNull)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("copy_into cannot take a delimiter in binary format")));
-		if (binary && creates && (columns == NULL || columns->type == jbvNull))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("copy_into cannot infer a table from binary data"),
-					 errhint("Give the columns with columns => 'name type, ...'.")));
+					 errmsg("copy_into takes create_table or its old name create, not both")));
+		create = jsonb_get_key(spec, "create");
 	}
+	creates = (create != NULL && create->type == jbvBool && create->val.boolean);
+
+	if (has_input == has_url)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("copy_into needs exactly one of input and url"),
+				 errhint("Use input => 'task' to load an upstream task's artifact, or url => '...' to stream a file.")));
+	if (spec_given(spec, "columns") && !creates)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("copy_into takes columns only with create_table => true"),
+				 errhint("columns gives the names and types of the table that create_table makes.")));
+	if (binary && spec_given(spec, "delimiter"))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("copy_into cannot take a delimiter in binary format")));
+	if (binary && creates && !spec_given(spec, "columns"))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("copy_into cannot infer a table from binary data"),
+				 errhint("Give the columns with columns => 'name type, ...'.")));
+	if (binary && skip)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("copy_into cannot skip bad rows in binary format"),
+				 errhint("on_error => 'skip' works with the csv and text formats.")));
+	if (spec_given(spec, "reject_limit") && !skip)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("copy_into takes reject_limit only with on_error => 'skip'"),
+				 errhint("reject_limit is how many bad rows a load may set aside before it fails.")));
+	if (partition && partition_by == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("copy_into with mode => 'partition' needs partition_by"),
+				 errhint("partition_by names the column the target table is partitioned by range on.")));
+	if (!partition && spec_given(spec, "partition_by"))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("copy_into takes partition_by only with mode => 'partition'")));
+	if (partition_by != NULL &&
+		(partition_by[0] == '\0' || strlen(partition_by) >= NAMEDATALEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid partition_by argument of operator copy_into: \"%s\" is not a column name",
+						partition_by)));
 }
 
 /*

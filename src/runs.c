@@ -79,6 +79,65 @@ require_tasks(const char *dag_id)
 				 errhint("Add its tasks with add_task() first.")));
 }
 
+/*
+ * Airflow's data interval for a manual run of a scheduled DAG: the last
+ * complete interval before its logical date, that is from the schedule's
+ * time before the latest one at or before the logical date, to that one.
+ * Returns false for a DAG without a schedule, or @once (whose manual runs
+ * keep an empty interval at their logical date).
+ */
+static bool
+manual_interval(const char *dag_id, TimestampTz logical,
+				TimestampTz *start, TimestampTz *end)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(dag_id)};
+	char	   *schedule;
+	CronSchedule sched;
+	pg_tz	   *tz;
+
+	run_query("SELECT schedule, timezone FROM orchestrator.dag WHERE dag_id = $1",
+			  1, types, values, NULL, SPI_OK_SELECT);
+	schedule = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (schedule == NULL)
+		return false;
+	cron_parse(schedule, &sched);
+	if (sched.once)
+		return false;
+	tz = orch_lookup_timezone(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+
+	/*
+	 * The last two schedule times at or before the logical date, looked for
+	 * in a window that doubles from an hour until it holds two (a schedule
+	 * fires at least once in ten years, or not at all).
+	 */
+	for (int64 window = USECS_PER_HOUR;
+		 window <= 22 * INT64CONST(365) * USECS_PER_DAY && logical - window > MIN_TIMESTAMP;
+		 window *= 2)
+	{
+		TimestampTz t = logical - window;
+		TimestampTz next;
+		TimestampTz last = 0,
+					before = 0;
+		int			found = 0;
+
+		while (cron_next_time(&sched, tz, t, &next) && next <= logical)
+		{
+			before = last;
+			last = next;
+			found++;
+			t = next;
+		}
+		if (found >= 2)
+		{
+			*start = before;
+			*end = last;
+			return true;
+		}
+	}
+	return false;
+}
+
 PG_FUNCTION_INFO_V1(orch_trigger_dag);
 
 /* trigger_dag(dag_id text, conf jsonb, logical_date timestamptz) RETURNS bigint */
@@ -87,10 +146,12 @@ orch_trigger_dag(PG_FUNCTION_ARGS)
 {
 	char	   *dag_id;
 	CatalogWrite cw;
-	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, JSONBOID};
-	Datum		values[3];
+	Oid			types[5] = {TEXTOID, TIMESTAMPTZOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum		values[5];
 	int64		run_id;
 	bool		isnull;
+	TimestampTz start,
+				end;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -106,11 +167,16 @@ orch_trigger_dag(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum(dag_id);
 	values[1] = PG_GETARG_DATUM(2);
 	values[2] = PG_GETARG_DATUM(1);
+	/* a scheduled DAG's manual run gets the last complete interval, as in Airflow */
+	if (!manual_interval(dag_id, PG_GETARG_TIMESTAMPTZ(2), &start, &end))
+		start = end = PG_GETARG_TIMESTAMPTZ(2);
+	values[3] = TimestampTzGetDatum(start);
+	values[4] = TimestampTzGetDatum(end);
 	run_query("INSERT INTO orchestrator.dag_run (dag_id, run_type, logical_date, "
 			  " data_interval_start, data_interval_end, state, conf) "
-			  "VALUES ($1, 'manual', $2, $2, $2, 'queued', $3) "
+			  "VALUES ($1, 'manual', $2, $4, $5, 'queued', $3) "
 			  "ON CONFLICT (dag_id, logical_date) DO NOTHING RETURNING run_id",
-			  3, types, values, NULL, SPI_OK_INSERT_RETURNING);
+			  5, types, values, NULL, SPI_OK_INSERT_RETURNING);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),

@@ -94,11 +94,30 @@ typedef struct CopyTarget
 	bool		header;
 	const char *delimiter;
 	const char *null_string;
-	const char *mode;			/* append or replace */
-	bool		create;
+	const char *mode;			/* append, replace or partition */
+	bool		create;			/* create_table */
 	const char *columns;		/* for create, or NULL to infer */
+
+	/* on_error => 'skip': bad rows go to orchestrator.rejects */
+	bool		skip;
+	int64		reject_limit;	/* -1: no limit */
+
+	/* mode => 'partition': the run's data interval, as a partition */
+	const char *partition_by;
+	TimestampTz interval_start;
+	TimestampTz interval_end;
+	const char *timezone;		/* the DAG's, for timestamp and date keys */
+
+	/* whose rejects they are */
+	int64		run_id;
+	const char *task_id;
+	int			try_number;
+
+	/* out */
+	uint64		rejected;		/* rows set aside */
+	char	   *loaded;			/* what was loaded, for the task's log */
 } CopyTarget;
 
-extern uint64 copy_sink(Stream *input, const CopyTarget *target);
+extern uint64 copy_sink(Stream *input, CopyTarget *target);
 
 #endif							/* ORCHESTRATOR_STREAM_H */

@@ -1,7 +1,7 @@
 #!/usr/bin/env perl
 # Deterministic NYC yellow-taxi trip data, with the real files' 18 columns:
 #
-#   gen_taxi.pl --month 2021-01 [--rows N] [--seed S] > yellow_tripdata_2021-01.csv
+#   gen_taxi.pl --month 2021-01 [--rows N] [--seed S] [--bad N] > yellow_tripdata_2021-01.csv
 #
 # Rows default to the real file's count for the month (January 2021:
 # 1,369,765).  Values are realistic (pickup times within the month, trip
@@ -9,15 +9,21 @@
 # VendorID, passenger_count, RatecodeID, store_and_fwd_flag and
 # payment_type, as in the real data.  The same arguments always give the
 # same bytes: the generator uses its own random numbers.
+#
+# --bad N adds N rows that do not fit, spread evenly through the file, in
+# turn: a line cut short, a passenger count that is not a number, a pickup
+# in 2009 and one in the next month (both outside the month), and a row
+# without a pickup time.  The other rows are those the same arguments give
+# without --bad.
 use strict;
 use warnings;
 use integer;
 use Getopt::Long;
 
 my %real_rows = ('2021-01' => 1369765, '2021-02' => 1371709, '2021-03' => 1925152);
-my ($month, $rows, $seed) = ('2021-01', undef, 1);
-GetOptions('month=s' => \$month, 'rows=i' => \$rows, 'seed=i' => \$seed)
-  or die "usage: $0 --month YYYY-MM [--rows N] [--seed S]\n";
+my ($month, $rows, $seed, $bad) = ('2021-01', undef, 1, 0);
+GetOptions('month=s' => \$month, 'rows=i' => \$rows, 'seed=i' => \$seed, 'bad=i' => \$bad)
+  or die "usage: $0 --month YYYY-MM [--rows N] [--seed S] [--bad N]\n";
 die "--month must be YYYY-MM\n" unless $month =~ /^(\d{4})-(\d{2})$/;
 my ($year, $mon) = ($1, $2);
 $rows //= $real_rows{$month} // 1_000_000;
@@ -47,6 +53,16 @@ sub stamp
 sub money { my ($cents) = @_; return sprintf('%s%d.%02d', $cents < 0 ? '-' : '', abs($cents) / 100, abs($cents) % 100); }
 
 print "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,RatecodeID,store_and_fwd_flag,PULocationID,DOLocationID,payment_type,fare_amount,extra,mta_tax,tip_amount,tolls_amount,improvement_surcharge,total_amount,congestion_surcharge\n";
+# the bad rows, after every ($rows / ($bad + 1))th row
+my ($nm_year, $nm_mon) = $mon == 12 ? ($year + 1, 1) : ($year, $mon + 1);
+my @bad_rows = (
+	sub { "2,$year-$mon-03 10:00:00,$year-$mon-03 10:12:00,1" },
+	sub { "1,$year-$mon-04 11:00:00,$year-$mon-04 11:09:00,two,1.20,1,N,142,236,1,7.50,0.50,0.5,1.00,0.00,0.3,12.30,2.50" },
+	sub { "2,2009-$mon-05 12:00:00,2009-$mon-05 12:20:00,1,3.10,1,N,48,68,2,13.00,0.50,0.5,0.00,0.00,0.3,16.80,2.50" },
+	sub { sprintf('1,%04d-%02d-01 00:30:00,%04d-%02d-01 00:41:00,1,2.00,1,N,230,161,1,9.00,0.50,0.5,2.00,0.00,0.3,14.80,2.50', $nm_year, $nm_mon, $nm_year, $nm_mon) },
+	sub { ",,,,0.90,,,264,264,,5.00,0.50,0.5,0.00,0.00,0.3,6.30,0.00" });
+my $bad_every = $bad > 0 ? int($rows / ($bad + 1)) || 1 : 0;
+my $bad_done = 0;
 my $buf = '';
 for my $i (1 .. $rows)
 {
@@ -74,6 +90,12 @@ for my $i (1 .. $rows)
 		$missing ? '' : 1 + (rnd(3) == 0 ? 1 : 0),
 		money($fare), money($extra), '0.5', money($tip), money($tolls), '0.3',
 		money($total), money($congestion)) . "\n";
+	if ($bad_every && $i % $bad_every == 0 && $bad_done < $bad)
+	{
+		$buf .= $bad_rows[$bad_done % @bad_rows]->() . "\n";
+		$bad_done++;
+	}
 	if (length $buf > 65536) { print $buf; $buf = ''; }
 }
+$buf .= $bad_rows[$bad_done++ % @bad_rows]->() . "\n" while $bad_done < $bad;
 print $buf;

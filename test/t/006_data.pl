@@ -66,8 +66,8 @@ SELECT orchestrator.create_dag('fetch', params => '{"base": "$base"}');
 SELECT orchestrator.add_task('fetch', 'bin', orchestrator.http_fetch('{{ params.base }}/files/binary.bin'));
 SELECT orchestrator.add_task('fetch', 'multi', orchestrator.http_fetch('{{ params.base }}/chunked/multi.csv.gz'));
 SELECT orchestrator.add_task('fetch', 'unzip', orchestrator.gunzip('multi'));
-SELECT orchestrator.add_task('fetch', 'load', orchestrator.copy_into('multi_t', input => 'unzip', "create" => true));
-SELECT orchestrator.add_task('fetch', 'load_gz', orchestrator.copy_into('multi_gz_t', input => 'multi', "create" => true));
+SELECT orchestrator.add_task('fetch', 'load', orchestrator.copy_into('multi_t', input => 'unzip', create_table => true));
+SELECT orchestrator.add_task('fetch', 'load_gz', orchestrator.copy_into('multi_gz_t', input => 'multi', create_table => true));
 });
 my ($run, $state) = run_dag('fetch');
 is($state, 'success', 'http_fetch, gunzip and copy_into(input) run');
@@ -89,14 +89,14 @@ like(query($node, "SELECT string_agg(message, E'\n' ORDER BY id) FROM orchestrat
 	qr/gunzip: \d+ bytes in, @{[length($part1 . $part2)]} bytes out in [\d.]+ s\n.*loaded 2000 rows into multi_t \(@{[length($part1 . $part2)]} bytes read\) in/s,
 	'and what was unzipped and loaded');
 is(query($node, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'multi_t'::regclass AND attnum > 0 ORDER BY attnum"),
-	"bigint\ntext\ndouble precision", 'create => true infers column types from the data');
+	"bigint\ntext\ndouble precision", 'create_table => true infers column types from the data');
 
 # --- copy_into(url): streamed, chunked, gzip on the fly; CSV edge cases
 query($node, qq{
 SELECT orchestrator.create_dag('stream', params => '{"base": "$base"}');
-SELECT orchestrator.add_task('stream', 'big', orchestrator.copy_into('big_t', url => '{{ params.base }}/chunked/big.csv.gz', "create" => true));
-SELECT orchestrator.add_task('stream', 'edge', orchestrator.copy_into('edge_t', url => '{{ params.base }}/files/edge.csv', "create" => true));
-SELECT orchestrator.add_task('stream', 'typed', orchestrator.copy_into('typed_t', url => '{{ params.base }}/redirect/3/edge.csv', "create" => true,
+SELECT orchestrator.add_task('stream', 'big', orchestrator.copy_into('big_t', url => '{{ params.base }}/chunked/big.csv.gz', create_table => true));
+SELECT orchestrator.add_task('stream', 'edge', orchestrator.copy_into('edge_t', url => '{{ params.base }}/files/edge.csv', create_table => true));
+SELECT orchestrator.add_task('stream', 'typed', orchestrator.copy_into('typed_t', url => '{{ params.base }}/redirect/3/edge.csv', create_table => true,
                              columns => 'id int, name text, note text, amount numeric(8,2), day date'));
 });
 ($run, $state) = run_dag('stream');
@@ -107,7 +107,7 @@ is( query($node,
 	"1|Smith, John|line one\r\nline two|1.5|2021-01-01\n2|Zoë Ærø 東京|he said \"hi\"|<null>|2021-01-02\n3|<null>||2.25|<null>\n4|tab\tin|plain|-7|2021-12-31",
 	'quoted delimiters and line breaks, quotes, CRLF, UTF-8, and empty fields as NULL load exactly');
 is(query($node, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'typed_t'::regclass AND attnum > 0 ORDER BY attnum"),
-	"integer\ntext\ntext\nnumeric(8,2)\ndate", 'create => true with columns uses them, after redirects');
+	"integer\ntext\ntext\nnumeric(8,2)\ndate", 'create_table => true with columns uses them, after redirects');
 
 # --- every way to fail: a clear error, and the target unchanged
 query($node, qq{
@@ -154,7 +154,7 @@ is(query($node, "SELECT count(*) FROM orchestrator.artifacts a JOIN orchestrator
 # --- 503, then 200: retried, then loaded once
 query($node, qq{
 SELECT orchestrator.create_dag('flaky', params => '{"base": "$base"}');
-SELECT orchestrator.add_task('flaky', 'load', orchestrator.copy_into('flaky_t', url => '{{ params.base }}/flaky/k1/2/edge.csv', "create" => true),
+SELECT orchestrator.add_task('flaky', 'load', orchestrator.copy_into('flaky_t', url => '{{ params.base }}/flaky/k1/2/edge.csv', create_table => true),
                              retries => 3, retry_delay => '0');
 });
 ($run, $state) = run_dag('flaky');
@@ -165,7 +165,7 @@ is(query($node, "SELECT count(*) FROM flaky_t"), '4', 'exactly once');
 # --- mode => replace: a cleared task run again replaces, never duplicates
 query($node, qq{
 SELECT orchestrator.create_dag('replace', params => '{"base": "$base"}');
-SELECT orchestrator.add_task('replace', 'load', orchestrator.copy_into('rep_t', url => '{{ params.base }}/files/edge.csv', "create" => true, mode => 'replace'));
+SELECT orchestrator.add_task('replace', 'load', orchestrator.copy_into('rep_t', url => '{{ params.base }}/files/edge.csv', create_table => true, mode => 'replace'));
 });
 ($run, $state) = run_dag('replace');
 query($node, "SELECT orchestrator.clear_task($run, 'load')");
@@ -190,7 +190,7 @@ SET ROLE dana;
 SELECT orchestrator.create_dag('dana', params => '{"base": "$base"}');
 SELECT orchestrator.add_task('dana', 'no_insert', orchestrator.copy_into('no_insert', url => '{{ params.base }}/files/edge.csv'));
 SELECT orchestrator.add_task('dana', 'rls', orchestrator.copy_into('dana_rls', url => '{{ params.base }}/files/edge.csv'));
-SELECT orchestrator.add_task('dana', 'own', orchestrator.copy_into('dana_t', url => '{{ params.base }}/files/edge.csv', "create" => true));
+SELECT orchestrator.add_task('dana', 'own', orchestrator.copy_into('dana_t', url => '{{ params.base }}/files/edge.csv', create_table => true));
 SELECT orchestrator.add_task('dana', 'fetch', orchestrator.http_fetch('{{ params.base }}/files/edge.csv'));
 });
 $run = query($node, "SET ROLE dana; SELECT orchestrator.trigger_dag('dana')");

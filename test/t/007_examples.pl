@@ -1,6 +1,7 @@
 # The examples work as written: examples/yellow_taxi.sql (download, unzip,
-# ingest) and examples/yellow_taxi_stream.sql (streamed ingest and a daily
-# summary), on generated months served by the local HTTP server.
+# ingest), examples/yellow_taxi_stream.sql (streamed ingest and a daily
+# summary) and examples/yellow_taxi_partitioned.sql (a partition per month,
+# bad rows set aside), on generated months served by the local HTTP server.
 use strict;
 use warnings;
 use FindBin;
@@ -19,9 +20,18 @@ for my $m (sort keys %rows)
 }
 my $port = start_http_server($www);
 
+# the same months with a few rows that do not fit (gen_taxi.pl --bad)
+my $www_bad = PostgreSQL::Test::Utils::tempdir;
+for my $m (sort keys %rows)
+{
+	system("$^X $FindBin::Bin/../gen_taxi.pl --month $m --rows $rows{$m} --bad 5 | gzip > $www_bad/yellow_tripdata_$m.csv.gz") == 0
+	  or die "generating $m failed";
+}
+my $port_bad = start_http_server($www_bad);
+
 sub run_example
 {
-	my ($file) = @_;
+	my ($file, $port) = @_;
 	open my $fh, '<', "$FindBin::Bin/../examples/$file" or die "$file: $!";
 	my $sql = do { local $/; <$fh> };
 	close $fh;
@@ -30,7 +40,7 @@ sub run_example
 }
 
 # --- examples/yellow_taxi.sql
-run_example('yellow_taxi.sql');
+run_example('yellow_taxi.sql', $port);
 wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi' AND state = 'success'",
 	'3', 'yellow_taxi.sql: three monthly runs succeed');
 is(query($node, "SELECT string_agg(to_char(logical_date AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), ' ' ORDER BY logical_date) FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi'"),
@@ -50,7 +60,7 @@ cmp_ok(query($node, 'SELECT count(*) FROM yellow_taxi_2021_01 WHERE "VendorID" I
 	'empty fields load as NULL');
 
 # --- examples/yellow_taxi_stream.sql
-run_example('yellow_taxi_stream.sql');
+run_example('yellow_taxi_stream.sql', $port);
 wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi_stream' AND state = 'success'",
 	'3', 'yellow_taxi_stream.sql: three monthly runs succeed');
 is(query($node, "SELECT count(*) || ' ' || sum(trips) FROM yellow_taxi_daily"), '90 7500',
@@ -63,6 +73,24 @@ query($node, "SELECT orchestrator.clear_task($run, 'ingest')");
 is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', 'a cleared month runs again');
 is(query($node, "SELECT count(*) FROM yellow_taxi_stream_2021_01") . ' ' . query($node, "SELECT sum(trips) FROM yellow_taxi_daily"),
 	'3000 7500', 'with nothing counted twice');
+
+# --- examples/yellow_taxi_partitioned.sql (its partitions take the names of
+# the first example's tables)
+query($node, "DROP TABLE yellow_taxi_2021_01, yellow_taxi_2021_02, yellow_taxi_2021_03");
+run_example('yellow_taxi_partitioned.sql', $port_bad);
+wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi_partitioned' AND state = 'success'",
+	'3', 'yellow_taxi_partitioned.sql: three monthly runs succeed');
+is(query($node, "SELECT string_agg(tableoid::regclass || ' ' || n, ', ' ORDER BY tableoid::regclass::text)
+                 FROM (SELECT tableoid, count(*) AS n FROM yellow_taxi GROUP BY 1) p"),
+	'yellow_taxi_2021_01 3000, yellow_taxi_2021_02 2000, yellow_taxi_2021_03 2500', 'each month in its partition');
+is(query($node, "SELECT string_agg(rows_rejected::text, ' ' ORDER BY run_id) FROM orchestrator.task_instances WHERE dag_id = 'yellow_taxi_partitioned'"),
+	'5 5 5', 'the rows that do not fit set aside');
+is(query($node, "SELECT string_agg(DISTINCT sqlstate, ' ') FROM orchestrator.rejects"), '22P02 22P04 23514',
+	'a line cut short, a value that does not parse, a pickup outside the month');
+$run = query($node, "SELECT orchestrator.trigger_dag('yellow_taxi_partitioned', logical_date => '2021-03-15')");
+is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', 'a manual run loads the last complete month');
+is(query($node, "SELECT count(*) FROM yellow_taxi") . ' ' . query($node, "SELECT count(*) FROM yellow_taxi_2021_02"),
+	'7500 2000', 'February, replaced whole');
 
 $node->stop;
 done_testing();

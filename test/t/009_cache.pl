@@ -43,7 +43,7 @@ SELECT orchestrator.create_dag('cached', params => '{"base": "$base"}');
 SELECT orchestrator.add_task('cached', 'fetch', orchestrator.http_fetch('{{ params.base }}/files/data.csv.gz'),
                              cache_expiration => '1 hour');
 SELECT orchestrator.add_task('cached', 'unzip', orchestrator.gunzip('fetch'), cache_expiration => '1 hour');
-SELECT orchestrator.add_task('cached', 'load', orchestrator.copy_into('t_{{ ds_nodash }}', input => 'unzip', "create" => true));
+SELECT orchestrator.add_task('cached', 'load', orchestrator.copy_into('t_{{ ds_nodash }}', input => 'unzip', create_table => true));
 });
 my $day = 1;
 sub run_once

@@ -55,10 +55,10 @@ SELECT pg_reload_conf();
 query($node, qq{
 SELECT orchestrator.create_dag('hops', params => '{"base": "$base", "local": "$local", "port": "$port"}');
 SELECT orchestrator.add_task('hops', 'padded_local', orchestrator.copy_into('t', url => '{{ params.base }}/redirect-padded/{{ params.local }}/files/secret.csv'));
-SELECT orchestrator.add_task('hops', 'padded_allowed', orchestrator.copy_into('padded_t', url => '{{ params.base }}/redirect-padded/{{ params.base }}/files/small.csv', "create" => true));
+SELECT orchestrator.add_task('hops', 'padded_allowed', orchestrator.copy_into('padded_t', url => '{{ params.base }}/redirect-padded/{{ params.base }}/files/small.csv', create_table => true));
 SELECT orchestrator.add_task('hops', 'file_scheme', orchestrator.copy_into('t', url => '{{ params.base }}/redirect-to/file:///etc/passwd', format => 'text'));
 SELECT orchestrator.add_task('hops', 'ftp_scheme', orchestrator.http_fetch('{{ params.base }}/redirect-to/ftp://127.0.0.1:{{ params.port }}/small.csv'));
-SELECT orchestrator.add_task('hops', 'ten_hops', orchestrator.copy_into('hops_t', url => '{{ params.base }}/redirect/9/small.csv', "create" => true));
+SELECT orchestrator.add_task('hops', 'ten_hops', orchestrator.copy_into('hops_t', url => '{{ params.base }}/redirect/9/small.csv', create_table => true));
 SELECT orchestrator.add_task('hops', 'eleven_hops', orchestrator.copy_into('t', url => '{{ params.base }}/redirect/10/small.csv'));
 SELECT orchestrator.add_task('hops', 'absolute', orchestrator.http_fetch('{{ params.base }}/redirect-code/301/{{ params.base }}/redirect-code/308/{{ params.base }}/files/small.csv'));
 });

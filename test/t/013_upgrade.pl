@@ -12,6 +12,12 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
+my $www = PostgreSQL::Test::Utils::tempdir;
+open my $fh, '>', "$www/small.csv" or die;
+print $fh "id,name\n1,one\n2,two\n";
+close $fh;
+my $port = start_http_server($www);
+
 my $node = PostgreSQL::Test::Cluster->new('upgrade');
 $node->init;
 $node->append_conf(
@@ -28,17 +34,26 @@ CREATE EXTENSION orchestrator VERSION '0.1';
 GRANT USAGE ON SCHEMA orchestrator TO alice;
 CREATE TABLE public.loaded (run text);
 GRANT INSERT ON public.loaded TO alice;
+GRANT CREATE ON SCHEMA public TO alice;
 });
 is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'orchestrator'"), '0.1',
 	'an installation at 0.1');
 
 # its DAGs and history, as the 0.1 library wrote them (that library is not
 # at hand: the rows are written directly, in 0.1's columns)
-query($node, q{
+query($node, qq{
 INSERT INTO orchestrator.dag (dag_id, owner, timezone, schedule, start_date, catchup, params)
-VALUES ('old', 'alice'::regrole, 'UTC', '@daily', '2021-01-01', false, '{"x": 1}');
+VALUES ('old', 'alice'::regrole, 'UTC', '\@daily', '2021-01-01', false, '{"x": 1}');
 INSERT INTO orchestrator.task (dag_id, task_id, spec, position)
 VALUES ('old', 'load', '{"operator": "sql", "query": "INSERT INTO public.loaded VALUES (current_setting(''orchestrator.run_id''))"}', 0);
+-- a copy_into as 0.1's constructor wrote it, with "create" for create_table
+INSERT INTO orchestrator.dag (dag_id, owner, timezone)
+VALUES ('old_copy', 'alice'::regrole, 'UTC');
+INSERT INTO orchestrator.task (dag_id, task_id, spec, position)
+VALUES ('old_copy', 'ingest', jsonb_build_object('operator', 'copy_into', 'target', 'public.created_{{ ds_nodash }}',
+        'input', null, 'url', 'http://127.0.0.1:$port/files/small.csv', 'format', 'csv', 'header', true,
+        'delimiter', null, 'null_string', null, 'compression', 'auto', 'mode', 'append',
+        'create', true, 'columns', null), 0);
 INSERT INTO orchestrator.dag_run (dag_id, run_type, logical_date, data_interval_start, data_interval_end,
                                   state, started_at, finished_at)
 SELECT 'old', 'scheduled', d, d, d + interval '1 day', 'success', d + interval '1 day', d + interval '1 day'
@@ -78,7 +93,7 @@ is(query($node, 'SELECT count(*) FROM orchestrator.dag_run WHERE logical_date > 
 query($node, 'ALTER EXTENSION orchestrator UPDATE');
 is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'orchestrator'"), '0.2', 'updated to 0.2');
 is(query($node, $history_sql), $history, 'the definitions and history are intact');
-is(query($node, "SELECT owner_name || ' ' || (owner_sysid = orchestrator.system_identifier()) FROM orchestrator.dag"),
+is(query($node, "SELECT DISTINCT owner_name || ' ' || (owner_sysid = orchestrator.system_identifier()) FROM orchestrator.dag"),
 	'alice true', "each DAG records its owner's name and cluster");
 
 # the same schema as a fresh install
@@ -88,6 +103,7 @@ CREATE EXTENSION orchestrator;
 GRANT USAGE ON SCHEMA orchestrator TO alice;
 CREATE TABLE public.loaded (run text);
 GRANT INSERT ON public.loaded TO alice;
+GRANT CREATE ON SCHEMA public TO alice;
 });
 sub schema
 {
@@ -109,6 +125,10 @@ my $run = query($node, "SET ROLE alice; SELECT orchestrator.trigger_dag('old', l
 cmp_ok($run, '>', 10, 'run ids continue');
 is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', 'an updated DAG runs');
 is(query($node, "SELECT count(*) FROM public.loaded WHERE run = '$run'"), '1', 'and does its work');
+$run = query($node, "SET ROLE alice; SELECT orchestrator.trigger_dag('old_copy', logical_date => '2022-01-01')");
+is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', 'a copy_into defined under 0.1 runs');
+is(query($node, "SELECT count(*) FROM public.created_20220101"), '2',
+	'and with "create" still creates its table');
 is(query($node, "SET ROLE alice; SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'old' AND logical_date <= '2021-01-10'"),
 	'10', 'its owner sees its history');
 wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE run_type = 'scheduled' AND logical_date > '2021-01-10'",

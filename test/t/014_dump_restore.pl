@@ -15,6 +15,10 @@ my $www = PostgreSQL::Test::Utils::tempdir;
 open my $fh, '>', "$www/data.csv" or die;
 print $fh "id,name\n" . join('', map { "$_,row $_\n" } 1 .. 1000);
 close $fh;
+# with a bad row, which a load sets aside in orchestrator.rejects
+open $fh, '>', "$www/bad.csv" or die;
+print $fh "id,name\n1,one\nx,not a number\n3,three\n";
+close $fh;
 my $port = start_http_server($www);
 
 # the first cluster: alice, bob and carol each own a DAG
@@ -26,10 +30,13 @@ CREATE ROLE carol NOLOGIN;
 GRANT USAGE ON SCHEMA orchestrator TO alice, bob, carol;
 CREATE TABLE public.t (x text);
 GRANT INSERT, SELECT ON public.t TO alice, bob, carol;
+CREATE TABLE public.loaded (id int, name text);
+GRANT INSERT ON public.loaded TO alice;
 SET ROLE alice;
 SELECT orchestrator.create_dag('alice_dag');
 SELECT orchestrator.add_task('alice_dag', 'fetch', orchestrator.http_fetch('http://127.0.0.1:$port/data.csv'));
 SELECT orchestrator.add_task('alice_dag', 'note', orchestrator.sql(\$\$INSERT INTO public.t VALUES ('alice')\$\$), '{fetch}');
+SELECT orchestrator.add_task('alice_dag', 'load', orchestrator.copy_into('public.loaded', url => 'http://127.0.0.1:$port/bad.csv', on_error => 'skip'));
 SET ROLE bob;
 SELECT orchestrator.create_dag('bob_dag');
 SELECT orchestrator.add_task('bob_dag', 'note', orchestrator.sql(\$\$INSERT INTO public.t VALUES ('bob')\$\$));
@@ -51,8 +58,10 @@ SELECT md5(string_agg(x, '|' ORDER BY x)) FROM (
   SELECT format('%s/%s/%s/%s', d.dag_id, d.owner_name, d.schedule, d.params) AS x FROM orchestrator.dag d
   UNION ALL SELECT format('%s', r) FROM orchestrator.dag_run r
   UNION ALL SELECT format('%s/%s/%s/%s', run_id, task_id, state, try_number) FROM orchestrator.task_instance
-  UNION ALL SELECT format('%s/%s/%s', run_id, task_id, sha256) FROM orchestrator.artifact) h};
+  UNION ALL SELECT format('%s/%s/%s', run_id, task_id, sha256) FROM orchestrator.artifact
+  UNION ALL SELECT format('%s', j) FROM orchestrator.rejects j) h};
 my $history = query($a, $history_sql);
+is(query($a, 'SELECT count(*) FROM orchestrator.rejects'), '2', "alice's loads set a row aside each");
 my $dump = $a->basedir . '/first.dump';
 $a->command_ok(['pg_dump', '-Fc', '-f', $dump, '--dbname', $a->connstr('postgres')], 'pg_dump of the first cluster');
 my $alice_oid = query($a, "SELECT 'alice'::regrole::oid");
