@@ -65,6 +65,7 @@ latency() {
 	          round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' ms' FROM l"
 }
 none=$(latency)
+echo "hop $hop ms; trigger->start $none" >&2
 
 # --- 1,000 independent tasks
 q "SELECT orchestrator.create_dag('fan');
@@ -76,12 +77,15 @@ fan=$(q "SELECT round(extract(epoch FROM finished_at - queued_at)::numeric, 2) F
 # --- ten stages of 100, joined
 q "SELECT orchestrator.create_dag('stages');
    SELECT orchestrator.add_task('stages', 'j0', orchestrator.sql('SELECT 1'));
-   SELECT orchestrator.add_task('stages', format('s%s_%s', k, i), orchestrator.sql('SELECT 1'),
-                                upstream => ARRAY['j' || (k - 1)])
-   FROM generate_series(1, 10) k, generate_series(1, 100) i;
-   SELECT orchestrator.add_task('stages', 'j' || k, orchestrator.sql('SELECT 1'),
-                                upstream => ARRAY(SELECT format('s%s_%s', k, i) FROM generate_series(1, 100) i))
-   FROM generate_series(1, 10) k" >/dev/null
+   DO \$\$ BEGIN
+     FOR k IN 1..10 LOOP
+       PERFORM orchestrator.add_task('stages', format('s%s_%s', k, i), orchestrator.sql('SELECT 1'),
+                                     upstream => ARRAY['j' || (k - 1)])
+       FROM generate_series(1, 100) i;
+       PERFORM orchestrator.add_task('stages', 'j' || k, orchestrator.sql('SELECT 1'),
+                                     upstream => ARRAY(SELECT format('s%s_%s', k, i) FROM generate_series(1, 100) i));
+     END LOOP;
+   END \$\$" >/dev/null
 run=$(q "SELECT orchestrator.trigger_dag('stages')")
 wait_run "$run"
 stages=$(q "SELECT round(extract(epoch FROM finished_at - queued_at)::numeric, 2) FROM orchestrator.dag_run WHERE run_id = $run")
@@ -97,17 +101,20 @@ drain=$(q "SELECT round(count(*) / extract(epoch FROM max(ti.finished_at) - min(
            FROM orchestrator.dag_run r JOIN orchestrator.task_instance ti USING (run_id)
            WHERE r.run_id > $first")
 
-# --- many DAGs defined: 1,000 due at 12:30 every day, the rest once a year
+# --- many DAGs defined, none due yet: 1,000 fire at 12:30 every day and
+# the rest once a year, all from a start date a year ahead
+start=$(q "SELECT date_trunc('day', now() + interval '1 year')")
 q "DO \$\$ BEGIN
      FOR i IN 1..$dags LOOP
        PERFORM orchestrator.create_dag('d' || i,
                  CASE WHEN i <= 1000 THEN '30 12 * * *' ELSE '0 0 1 1 *' END,
-                 start_date => '2026-01-01', timezone => 'UTC');
+                 start_date => '$start', timezone => 'UTC');
        PERFORM orchestrator.add_task('d' || i, 't', orchestrator.sql('SELECT 1'));
      END LOOP;
    END \$\$" >/dev/null
 sleep 2
 many=$(latency)
+echo "fan $fan s; stages $stages s; drain $drain tasks/s; with $dags DAGs: trigger->start $many" >&2
 
 # the scheduler's passes, from its DEBUG1 lines; its CPU time from /proc
 sched_pid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'orchestrator scheduler'")
@@ -124,14 +131,16 @@ sleep 60
 idle_cpu=$(( ($(cpu) - cpu0) * 1000 / tick ))
 # the minute the 1,000 come due (on the scheduler's test clock)
 before=$(passes | wc -l)
-q "ALTER SYSTEM SET orchestrator.test_clock = '2026-06-01 12:31:00+00'; SELECT pg_reload_conf()" >/dev/null
+q "ALTER SYSTEM SET orchestrator.test_clock = '$(q "SELECT ('$start'::timestamptz + interval '1 day 12 hours 31 minutes')")'" >/dev/null
+q "SELECT pg_reload_conf()" >/dev/null
 for _ in $(seq 120); do
-	[ "$(q "SELECT count(*) FROM orchestrator.dag_run WHERE dag_id LIKE 'd%'")" -ge 1000 ] && break
+	[ "$(q "SELECT count(*) FROM orchestrator.dag_run WHERE dag_id ~ '^d[0-9]+$'")" -ge 1000 ] && break
 	sleep 1
 done
 sleep 2
 due_pass=$(passes | tail -n +$((before + 1)) | awk '$6 >= 1000 {print $3; exit}')
-q "ALTER SYSTEM RESET orchestrator.test_clock; SELECT pg_reload_conf()" >/dev/null
+q "ALTER SYSTEM RESET orchestrator.test_clock" >/dev/null
+q "SELECT pg_reload_conf()" >/dev/null
 
 cat <<EOF
 

@@ -175,6 +175,35 @@ orch_wake_scheduler(void)
 		SetLatch(latch);
 }
 
+/*
+ * Asks the scheduler to evaluate every running run at its next pass (what
+ * changed is not known to it): an API call, a worker that could not decide.
+ */
+void
+orch_request_evaluation(void)
+{
+	if (orch_shared == NULL)
+		return;
+	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
+	orch_shared->evaluate_request = true;
+	LWLockRelease(orch_shared->lock);
+}
+
+/* The scheduler takes the request, if there is one. */
+bool
+orch_take_evaluation_request(void)
+{
+	bool		requested;
+
+	if (orch_shared == NULL)
+		return false;
+	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
+	requested = orch_shared->evaluate_request;
+	orch_shared->evaluate_request = false;
+	LWLockRelease(orch_shared->lock);
+	return requested;
+}
+
 /* Wakes the scheduler when (and only if) the current transaction commits. */
 void
 orch_wake_scheduler_at_commit(void)
@@ -190,7 +219,10 @@ orch_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (wake_at_commit)
+			{
+				orch_request_evaluation();
 				orch_wake_scheduler();
+			}
 			wake_at_commit = false;
 			break;
 		case XACT_EVENT_ABORT:

@@ -69,6 +69,7 @@ typedef struct OrchShared
 	pid_t		scheduler_pid;
 	Latch	   *scheduler_latch;
 	uint64		owners_generation;	/* bumped when owners may need mapping */
+	bool		evaluate_request;	/* every running run to be evaluated */
 	int			nslots;
 	OrchWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } OrchShared;
@@ -88,6 +89,8 @@ extern char *orch_catalog_version(void);
 extern void orch_require_catalog(void);
 
 extern void orch_wake_scheduler(void);
+extern void orch_request_evaluation(void);
+extern bool orch_take_evaluation_request(void);
 extern void orch_wake_scheduler_at_commit(void);
 extern TimestampTz orch_now(void);
 

@@ -15,10 +15,12 @@
  * 2. create the runs that schedules make due (Airflow's data intervals),
  *	  looking only at the DAGs due;
  * 3. start queued runs, up to each DAG's max_active_runs;
- * 4. decide each running run as a whole (state.c): the safety net under
- *	  the workers, which decide their own tasks' downstream as they finish
- *	  them; here too retries that came due are queued and runs past
- *	  dagrun_timeout fail;
+ * 4. decide running runs as a whole (state.c): the safety net under the
+ *	  workers, which decide their own tasks' downstream as they finish
+ *	  them; here a run's first tasks are queued, retries that came due, and
+ *	  runs past dagrun_timeout fail.  Only the runs that need it: new ones,
+ *	  those whose time came, all of them when asked (an API call, a worker
+ *	  that could not decide, a lost try), and each at least once a minute;
  *
  * and, after the commits, 5. stop workers whose task instance was cancelled
  * or timed out under them, and hand the queued instances to workers that
@@ -81,6 +83,9 @@ static int	starts_in_window = 0;
 
 /* when the scheduler last applied orchestrator.history_retention */
 static TimestampTz last_purge = DT_NOBEGIN;
+
+/* set when every running run is to be evaluated at the next pass */
+static bool evaluate_everything = true;
 
 /* the owners generation last mapped (owners.c); -1: map at the next pass */
 static uint64 owners_mapped = PG_UINT64_MAX;
@@ -258,6 +263,7 @@ recover_lost(void)
 			continue;
 
 		/* applies only if it is still that running try */
+		evaluate_everything = true;
 		if (state_try_failed(run_id, task_id, pid, try_number,
 								psprintf("the worker (pid %d) stopped without recording an outcome (killed, crashed, or the server restarted)",
 										 pid),
@@ -387,6 +393,7 @@ record_timeout(const OrchWorkerSlot *slot, TimestampTz now)
 		return false;
 	try_number = DatumGetInt32(col_datum(0, 1, &isnull));
 	started_at = DatumGetTimestampTz(col_datum(0, 2, &isnull));
+	evaluate_everything = true;
 	return state_try_failed(slot->run_id, slot->task_id, slot->pid, try_number,
 							   psprintf("execution_timeout exceeded: the task went on after it was cancelled at its timeout, so its worker was terminated after %.3f s",
 										(double) (now - started_at) / USECS_PER_SEC),
@@ -718,13 +725,16 @@ due_dags(void)
 		return due_dags();
 	}
 
+	/* the active runs counted from the few active ones, not per DAG */
 	run_query("SELECT d.dag_id, d.schedule, coalesce(d.start_date, d.created_at), d.end_date, "
 			  "       d.catchup, d.max_active_runs, d.timezone, d.xmin::text::int8, "
-			  "       (SELECT count(*) FROM orchestrator.dag_run r "
-			  "        WHERE r.dag_id = d.dag_id AND r.state IN ('queued', 'running')) "
-			  "FROM orchestrator.dag d WHERE NOT d.paused AND d.schedule IS NOT NULL "
-			  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id) "
-			  "ORDER BY d.dag_id",
+			  "       coalesce(a.n, 0) "
+			  "FROM orchestrator.dag d "
+			  "LEFT JOIN (SELECT r.dag_id, count(*) AS n FROM orchestrator.dag_run r "
+			  "           WHERE r.state IN ('queued', 'running') GROUP BY r.dag_id) a "
+			  "       ON a.dag_id = d.dag_id "
+			  "WHERE NOT d.paused AND d.schedule IS NOT NULL "
+			  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id)",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	old = MemoryContextSwitchTo(tick_cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -813,20 +823,44 @@ start_runs(void *arg)
 
 /*
  * 4. One running run, decided as a whole (state.c): the safety net under
- * the workers, which decide their own tasks' downstream; it also queues
- * retries that came due, and fails the run past its dagrun_timeout.
+ * the workers, which decide their own tasks' downstream as they finish
+ * them.  It also queues a run's first tasks, retries that came due, and
+ * fails a run past its dagrun_timeout.  A run is looked at when it is new
+ * to this scheduler, when one of its times comes (a retry, its timeout,
+ * and once a minute at the least), and when anything asks for every run
+ * to be looked at: an API call, a worker that could not decide, a lost
+ * try.  A pass's cost does not grow with runs that nothing happened to.
  */
+typedef struct RunCacheEntry
+{
+	int64		run_id;			/* the key */
+	TimestampTz next_eval;
+	bool		seen;			/* still running at this pass */
+} RunCacheEntry;
+
+static HTAB *run_cache = NULL;
+
+#define RUN_EVAL_EVERY		(60 * USECS_PER_SEC)
+
+typedef struct RunEval
+{
+	int64		run_id;
+	TimestampTz next_eval;		/* out */
+} RunEval;
+
 static void
 evaluate_run(void *arg)
 {
-	int64		run_id = *(int64 *) arg;
+	RunEval    *eval = arg;
 	RunRef		run;
 	Advance		adv = {0};
 
+	eval->next_eval = tick_now + RUN_EVAL_EVERY;
 	/* still running, and no API call (cancel_run, clear_task) or worker on it */
-	if (!state_lock_run(run_id, true, &run))
+	if (!state_lock_run(eval->run_id, true, &run))
 	{
-		wake_by(tick_now + USECS_PER_SEC);
+		eval->next_eval = tick_now + USECS_PER_SEC;
+		wake_by(eval->next_eval);
 		return;
 	}
 	if (run.has_timeout)
@@ -841,13 +875,14 @@ evaluate_run(void *arg)
 			wake_by(tick_now);
 			return;
 		}
-		wake_by(run.deadline);
+		eval->next_eval = Min(eval->next_eval, run.deadline);
 	}
 	state_evaluate_run(&run, tick_now, &adv);
 	if (adv.retry_at != 0)
-		wake_by(adv.retry_at);
+		eval->next_eval = Min(eval->next_eval, adv.retry_at);
 	if (adv.ended)
 		wake_by(tick_now);		/* a run slot is free: schedule again at once */
+	wake_by(eval->next_eval);
 }
 
 static void
@@ -856,6 +891,19 @@ evaluate_runs(void)
 	int64	   *run_ids;
 	int			n;
 	bool		isnull;
+	bool		everything = evaluate_everything || orch_take_evaluation_request();
+	HASH_SEQ_STATUS seq;
+	RunCacheEntry *entry;
+
+	evaluate_everything = false;
+	if (run_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(RunCacheEntry);
+		run_cache = hash_create("orchestrator runs", 256, &ctl, HASH_ELEM | HASH_BLOBS);
+	}
 
 	orch_begin_xact();
 	run_query("SELECT r.run_id FROM orchestrator.dag_run r "
@@ -867,9 +915,38 @@ evaluate_runs(void)
 		run_ids[i] = DatumGetInt64(col_datum(i, 1, &isnull));
 	orch_end_xact();
 
+	hash_seq_init(&seq, run_cache);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		entry->seen = false;
+
 	for (int i = 0; i < n; i++)
-		in_xact(evaluate_run, &run_ids[i],
-				psprintf("cannot evaluate run " INT64_FORMAT, run_ids[i]));
+	{
+		bool		found;
+		RunEval		eval;
+
+		entry = hash_search(run_cache, &run_ids[i], HASH_ENTER, &found);
+		entry->seen = true;
+		if (found && !everything && entry->next_eval > tick_now)
+		{
+			wake_by(entry->next_eval);
+			continue;
+		}
+		eval.run_id = run_ids[i];
+		eval.next_eval = tick_now + USECS_PER_SEC;
+		if (in_xact(evaluate_run, &eval,
+					psprintf("cannot evaluate run " INT64_FORMAT, run_ids[i])) != XACT_COMMITTED)
+			eval.next_eval = tick_now + USECS_PER_SEC;
+		/* (in_xact may have left the entry's memory alone: look it up again) */
+		entry = hash_search(run_cache, &run_ids[i], HASH_FIND, NULL);
+		entry->next_eval = eval.next_eval;
+		wake_by(eval.next_eval);
+	}
+
+	/* runs no longer running are forgotten */
+	hash_seq_init(&seq, run_cache);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		if (!entry->seen)
+			hash_search(run_cache, &entry->run_id, HASH_REMOVE, NULL);
 }
 
 /* Task workers, up to orchestrator.max_workers, for the queued instances. */
@@ -1152,6 +1229,7 @@ orch_scheduler_main(Datum arg)
 			}
 			/* and owners are mapped again, should anything have been missed */
 			owners_mapped = PG_UINT64_MAX;
+			evaluate_everything = true;
 		}
 	}
 }

@@ -722,6 +722,8 @@ hand_out(const Advance *adv)
 {
 	int			others = adv->queued - 1;
 
+	if (adv->undecided)
+		orch_request_evaluation();
 	if (others > 0 && progress_hand_out(others) < others)
 		orch_wake_scheduler();
 	else if (adv->ended || adv->undecided)
