@@ -139,15 +139,46 @@ typedef enum XactResult
  * error is logged and rolled back, and the caller goes on; a lock that
  * could not be had is not an error: what needed it is retried shortly.
  */
+/* After an error: the error reported (a lock wait, briefly) and its kind. */
+static XactResult
+report_error(ErrorData *edata, const char *what)
+{
+	XactResult	result;
+
+	if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
+	{
+		ereport(DEBUG1,
+				(errmsg("orchestrator scheduler: %s: %s; trying again shortly",
+						what, edata->message)));
+		wake_by(tick_now + USECS_PER_SEC);
+		result = XACT_LOCKED;
+	}
+	else
+	{
+		ereport(WARNING,
+				(errmsg("orchestrator scheduler: %s: %s", what, edata->message),
+				 edata->detail ? errdetail("%s", edata->detail) : 0));
+		result = XACT_FAILED;
+	}
+	FreeErrorData(edata);
+	return result;
+}
+
+static void
+begin_sched_xact(void)
+{
+	orch_begin_xact();
+	set_config_option("lock_timeout", SCHED_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
+					  GUC_ACTION_LOCAL, true, 0, false);
+}
+
 static XactResult
 in_xact(void (*fn) (void *), void *arg, const char *what)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	XactResult	result = XACT_COMMITTED;
 
-	orch_begin_xact();
-	set_config_option("lock_timeout", SCHED_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
-					  GUC_ACTION_LOCAL, true, 0, false);
+	begin_sched_xact();
 	PG_TRY();
 	{
 		fn(arg);
@@ -162,25 +193,59 @@ in_xact(void (*fn) (void *), void *arg, const char *what)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		MemoryContextSwitchTo(oldcxt);
-		if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
-		{
-			ereport(DEBUG1,
-					(errmsg("orchestrator scheduler: %s: %s; trying again shortly",
-							what, edata->message)));
-			wake_by(tick_now + USECS_PER_SEC);
-			result = XACT_LOCKED;
-		}
-		else
-		{
-			ereport(WARNING,
-					(errmsg("orchestrator scheduler: %s: %s", what, edata->message),
-					 edata->detail ? errdetail("%s", edata->detail) : 0));
-			result = XACT_FAILED;
-		}
-		FreeErrorData(edata);
+		result = report_error(edata, what);
 	}
 	PG_END_TRY();
 	return result;
+}
+
+/*
+ * Like in_xact for each of n items, but up to BATCH_SIZE of them share a
+ * transaction, each in a subtransaction of its own: an item's error rolls
+ * back that item alone.  A pass with a thousand DAGs due costs ten commits,
+ * not a thousand.  results[i] says how item i went.
+ */
+#define BATCH_SIZE	100
+
+static void
+in_batches(void (*fn) (void *), void **items, int n, XactResult *results,
+		   const char *(*what) (void *))
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	for (int first = 0; first < n; first += BATCH_SIZE)
+	{
+		int			last = Min(n, first + BATCH_SIZE);
+
+		begin_sched_xact();
+		for (int i = first; i < last; i++)
+		{
+			ResourceOwner owner = CurrentResourceOwner;
+
+			results[i] = XACT_COMMITTED;
+			BeginInternalSubTransaction(NULL);
+			PG_TRY();
+			{
+				fn(items[i]);
+				ReleaseCurrentSubTransaction();
+			}
+			PG_CATCH();
+			{
+				ErrorData  *edata;
+
+				MemoryContextSwitchTo(oldcxt);
+				edata = CopyErrorData();
+				FlushErrorState();
+				RollbackAndReleaseCurrentSubTransaction();
+				results[i] = report_error(edata, what(items[i]));
+			}
+			PG_END_TRY();
+			MemoryContextSwitchTo(oldcxt);
+			CurrentResourceOwner = owner;
+		}
+		orch_end_xact();
+		MemoryContextSwitchTo(oldcxt);
+	}
 }
 
 /*
@@ -553,6 +618,7 @@ typedef struct DagRow
 	TransactionId xmin;			/* of its row: changes with its definition */
 	int64		active;			/* its queued and running runs */
 	bool		skipped;		/* locked by another transaction */
+	TimestampTz next_check;		/* when it next needs looking at */
 } DagRow;
 
 /*
@@ -660,8 +726,8 @@ schedule_dag(void *arg)
 	{
 		TimestampTz start;
 		TimestampTz end;
-		TimestampTz latest_start;
-		TimestampTz latest_end;
+		TimestampTz latest_start = 0;
+		TimestampTz latest_end = 0;
 
 		if (created >= MAX_RUNS_PER_TICK)
 		{
@@ -780,29 +846,55 @@ due_dags(void)
  * 2. Each due DAG in a transaction of its own; what it found (when it is
  * next due) is cached, so later passes skip it until then.
  */
+static const char *
+schedule_what(void *arg)
+{
+	return psprintf("cannot schedule DAG \"%s\"", ((DagRow *) arg)->dag_id);
+}
+
+/* the DAG's own next wake-up, collected apart from the pass's */
+static void
+schedule_dag_apart(void *arg)
+{
+	DagRow	   *dag = arg;
+	TimestampTz saved_wake = tick_wake;
+
+	tick_wake = DT_NOEND;
+	PG_TRY();
+	{
+		schedule_dag(dag);
+	}
+	PG_FINALLY();
+	{
+		dag->next_check = tick_wake;
+		tick_wake = Min(saved_wake, tick_wake);
+	}
+	PG_END_TRY();
+}
+
 static void
 schedule_dags(List *dags)
 {
+	int			n = list_length(dags);
+	void	  **items = palloc(sizeof(void *) * Max(n, 1));
+	XactResult *results = palloc(sizeof(XactResult) * Max(n, 1));
+	int			i = 0;
 	ListCell   *lc;
 
 	foreach(lc, dags)
+		items[i++] = lfirst(lc);
+	in_batches(schedule_dag_apart, items, n, results, schedule_what);
+
+	for (i = 0; i < n; i++)
 	{
-		DagRow	   *dag = lfirst(lc);
-		TimestampTz saved_wake = tick_wake;
-		TimestampTz next_check;
-		XactResult	result;
+		DagRow	   *dag = items[i];
+		TimestampTz next_check = dag->next_check;
 		DagCacheEntry *entry;
 
-		/* the DAG's own next wake-up, collected apart */
-		tick_wake = DT_NOEND;
-		result = in_xact(schedule_dag, dag,
-						 psprintf("cannot schedule DAG \"%s\"", dag->dag_id));
-		next_check = tick_wake;
-		tick_wake = Min(saved_wake, tick_wake);
 		/* locked by another transaction: again in a second */
-		if (dag->skipped || result == XACT_LOCKED)
+		if (dag->skipped || results[i] == XACT_LOCKED)
 			continue;
-		if (result == XACT_FAILED)
+		if (results[i] == XACT_FAILED)
 			next_check = tick_now + DAG_RETRY_AFTER_ERROR;
 		entry = hash_search(dag_cache, dag->dag_id, HASH_ENTER, NULL);
 		entry->xmin = dag->xmin;
@@ -885,6 +977,12 @@ evaluate_run(void *arg)
 	wake_by(eval->next_eval);
 }
 
+static const char *
+evaluate_what(void *arg)
+{
+	return psprintf("cannot evaluate run " INT64_FORMAT, ((RunEval *) arg)->run_id);
+}
+
 static void
 evaluate_runs(void)
 {
@@ -894,6 +992,9 @@ evaluate_runs(void)
 	bool		everything = evaluate_everything || orch_take_evaluation_request();
 	HASH_SEQ_STATUS seq;
 	RunCacheEntry *entry;
+	void	  **evals;
+	int			nevals = 0;
+	XactResult *results;
 
 	evaluate_everything = false;
 	if (run_cache == NULL)
@@ -919,10 +1020,11 @@ evaluate_runs(void)
 	while ((entry = hash_seq_search(&seq)) != NULL)
 		entry->seen = false;
 
+	evals = palloc(sizeof(void *) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
 		bool		found;
-		RunEval		eval;
+		RunEval    *eval;
 
 		entry = hash_search(run_cache, &run_ids[i], HASH_ENTER, &found);
 		entry->seen = true;
@@ -931,15 +1033,22 @@ evaluate_runs(void)
 			wake_by(entry->next_eval);
 			continue;
 		}
-		eval.run_id = run_ids[i];
-		eval.next_eval = tick_now + USECS_PER_SEC;
-		if (in_xact(evaluate_run, &eval,
-					psprintf("cannot evaluate run " INT64_FORMAT, run_ids[i])) != XACT_COMMITTED)
-			eval.next_eval = tick_now + USECS_PER_SEC;
-		/* (in_xact may have left the entry's memory alone: look it up again) */
-		entry = hash_search(run_cache, &run_ids[i], HASH_FIND, NULL);
-		entry->next_eval = eval.next_eval;
-		wake_by(eval.next_eval);
+		eval = palloc(sizeof(RunEval));
+		eval->run_id = run_ids[i];
+		eval->next_eval = tick_now + USECS_PER_SEC;
+		evals[nevals++] = eval;
+	}
+	results = palloc(sizeof(XactResult) * Max(nevals, 1));
+	in_batches(evaluate_run, evals, nevals, results, evaluate_what);
+	for (int i = 0; i < nevals; i++)
+	{
+		RunEval    *eval = evals[i];
+
+		if (results[i] != XACT_COMMITTED)
+			eval->next_eval = tick_now + USECS_PER_SEC;
+		entry = hash_search(run_cache, &eval->run_id, HASH_FIND, NULL);
+		entry->next_eval = eval->next_eval;
+		wake_by(eval->next_eval);
 	}
 
 	/* runs no longer running are forgotten */
