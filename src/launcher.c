@@ -142,14 +142,19 @@ scan_databases(void)
 	}
 }
 
-static bool
+/*
+ * Starts the scheduler of a database; ASSIGN_NONE_FREE if no entry or no
+ * worker slot is free, ASSIGN_STILL_RUNNING if a scheduler of an earlier
+ * launcher still runs there, else its entry.
+ */
+static int
 start_scheduler(DbState *db, TimestampTz now)
 {
 	BackgroundWorker worker;
 	int			entry = registry_assign(db->dboid);
 
 	if (entry < 0)
-		return false;
+		return entry;
 	orch_bgworker_spec(&worker, "orch_scheduler_main", "orchestrator scheduler",
 					   BGW_NEVER_RESTART, MyProcPid);
 	worker.bgw_main_arg = Int32GetDatum(entry);
@@ -158,11 +163,11 @@ start_scheduler(DbState *db, TimestampTz now)
 	{
 		(void) registry_release(entry);
 		db->handle = NULL;
-		return false;
+		return ASSIGN_NONE_FREE;
 	}
 	db->entry = entry;
 	db->started_at = now;
-	return true;
+	return entry;
 }
 
 /*
@@ -174,6 +179,7 @@ static long
 tend_database(DbState *db, TimestampTz now, bool *remove)
 {
 	pid_t		pid;
+	int			started;
 
 	*remove = false;
 	if (db->handle != NULL && GetBackgroundWorkerPid(db->handle, &pid) == BGWH_STOPPED)
@@ -212,7 +218,10 @@ tend_database(DbState *db, TimestampTz now, bool *remove)
 		return -1;
 	if (now < db->next_start)
 		return Max(1, (db->next_start - now) / 1000);
-	if (!start_scheduler(db, now))
+	started = start_scheduler(db, now);
+	if (started == ASSIGN_STILL_RUNNING)
+		return 100;
+	if (started == ASSIGN_NONE_FREE)
 	{
 		if (!said_no_slot)
 			ereport(LOG,

@@ -75,6 +75,7 @@ typedef struct OrchWorkerSlot
 typedef struct OrchSchedulerSlot
 {
 	Oid			dboid;			/* InvalidOid: free */
+	pid_t		launcher_pid;	/* the launcher that assigned it */
 	pid_t		pid;			/* 0: not running (yet, or any more) */
 	Latch	   *latch;
 	TimestampTz started_at;
@@ -134,6 +135,8 @@ extern PGDLLEXPORT void orch_scheduler_main(Datum arg);
 extern PGDLLEXPORT void orch_worker_main(Datum arg);
 
 /* the schedulers of the cluster and their worker budget (registry.c) */
+#define ASSIGN_NONE_FREE		(-1)
+#define ASSIGN_STILL_RUNNING	(-2)
 extern int	registry_assign(Oid dboid);
 extern bool registry_release(int index);
 extern Oid	registry_dboid(int index);

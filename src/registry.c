@@ -49,24 +49,52 @@ static bool holding = false;
 
 /* ---- the launcher's side ---- */
 
-/* The launcher publishes its latch, for pokes and released holds. */
+/*
+ * The launcher publishes its latch, for pokes and released holds.  A
+ * launcher that starts again (it exited on an error) finds the schedulers
+ * of the one before, whose handles it does not have: it asks them to exit,
+ * and starts its own once they are gone (registry_assign).
+ */
 void
 registry_launcher_attach(void)
 {
 	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
 	orch_shared->launcher_pid = MyProcPid;
 	orch_shared->launcher_latch = MyLatch;
+	for (int i = 0; i < orch_shared->nschedulers; i++)
+		if (orch_shared->schedulers[i].pid != 0)
+			kill(orch_shared->schedulers[i].pid, SIGTERM);
 	LWLockRelease(orch_shared->lock);
 }
 
-/* A free entry for a scheduler of database dboid; -1 if none is free. */
+/*
+ * A free entry for a scheduler of database dboid: its index, or
+ * ASSIGN_NONE_FREE, or ASSIGN_STILL_RUNNING while a scheduler of an earlier
+ * launcher still runs there.  Entries of an earlier launcher whose
+ * scheduler is gone are freed on the way.
+ */
 int
 registry_assign(Oid dboid)
 {
-	int			found = -1;
+	int			found = ASSIGN_NONE_FREE;
 
 	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < orch_shared->nschedulers && found < 0; i++)
+	for (int i = 0; i < orch_shared->nschedulers; i++)
+	{
+		OrchSchedulerSlot *e = &orch_shared->schedulers[i];
+
+		if (e->dboid != InvalidOid && e->launcher_pid != MyProcPid)
+		{
+			if (e->pid == 0)
+				memset(e, 0, sizeof(*e));
+			else if (e->dboid == dboid)
+			{
+				found = ASSIGN_STILL_RUNNING;
+				break;
+			}
+		}
+	}
+	for (int i = 0; i < orch_shared->nschedulers && found == ASSIGN_NONE_FREE; i++)
 	{
 		OrchSchedulerSlot *e = &orch_shared->schedulers[i];
 
@@ -74,6 +102,7 @@ registry_assign(Oid dboid)
 		{
 			memset(e, 0, sizeof(*e));
 			e->dboid = dboid;
+			e->launcher_pid = MyProcPid;
 			found = i;
 		}
 	}
