@@ -64,6 +64,7 @@ typedef struct DbState
 	char		name[NAMEDATALEN];
 	bool		eligible;		/* at the last look at pg_database */
 	bool		absent;			/* its scheduler found no extension */
+	bool		poked;			/* CREATE EXTENSION there since its scheduler started */
 	int			entry;			/* its scheduler's entry (registry.c), -1: none */
 	BackgroundWorkerHandle *handle;
 	TimestampTz started_at;
@@ -112,6 +113,7 @@ scan_databases(void)
 		if (!found)
 		{
 			db->absent = false;
+			db->poked = false;
 			db->entry = -1;
 			db->handle = NULL;
 			db->started_at = db->next_start = 0;
@@ -167,6 +169,7 @@ start_scheduler(DbState *db, TimestampTz now)
 	}
 	db->entry = entry;
 	db->started_at = now;
+	db->poked = false;
 	return entry;
 }
 
@@ -189,7 +192,8 @@ tend_database(DbState *db, TimestampTz now, bool *remove)
 		pfree(db->handle);
 		db->handle = NULL;
 		db->entry = -1;
-		if (absent)
+		/* (a scheduler that looked before CREATE EXTENSION committed: again) */
+		if (absent && !db->poked)
 		{
 			/* no extension there: not again until a poke */
 			db->absent = true;
@@ -273,7 +277,10 @@ orch_launcher_main(Datum arg)
 		hash_seq_init(&seq, databases);
 		while ((db = hash_seq_search(&seq)) != NULL)
 			if (poke_all || list_member_oid(pokes, db->dboid))
+			{
 				db->absent = false;
+				db->poked = true;
+			}
 		list_free(pokes);
 
 		/* each wake-up may be news of a database: pg_database is small */

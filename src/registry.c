@@ -542,6 +542,21 @@ registry_worker_should_yield(void)
 
 	if (orch_shared == NULL)
 		return false;
+
+	/* mostly, no database waits and none has a cap: nothing to compute */
+	LWLockAcquire(orch_shared->lock, LW_SHARED);
+	for (int i = 0; i < orch_shared->nschedulers && !other_waits; i++)
+	{
+		OrchSchedulerSlot *e = &orch_shared->schedulers[i];
+
+		other_waits = (e->pid != 0 &&
+					   (e->dboid == MyDatabaseId ? e->cap > 0 : e->wants_budget));
+	}
+	LWLockRelease(orch_shared->lock);
+	if (!other_waits)
+		return false;
+	other_waits = false;
+
 	quota = palloc(sizeof(int) * orch_shared->nschedulers);
 	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
 	compute_quotas(quota);

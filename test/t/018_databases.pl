@@ -129,7 +129,7 @@ my $run2 = q_in('db2b', "SELECT orchestrator.trigger_dag('d')");
 is(q_in('db2b', "SELECT orchestrator.wait_run($run2, '3 minutes')"), 'success', 'and its DAGs run');
 
 # --- 6. the budget shared under load: orchestrator.max_workers = 4 for all
-define_dag('db1', 'big', 40, 0.5);
+define_dag('db1', 'big', 60, 0.5);
 define_dag('db5', 'small', 1, 0.5);
 my $big = q_in('db1', "SELECT orchestrator.trigger_dag('big')");
 wait_in('db1', "SELECT count(*) FROM orchestrator.task_instances WHERE run_id = $big AND state = 'running'",
@@ -141,8 +141,9 @@ my $small_start = q_in('db5',
 is(q_in('db1', "SELECT orchestrator.wait_run($big, '3 minutes')"), 'success', 'the big run finishes');
 my $after = q_in('db1',
 	"SELECT count(*) FROM orchestrator.task_instances WHERE run_id = $big AND started_at > '$small_start'");
-cmp_ok($after, '>=', 20,
-	"the small database did not wait for the big one's queue (it got its share; $after of 41 big tasks started after its task)");
+# (without a share it would wait for the whole queue: none would start after it)
+cmp_ok($after, '>=', 15,
+	"the small database did not wait for the big one's queue (it got its share; $after of 61 big tasks started after its task)");
 
 # at no time more than orchestrator.max_workers tasks in all databases together
 my @iv;
