@@ -179,7 +179,22 @@ wait_in('postgres', "SELECT pid NOT IN (0, $pid{db1}) FROM orchestrator.schedule
 	't', 'the killed scheduler is started again');
 is(scheduler_of($_), $pid{$_}, "the scheduler of $_ went on") for qw(db2b db5);
 
-# --- 8. DROP EXTENSION stops the database's scheduler; CREATE EXTENSION starts it again
+# --- 8. a launcher that dies is started again (by the postmaster, 10 s
+# later); it replaces the schedulers of the one before, one per database
+my $launcher = q_in('postgres', "SELECT pid FROM pg_stat_activity WHERE backend_type = 'orchestrator launcher'");
+q_in('postgres', "SELECT pg_terminate_backend($launcher)");
+wait_in('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'orchestrator launcher' AND pid <> $launcher",
+	'1', 'the launcher is started again');
+wait_in('postgres', "SELECT count(*) FROM orchestrator.schedulers WHERE pid NOT IN ($pid{db2b}, $pid{db5})"
+	  . " AND datname IN ('db2b', 'db5')", '2', 'with schedulers of its own');
+wait_in('postgres', "SELECT count(*) FROM orchestrator.schedulers", '5',
+	'every database has its scheduler again (postgres, db1, db2b, db4, db5)');
+is(q_in('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'orchestrator scheduler'"),
+	'5', 'one scheduler per database, no more');
+$run5 = q_in('db5', "SELECT orchestrator.trigger_dag('d')");
+is(q_in('db5', "SELECT orchestrator.wait_run($run5, '3 minutes')"), 'success', 'and DAGs run');
+
+# --- 9. DROP EXTENSION stops the database's scheduler; CREATE EXTENSION starts it again
 q_in('db5', 'DROP EXTENSION orchestrator CASCADE');
 wait_in('postgres', "SELECT count(*) FROM orchestrator.schedulers WHERE datname = 'db5'", '0',
 	'DROP EXTENSION stops the scheduler');
