@@ -231,3 +231,35 @@ RETURN orchestrator.validate_operator(
 								  'create_table', create_table, 'columns', columns,
 								  'on_error', on_error, 'reject_limit', reject_limit,
 								  'partition_by', partition_by));
+
+
+------------------------------------------------------------------------
+-- One install serves every database of the cluster (issue 12): the
+-- launcher starts a scheduler in each database with the extension, and
+-- they share orchestrator.max_workers.  scheduler_status() reads their
+-- entries in shared memory: a superuser sees every database's scheduler,
+-- other roles their own database's.
+------------------------------------------------------------------------
+
+CREATE FUNCTION orchestrator.scheduler_status(OUT datname name, OUT pid integer,
+	OUT started_at timestamptz, OUT last_pass timestamptz, OUT workers integer,
+	OUT queued integer, OUT max_workers_per_database integer)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'orch_scheduler_status';
+COMMENT ON FUNCTION orchestrator.scheduler_status() IS
+	'The running schedulers (a superuser: of every database; others: of this one), from shared memory';
+
+CREATE VIEW orchestrator.schedulers WITH (security_invoker = true) AS
+SELECT s.datname,
+	   s.pid,
+	   s.started_at,
+	   s.last_pass,
+	   s.workers,
+	   s.queued,
+	   s.max_workers_per_database
+  FROM orchestrator.scheduler_status() s;
+COMMENT ON VIEW orchestrator.schedulers IS
+	'The schedulers the launcher runs: database, pid, when started, last pass, task workers in use, work waiting, per-database cap';
+
+GRANT SELECT ON orchestrator.schedulers TO PUBLIC;

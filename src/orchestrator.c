@@ -19,6 +19,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/indexing.h"
+#include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "fmgr.h"
@@ -32,6 +33,7 @@
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "orchestrator.h"
@@ -40,6 +42,7 @@ PG_MODULE_MAGIC;
 
 char	   *orch_database = NULL;
 int			orch_max_workers = 4;
+int			orch_max_workers_per_database = 0;
 int			orch_max_tasks_per_dag = 10000;
 bool		orch_enabled = true;
 char	   *orch_http_allowed_hosts = NULL;
@@ -72,6 +75,10 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* set by an API call that changes what is due; acted on at commit */
 static bool wake_at_commit = false;
+
+/* set by CREATE EXTENSION and CREATE DATABASE; acted on at commit */
+static bool poke_at_commit = false;
+static Oid	poke_database = InvalidOid;
 
 void		_PG_init(void);
 
@@ -125,11 +132,19 @@ check_history_retention(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/* the shared struct: the worker slots, then the scheduler entries */
+static Size
+orch_shmem_slots_size(void)
+{
+	return MAXALIGN(add_size(offsetof(OrchShared, slots),
+							 mul_size(max_worker_processes, sizeof(OrchWorkerSlot))));
+}
+
 static Size
 orch_shmem_size(void)
 {
-	return add_size(offsetof(OrchShared, slots),
-					mul_size(max_worker_processes, sizeof(OrchWorkerSlot)));
+	return add_size(orch_shmem_slots_size(),
+					mul_size(max_worker_processes, sizeof(OrchSchedulerSlot)));
 }
 
 static void
@@ -156,52 +171,34 @@ orch_shmem_startup(void)
 		memset(orch_shared, 0, orch_shmem_size());
 		orch_shared->lock = &(GetNamedLWLockTranche("orchestrator"))->lock;
 		orch_shared->nslots = max_worker_processes;
+		orch_shared->nschedulers = max_worker_processes;
+		orch_shared->schedulers = (OrchSchedulerSlot *)
+			((char *) orch_shared + orch_shmem_slots_size());
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
-/* Sets the scheduler's latch, if a scheduler runs. */
+/* Sets the latch of this database's scheduler, if one runs. */
 void
 orch_wake_scheduler(void)
 {
-	Latch	   *latch = NULL;
-
-	if (orch_shared == NULL)
-		return;
-	LWLockAcquire(orch_shared->lock, LW_SHARED);
-	latch = orch_shared->scheduler_latch;
-	LWLockRelease(orch_shared->lock);
-	if (latch != NULL)
-		SetLatch(latch);
+	registry_wake_scheduler(MyDatabaseId);
 }
 
 /*
- * Asks the scheduler to evaluate every running run at its next pass (what
- * changed is not known to it): an API call, a worker that could not decide.
+ * Asks this database's scheduler to evaluate every running run at its next
+ * pass (registry.c).
  */
 void
 orch_request_evaluation(void)
 {
-	if (orch_shared == NULL)
-		return;
-	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
-	orch_shared->evaluate_request = true;
-	LWLockRelease(orch_shared->lock);
+	registry_request_evaluation(MyDatabaseId);
 }
 
-/* The scheduler takes the request, if there is one. */
 bool
 orch_take_evaluation_request(void)
 {
-	bool		requested;
-
-	if (orch_shared == NULL)
-		return false;
-	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
-	requested = orch_shared->evaluate_request;
-	orch_shared->evaluate_request = false;
-	LWLockRelease(orch_shared->lock);
-	return requested;
+	return registry_take_evaluation_request();
 }
 
 /* Wakes the scheduler when (and only if) the current transaction commits. */
@@ -209,6 +206,19 @@ void
 orch_wake_scheduler_at_commit(void)
 {
 	wake_at_commit = true;
+}
+
+/*
+ * Tells the launcher, when (and only if) the current transaction commits,
+ * to look at the databases again, and that database dboid (if valid) has
+ * the extension now.
+ */
+void
+orch_poke_launcher_at_commit(Oid dboid)
+{
+	poke_at_commit = true;
+	if (OidIsValid(dboid))
+		poke_database = dboid;
 }
 
 static void
@@ -223,11 +233,15 @@ orch_xact_callback(XactEvent event, void *arg)
 				orch_request_evaluation();
 				orch_wake_scheduler();
 			}
-			wake_at_commit = false;
+			if (poke_at_commit)
+				registry_poke(poke_database);
+			wake_at_commit = poke_at_commit = false;
+			poke_database = InvalidOid;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			wake_at_commit = false;
+			wake_at_commit = poke_at_commit = false;
+			poke_database = InvalidOid;
 			break;
 		default:
 			break;
@@ -290,21 +304,31 @@ _PG_init(void)
 	 * check_setup().
 	 */
 	DefineCustomStringVariable("orchestrator.database",
-							   "Database whose DAGs the scheduler runs.",
-							   NULL,
+							   "The one database whose DAGs run (empty: every database with the extension).",
+							   "Set, it restricts the launcher to that database; the others' DAGs do not run.",
 							   &orch_database,
-							   "postgres",
-							   orch_preloaded ? PGC_POSTMASTER : PGC_SIGHUP,
+							   "",
+							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
 
 	DefineCustomIntVariable("orchestrator.max_workers",
-							"Maximum number of tasks that run at once.",
-							"Each running task uses one background worker; max_worker_processes must leave room for them.",
+							"Maximum number of tasks that run at once, in all databases together.",
+							"Each running task uses one background worker; max_worker_processes must leave room for them and for a scheduler per database.",
 							&orch_max_workers,
 							4,
 							1, 1024,
 							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("orchestrator.max_workers_per_database",
+							"Maximum number of tasks of one database that run at once (0: only orchestrator.max_workers bounds them).",
+							"Set it for one database with ALTER DATABASE ... SET; whatever it is, a database gets no more than its fair share of orchestrator.max_workers while others wait.",
+							&orch_max_workers_per_database,
+							0,
+							0, 1024,
+							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
 
@@ -407,6 +431,9 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = orch_shmem_startup;
 
+	/* DROP DATABASE and friends clear the way (dbhooks.c) */
+	dbhooks_init();
+
 	{
 		BackgroundWorker launcher;
 
@@ -420,15 +447,21 @@ PG_FUNCTION_INFO_V1(orch_check_setup);
 
 /*
  * check_setup() RETURNS boolean: warns if DAGs defined in this database
- * cannot run, and says what to change.  CREATE EXTENSION calls it, which
- * also wakes the scheduler to start on the new catalog.
+ * cannot run, and says what to change: what the launcher looks at (the
+ * library preloaded, orchestrator.database, a database that is not a
+ * template and allows connections).  CREATE EXTENSION calls it, which also
+ * tells the launcher, at commit, to start this database's scheduler.
  */
 Datum
 orch_check_setup(PG_FUNCTION_ARGS)
 {
 	const char *dbname = get_database_name(MyDatabaseId);
+	HeapTuple	tuple;
+	bool		is_template = false;
+	bool		allow_conn = true;
 
 	orch_wake_scheduler_at_commit();
+	orch_poke_launcher_at_commit(MyDatabaseId);
 	if (!orch_preloaded)
 	{
 		ereport(WARNING,
@@ -437,13 +470,33 @@ orch_check_setup(PG_FUNCTION_ARGS)
 				 errhint("Add orchestrator to shared_preload_libraries in postgresql.conf and restart the server.")));
 		PG_RETURN_BOOL(false);
 	}
-	if (dbname == NULL || strcmp(dbname, orch_database) != 0)
+	if (orch_database != NULL && orch_database[0] != '\0' &&
+		(dbname == NULL || strcmp(dbname, orch_database) != 0))
 	{
 		ereport(WARNING,
 				(errmsg("DAGs in database \"%s\" will not run: orchestrator.database is \"%s\"",
 						dbname ? dbname : "?", orch_database),
-				 errhint("Set orchestrator.database = '%s' in postgresql.conf and restart the server, or use the extension in database \"%s\".",
-						 dbname ? dbname : "?", orch_database)));
+				 errdetail("Set, orchestrator.database restricts the scheduling to that one database."),
+				 errhint("Set orchestrator.database = '' (every database with the extension) and reload, or use the extension in database \"%s\".",
+						 orch_database)));
+		PG_RETURN_BOOL(false);
+	}
+	tuple = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(MyDatabaseId));
+	if (HeapTupleIsValid(tuple))
+	{
+		is_template = ((Form_pg_database) GETSTRUCT(tuple))->datistemplate;
+		allow_conn = ((Form_pg_database) GETSTRUCT(tuple))->datallowconn;
+		ReleaseSysCache(tuple);
+	}
+	if (is_template || !allow_conn)
+	{
+		ereport(WARNING,
+				(errmsg("DAGs in database \"%s\" will not run: it is %s",
+						dbname ? dbname : "?",
+						is_template ? "a template" : "closed to connections"),
+				 errdetail("The launcher starts schedulers only in databases that are not templates and allow connections; databases created from this one get the extension, and a scheduler."),
+				 errhint("Use ALTER DATABASE ... WITH %s to have this database's DAGs run.",
+						 is_template ? "IS_TEMPLATE false" : "ALLOW_CONNECTIONS true")));
 		PG_RETURN_BOOL(false);
 	}
 	PG_RETURN_BOOL(true);

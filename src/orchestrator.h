@@ -13,6 +13,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
 #define ORCH_MAX_ID_LEN 250
@@ -20,6 +21,7 @@
 /* settings (orchestrator.c) */
 extern char *orch_database;
 extern int	orch_max_workers;
+extern int	orch_max_workers_per_database;
 extern int	orch_max_tasks_per_dag;
 extern bool orch_enabled;
 extern bool orch_preloaded;
@@ -45,9 +47,11 @@ typedef enum OrchSlotPhase
 typedef struct OrchWorkerSlot
 {
 	pid_t		pid;			/* 0: free */
+	Oid			dboid;			/* the database the worker is connected to */
 	OrchSlotPhase phase;
 	Latch	   *latch;			/* the worker's, to hand it work */
 	bool		handed;			/* work was handed to it while it waited */
+	bool		leave;			/* to exit: its budget is wanted elsewhere */
 	int64		run_id;
 	Oid			owner;			/* the DAG's owner, for the progress view */
 	char		task_id[ORCH_MAX_ID_LEN + 1];	/* "" for a DAG's callback */
@@ -63,13 +67,45 @@ typedef struct OrchWorkerSlot
 	volatile uint64 rows_loaded;
 } OrchWorkerSlot;
 
+/*
+ * One database's scheduler (registry.c).  The launcher assigns the entry
+ * (dboid) before it starts the scheduler and frees it once it saw it stop;
+ * the scheduler fills in the rest.
+ */
+typedef struct OrchSchedulerSlot
+{
+	Oid			dboid;			/* InvalidOid: free */
+	pid_t		launcher_pid;	/* the launcher that assigned it */
+	pid_t		pid;			/* 0: not running (yet, or any more) */
+	Latch	   *latch;
+	TimestampTz started_at;
+	TimestampTz last_pass;
+	bool		absent;			/* it left: the extension is not installed */
+	int			workers;		/* task workers started and not seen stopped */
+	int			queued;			/* task instances and callbacks waiting */
+	int			cap;			/* orchestrator.max_workers_per_database */
+	bool		wants_budget;	/* it has work it found no budget for */
+	bool		evaluate_request;	/* every running run to be evaluated */
+} OrchSchedulerSlot;
+
+#define ORCH_MAX_POKES	32
+#define ORCH_MAX_HOLDS	16
+
 typedef struct OrchShared
 {
 	LWLock	   *lock;
-	pid_t		scheduler_pid;
-	Latch	   *scheduler_latch;
+	pid_t		launcher_pid;
+	Latch	   *launcher_latch;
+	/* databases where CREATE EXTENSION committed, for the launcher */
+	int			npokes;
+	bool		poke_all;		/* too many: look at every database again */
+	Oid			pokes[ORCH_MAX_POKES];
+	/* databases being dropped or renamed, and by which backend */
+	Oid			holds[ORCH_MAX_HOLDS];
+	pid_t		hold_pids[ORCH_MAX_HOLDS];
+	int			nschedulers;
+	OrchSchedulerSlot *schedulers;
 	uint64		owners_generation;	/* bumped when owners may need mapping */
-	bool		evaluate_request;	/* every running run to be evaluated */
 	int			nslots;
 	OrchWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } OrchShared;
@@ -92,6 +128,7 @@ extern void orch_wake_scheduler(void);
 extern void orch_request_evaluation(void);
 extern bool orch_take_evaluation_request(void);
 extern void orch_wake_scheduler_at_commit(void);
+extern void orch_poke_launcher_at_commit(Oid dboid);
 extern TimestampTz orch_now(void);
 
 /* the scheduler and workers (scheduler.c, worker.c) */
@@ -101,6 +138,32 @@ extern PGDLLEXPORT void orch_launcher_main(Datum arg);
 extern PGDLLEXPORT void orch_scheduler_main(Datum arg);
 extern PGDLLEXPORT void orch_worker_main(Datum arg);
 
+/* the schedulers of the cluster and their worker budget (registry.c) */
+#define ASSIGN_NONE_FREE		(-1)
+#define ASSIGN_STILL_RUNNING	(-2)
+extern int	registry_assign(Oid dboid);
+extern bool registry_release(int index);
+extern Oid	registry_dboid(int index);
+extern bool registry_scheduler_attach(int index);
+extern void registry_scheduler_absent(void);
+extern int	registry_budget(int workers, int queued, int cap);
+extern void registry_publish(int workers, int queued, int cap);
+extern bool registry_worker_should_yield(void);
+extern void registry_launcher_attach(void);
+extern List *registry_take_pokes(bool *all);
+extern void registry_poke(Oid dboid);
+extern bool registry_held(Oid dboid);
+extern void registry_hold(Oid dboid);
+extern int	registry_signal_database(Oid dboid);
+extern void registry_release_holds(void);
+extern void registry_wake_scheduler(Oid dboid);
+extern void registry_wake_all_schedulers(void);
+extern void registry_request_evaluation(Oid dboid);
+extern bool registry_take_evaluation_request(void);
+
+/* what a backend tells the launcher (dbhooks.c) */
+extern void dbhooks_init(void);
+
 /* a worker's slot (progress.c) */
 extern bool progress_slot_acquire(void);
 extern void progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id,
@@ -109,6 +172,7 @@ extern void progress_set_deadline(TimestampTz deadline);
 extern OrchWorkerSlot *progress_copy_slots(void);
 extern int	progress_hand_out(int n);
 extern bool progress_leave_if_idle(void);
+extern bool progress_told_to_leave(void);
 extern void orch_progress_add_bytes(uint64 bytes);
 extern void orch_progress_set_rows(uint64 rows);
 extern void orch_begin_xact(void);

@@ -45,7 +45,8 @@ owners_xact_callback(XactEvent event, void *arg)
 				LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
 				orch_shared->owners_generation++;
 				LWLockRelease(orch_shared->lock);
-				orch_wake_scheduler();
+				/* roles belong to the cluster: every database's DAGs */
+				registry_wake_all_schedulers();
 			}
 			changed_in_xact = false;
 			break;

@@ -31,7 +31,12 @@ slot_release(int code, Datum arg)
 	my_slot = NULL;
 }
 
-/* Takes a free slot for this worker, released at exit; false if none. */
+/*
+ * Takes a free slot for this worker, released at exit; false if none, or
+ * if its database is being dropped or renamed (registry.c: checked under
+ * the same lock as the hold is taken, so a worker either is seen there by
+ * the backend that holds it, or does not stay).
+ */
 bool
 progress_slot_acquire(void)
 {
@@ -43,10 +48,17 @@ progress_slot_acquire(void)
 			my_slot = &orch_shared->slots[i];
 			memset(my_slot, 0, sizeof(OrchWorkerSlot));
 			my_slot->pid = MyProcPid;
+			my_slot->dboid = MyDatabaseId;
 			my_slot->latch = MyLatch;
 			break;
 		}
 	}
+	for (int i = 0; my_slot != NULL && i < ORCH_MAX_HOLDS; i++)
+		if (orch_shared->holds[i] == MyDatabaseId && orch_shared->hold_pids[i] != 0)
+		{
+			memset(my_slot, 0, sizeof(OrchWorkerSlot));
+			my_slot = NULL;
+		}
 	LWLockRelease(orch_shared->lock);
 	if (my_slot == NULL)
 		return false;
@@ -67,6 +79,7 @@ progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id, Oid owner,
 	if (phase == SLOT_CLAIMING || phase == SLOT_IDLE || phase == SLOT_WAITING)
 	{
 		my_slot->handed = false;
+		my_slot->leave = false;
 		my_slot->started_at = GetCurrentTimestamp();
 		my_slot->bytes_read = 0;
 		my_slot->rows_loaded = 0;
@@ -82,7 +95,11 @@ progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id, Oid owner,
 	LWLockRelease(orch_shared->lock);
 }
 
-/* A copy of every worker's slot, as it is now (for the scheduler). */
+/*
+ * A copy of the slots of this database's workers, as they are now (for
+ * the scheduler); those of other databases' workers are shown free: their
+ * run ids and pids mean nothing here.
+ */
 OrchWorkerSlot *
 progress_copy_slots(void)
 {
@@ -91,12 +108,16 @@ progress_copy_slots(void)
 	LWLockAcquire(orch_shared->lock, LW_SHARED);
 	memcpy(slots, orch_shared->slots, sizeof(OrchWorkerSlot) * orch_shared->nslots);
 	LWLockRelease(orch_shared->lock);
+	for (int i = 0; i < orch_shared->nslots; i++)
+		if (slots[i].dboid != MyDatabaseId)
+			memset(&slots[i], 0, sizeof(OrchWorkerSlot));
 	return slots;
 }
 
 /*
- * Hands work to up to n workers that wait for some: their latches are set,
- * and they no longer leave when their wait ends.  Returns how many.
+ * Hands work to up to n workers of this database that wait for some: their
+ * latches are set, and they no longer leave when their wait ends.  Returns
+ * how many.
  */
 int
 progress_hand_out(int n)
@@ -110,7 +131,8 @@ progress_hand_out(int n)
 	{
 		OrchWorkerSlot *slot = &orch_shared->slots[i];
 
-		if (slot->pid != 0 && slot->phase == SLOT_WAITING && !slot->handed)
+		if (slot->pid != 0 && slot->dboid == MyDatabaseId &&
+			slot->phase == SLOT_WAITING && !slot->handed && !slot->leave)
 		{
 			slot->handed = true;
 			SetLatch(slot->latch);
@@ -137,6 +159,21 @@ progress_leave_if_idle(void)
 		memset(my_slot, 0, sizeof(OrchWorkerSlot));
 		my_slot = NULL;
 	}
+	LWLockRelease(orch_shared->lock);
+	return leave;
+}
+
+/*
+ * Whether the worker was told to leave (its budget is wanted by another
+ * database: registry.c), and not handed work meanwhile.
+ */
+bool
+progress_told_to_leave(void)
+{
+	bool		leave;
+
+	LWLockAcquire(orch_shared->lock, LW_SHARED);
+	leave = my_slot->leave && !my_slot->handed;
 	LWLockRelease(orch_shared->lock);
 	return leave;
 }
@@ -170,8 +207,8 @@ PG_FUNCTION_INFO_V1(orch_worker_progress);
 
 /*
  * worker_progress() RETURNS SETOF (pid, run_id, task_id, what, started_at,
- * bytes_read, rows_loaded): the tasks and callbacks running now, from
- * shared memory: the calling role's own DAGs' (a superuser's: all), like
+ * bytes_read, rows_loaded): the tasks and callbacks of this database running
+ * now, from shared memory: the calling role's own DAGs' (a superuser's: all), like
  * the catalog's row-level security.
  */
 Datum
@@ -194,7 +231,7 @@ orch_worker_progress(PG_FUNCTION_ARGS)
 		slot = orch_shared->slots[i];
 		LWLockRelease(orch_shared->lock);
 		if (slot.pid == 0 || slot.phase != SLOT_RUNNING ||
-			(!all && slot.owner != role))
+			slot.dboid != MyDatabaseId || (!all && slot.owner != role))
 			continue;
 		values[0] = Int32GetDatum(slot.pid);
 		values[1] = Int64GetDatum(slot.run_id);

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * scheduler.c
- *	  The scheduler: one background worker for orchestrator.database.
+ *	  The scheduler: one background worker per database with the extension,
+ *	  started by the launcher (launcher.c).
  *
  * It sleeps on its latch until the earliest of the next schedule time, the
  * next retry time and the next run timeout, or until something changes what
@@ -24,9 +25,11 @@
  *
  * and, after the commits, 5. stop workers whose task instance was cancelled
  * or timed out under them, and hand the queued instances to workers that
- * wait for work, starting new ones (at most orchestrator.max_workers) for
- * the rest.  The scheduler never waits on a task and never touches the
- * network.
+ * wait for work, starting new ones for the rest, within this database's
+ * share of orchestrator.max_workers (registry.c).  The scheduler never
+ * waits on a task and never touches the network.  When it finds the
+ * extension gone (DROP EXTENSION, or a database the launcher tried that
+ * never had it), it says so to the launcher and exits.
  *
  * Each DAG and each run is handled in a transaction of its own, so that
  * one that raises an error (a schedule made invalid behind the API's back,
@@ -40,6 +43,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -73,6 +77,17 @@
 static List *worker_handles = NIL;
 static bool start_failure_logged = false;
 
+/* this database's name, for the log */
+static char *my_dbname = NULL;
+
+/* whether the extension was found (the scheduler said it started) */
+static bool seen_installed = false;
+/* the extension is not installed: the scheduler leaves */
+static bool extension_absent = false;
+
+/* orchestrator.max_workers_per_database of the server's configuration */
+static int	cluster_cap = 0;
+
 /*
  * Worker starts in the current second: workers that keep exiting without a
  * task (a broken catalog, say) must not make the scheduler spin.
@@ -105,18 +120,6 @@ wake_by(TimestampTz when)
 {
 	if (when < tick_wake)
 		tick_wake = when;
-}
-
-static void
-scheduler_detach(int code, Datum arg)
-{
-	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
-	if (orch_shared->scheduler_pid == MyProcPid)
-	{
-		orch_shared->scheduler_pid = 0;
-		orch_shared->scheduler_latch = NULL;
-	}
-	LWLockRelease(orch_shared->lock);
 }
 
 /*
@@ -370,7 +373,10 @@ catalog_usable(void)
 	char	   *version;
 
 	if (!OidIsValid(get_extension_oid("orchestrator", true)))
+	{
+		extension_absent = true;
 		return false;
+	}
 	version = orch_catalog_version();
 	if (version != NULL && strcmp(version, ORCH_CATALOG_VERSION) == 0)
 	{
@@ -381,15 +387,18 @@ catalog_usable(void)
 	{
 		ereport(LOG,
 				(errmsg("orchestrator: the catalog of database \"%s\" is at version %s and this library needs %s: nothing runs until it is updated",
-						orch_database, version ? version : "?", ORCH_CATALOG_VERSION),
-				 errhint("Run ALTER EXTENSION orchestrator UPDATE in database \"%s\".", orch_database)));
+						my_dbname, version ? version : "?", ORCH_CATALOG_VERSION),
+				 errhint("Run ALTER EXTENSION orchestrator UPDATE in database \"%s\".", my_dbname)));
 		version_logged = MemoryContextStrdup(TopMemoryContext, version ? version : "");
 	}
 	wake_by(tick_now + 60 * USECS_PER_SEC);
 	return false;
 }
 
-/* Whether some worker is running a task (no transaction needed to tell). */
+/*
+ * Whether some worker of this database is running a task (no transaction
+ * needed to tell).
+ */
 static bool
 any_worker_running(void)
 {
@@ -398,6 +407,7 @@ any_worker_running(void)
 	LWLockAcquire(orch_shared->lock, LW_SHARED);
 	for (int s = 0; s < orch_shared->nslots && !running; s++)
 		running = (orch_shared->slots[s].pid != 0 &&
+				   orch_shared->slots[s].dboid == MyDatabaseId &&
 				   orch_shared->slots[s].phase == SLOT_RUNNING);
 	LWLockRelease(orch_shared->lock);
 	return running;
@@ -1058,12 +1068,11 @@ evaluate_runs(void)
 			hash_search(run_cache, &entry->run_id, HASH_REMOVE, NULL);
 }
 
-/* Task workers, up to orchestrator.max_workers, for the queued instances. */
-static void
-start_workers(int64 queued)
+/* Forgets the task workers that stopped; returns how many are left. */
+static int
+reap_workers(void)
 {
 	ListCell   *lc;
-	int			active;
 
 	foreach(lc, worker_handles)
 	{
@@ -1076,7 +1085,23 @@ start_workers(int64 queued)
 			pfree(handle);
 		}
 	}
-	active = list_length(worker_handles);
+	return list_length(worker_handles);
+}
+
+/*
+ * Task workers for the queued instances, within this database's share of
+ * orchestrator.max_workers and its cap (registry.c).  Returns how many
+ * instances are left waiting for a worker.
+ */
+static int64
+start_workers(int64 queued, int cap)
+{
+	int			active = reap_workers();
+	int			allowed;
+	int64		i;
+
+	/* the cap first: workers handed work beyond it leave (registry.c) */
+	registry_publish(active, (int) Min(queued, INT_MAX / 2), cap);
 
 	/* workers waiting for work take it first: no process start */
 	queued -= progress_hand_out((int) Min(queued, INT_MAX));
@@ -1087,7 +1112,8 @@ start_workers(int64 queued)
 		starts_in_window = 0;
 	}
 
-	for (int64 i = 0; i < queued && active < orch_max_workers; i++)
+	allowed = registry_budget(active, (int) Min(queued, INT_MAX / 2), cap);
+	for (i = 0; i < queued && allowed > 0; i++)
 	{
 		BackgroundWorker worker;
 		BackgroundWorkerHandle *handle;
@@ -1096,12 +1122,13 @@ start_workers(int64 queued)
 		if (starts_in_window >= MAX_STARTS_PER_SECOND)
 		{
 			wake_by(tick_now + USECS_PER_SEC);
-			return;
+			return queued - i;
 		}
 		starts_in_window++;
 
 		orch_bgworker_spec(&worker, "orch_worker_main", "orchestrator worker",
 						   BGW_NEVER_RESTART, MyProcPid);
+		worker.bgw_main_arg = ObjectIdGetDatum(MyDatabaseId);
 
 		old = MemoryContextSwitchTo(TopMemoryContext);
 		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
@@ -1115,13 +1142,17 @@ start_workers(int64 queued)
 								 orch_max_workers)));
 			start_failure_logged = true;
 			wake_by(tick_now + 5 * USECS_PER_SEC);
-			return;
+			return queued - i;
 		}
 		worker_handles = lappend(worker_handles, handle);
 		MemoryContextSwitchTo(old);
 		start_failure_logged = false;
 		active++;
+		allowed--;
+		/* counted at once, so that no other scheduler spends it too */
+		registry_publish(active, (int) Min(queued - i - 1, INT_MAX / 2), cap);
 	}
+	return queued - i;
 }
 
 /*
@@ -1174,6 +1205,7 @@ static long
 scheduler_tick(void)
 {
 	int64		queued = 0;
+	int			cap = cluster_cap;
 	bool		isnull;
 	TimestampTz real_now;
 	long		sleep_ms;
@@ -1229,6 +1261,19 @@ scheduler_tick(void)
 				  "     + (SELECT count(*) FROM orchestrator.callback)",
 				  0, NULL, NULL, NULL, SPI_OK_SELECT);
 		queued = DatumGetInt64(col_datum(0, 1, &isnull));
+
+		/*
+		 * ALTER DATABASE ... SET orchestrator.max_workers_per_database
+		 * applies from the next pass, without a restart
+		 */
+		run_query("SELECT pg_catalog.split_part(c, '=', 2)::int4 "
+				  "FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) c "
+				  "WHERE s.setdatabase = $1 AND s.setrole = 0 "
+				  "AND c ~ '^orchestrator\\.max_workers_per_database=[0-9]{1,4}$'",
+				  1, (Oid[]) {OIDOID}, (Datum[]) {ObjectIdGetDatum(MyDatabaseId)},
+				  NULL, SPI_OK_SELECT);
+		if (SPI_processed > 0)
+			cap = DatumGetInt32(col_datum(0, 1, &isnull));
 		orch_end_xact();
 	}
 
@@ -1253,7 +1298,9 @@ scheduler_tick(void)
 	apply_retention();
 
 	if (queued > 0)
-		start_workers(queued);
+		queued = start_workers(queued, cap);
+	/* for the budget and orchestrator.schedulers */
+	registry_publish(reap_workers(), (int) Min(queued, INT_MAX / 2), cap);
 
 	/* what a pass costs (bench/sched.sh reads it) */
 	ereport(DEBUG1,
@@ -1272,14 +1319,30 @@ orch_scheduler_main(Datum arg)
 {
 	long		sleep_ms;
 	long		backoff_ms = 0;
+	int			entry = DatumGetInt32(arg);
+	Oid			dboid;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	/* the launcher saw the database exist */
-	BackgroundWorkerInitializeConnection(orch_database, NULL, 0);
+
+	/* the server's setting, before the database's own applies */
+	cluster_cap = orch_max_workers_per_database;
+
+	/* the launcher names the database in the entry it gave us (registry.c) */
+	dboid = registry_dboid(entry);
+	if (!OidIsValid(dboid))
+		proc_exit(0);
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	/* it is being dropped or renamed: not here */
+	if (!registry_scheduler_attach(entry))
+		proc_exit(0);
 	sandbox_pin_session();
 	pgstat_report_appname("orchestrator scheduler");
+
+	StartTransactionCommand();
+	my_dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
+	CommitTransactionCommand();
 
 	/*
 	 * The scheduler's commits need not wait for the disk: what a crash
@@ -1288,15 +1351,6 @@ orch_scheduler_main(Datum arg)
 	 * flushes every earlier commit with it.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
-
-	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
-	orch_shared->scheduler_pid = MyProcPid;
-	orch_shared->scheduler_latch = MyLatch;
-	LWLockRelease(orch_shared->lock);
-	before_shmem_exit(scheduler_detach, 0);
-
-	ereport(LOG,
-			(errmsg("orchestrator scheduler started for database \"%s\"", orch_database)));
 
 	tick_cxt = AllocSetContextCreate(TopMemoryContext, "orchestrator tick",
 									 ALLOCSET_DEFAULT_SIZES);
@@ -1321,6 +1375,23 @@ orch_scheduler_main(Datum arg)
 		PG_END_TRY();
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(tick_cxt);
+
+		/* no extension here (any more): the launcher starts us again at CREATE EXTENSION */
+		if (extension_absent)
+		{
+			if (seen_installed)
+				ereport(LOG,
+						(errmsg("orchestrator scheduler of database \"%s\" stopped: the extension was dropped",
+								my_dbname)));
+			registry_scheduler_absent();
+			proc_exit(0);
+		}
+		if (!seen_installed)
+		{
+			seen_installed = true;
+			ereport(LOG,
+					(errmsg("orchestrator scheduler started for database \"%s\"", my_dbname)));
+		}
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 sleep_ms, PG_WAIT_EXTENSION);

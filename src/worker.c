@@ -25,7 +25,10 @@
  * Then the instances it queued go to workers waiting for work, and it
  * claims the next queued instance itself.  With none, it waits on its
  * latch for orchestrator.worker_idle_timeout, for the scheduler or another
- * worker to hand it work, and exits when none came.
+ * worker to hand it work, and exits when none came.  It serves the one
+ * database its scheduler serves, and exits between tasks, or while it
+ * waits, when another database wants its share of orchestrator.max_workers
+ * (registry.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -704,6 +707,9 @@ wait_for_work(void)
 		CHECK_FOR_INTERRUPTS();
 		if (rc & WL_LATCH_SET)
 		{
+			/* its place is wanted by another database's work */
+			if (progress_told_to_leave())
+				return !progress_leave_if_idle();
 			progress_set(SLOT_IDLE, 0, NULL, InvalidOid, NULL, 0);
 			return true;
 		}
@@ -738,7 +744,8 @@ orch_worker_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(orch_database, NULL, 0);
+	/* the database of the scheduler that started it */
+	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
 	sandbox_pin_session();
 	pgstat_report_appname("orchestrator worker");
 
@@ -755,6 +762,9 @@ orch_worker_main(Datum arg)
 		Advance		adv;
 
 		CHECK_FOR_INTERRUPTS();
+		/* another database waits for its share of the workers */
+		if (registry_worker_should_yield())
+			break;
 		/* settings reloaded between tasks (allowed hosts, say) */
 		if (ConfigReloadPending)
 		{

@@ -34,7 +34,7 @@ is($node->safe_psql('postgres', 'SELECT task_count FROM orchestrator.dags'),
 is($node->safe_psql('postgres', "LOAD 'orchestrator'; SHOW orchestrator.max_workers"),
 	'4', 'orchestrator.max_workers defaults to 4');
 
-# preloaded, in orchestrator.database (default: postgres), all is well
+# preloaded, every database with the extension runs its DAGs
 $node->append_conf('postgresql.conf', "shared_preload_libraries = 'orchestrator'");
 $node->restart;
 ($ret, $stdout, $stderr) =
@@ -42,18 +42,25 @@ $node->restart;
 is($stdout, 't', 'check_setup() is true once the library is preloaded');
 is($stderr, '', 'without a warning');
 is($node->safe_psql('postgres', 'SHOW orchestrator.database'),
-	'postgres', 'orchestrator.database defaults to postgres');
+	'', 'orchestrator.database is empty by default: every database');
 is($node->safe_psql('postgres', 'SELECT dag_id FROM orchestrator.dags'),
 	'd', 'the DAG defined before is still there');
 
-# in a fresh database with the library preloaded, the warning names the setting
+# in a fresh database, CREATE EXTENSION says nothing: its DAGs run too
 $node->safe_psql('postgres', 'CREATE DATABASE other');
 ($ret, $stdout, $stderr) =
   $node->psql('other', 'CREATE EXTENSION orchestrator');
+is($stderr, '', 'in another database, no warning');
+
+# with orchestrator.database set, the warning names the setting
+$node->append_conf('postgresql.conf', "orchestrator.database = 'postgres'");
+$node->reload;
+($ret, $stdout, $stderr) =
+  $node->psql('other', 'SELECT orchestrator.check_setup()');
 like(
 	$stderr,
 	qr/WARNING:  DAGs in database "other" will not run: orchestrator.database is "postgres"/,
-	'in another database it says which database runs DAGs');
+	'restricted to one database, another says which database runs DAGs');
 
 $node->stop;
 done_testing();
