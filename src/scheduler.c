@@ -1401,8 +1401,12 @@ orch_scheduler_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
-			/* the clock may have moved (orchestrator.test_clock) */
-			if (dag_cache != NULL)
+			/*
+			 * the clock may have moved back (orchestrator.test_clock): what
+			 * the cache says is due later may be due before; forward, what
+			 * came due is looked at anyway
+			 */
+			if (dag_cache != NULL && orch_now() < tick_now)
 			{
 				hash_destroy(dag_cache);
 				dag_cache = NULL;
