@@ -20,6 +20,7 @@
  *	 commit (a copy of a template with the extension has it too).  CREATE
  *	 EXTENSION tells it through check_setup(), which the install script
  *	 calls.
+ * - CREATE, DROP and RENAME of a role: owners may need mapping (owners.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -103,6 +104,10 @@ orch_process_utility(PlannedStmt *pstmt, const char *queryString,
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
+
+	if (IsA(stmt, CreateRoleStmt) || IsA(stmt, DropRoleStmt) ||
+		(IsA(stmt, RenameStmt) && ((RenameStmt *) stmt)->renameType == OBJECT_ROLE))
+		owners_changed_at_commit();
 }
 
 static void

@@ -180,6 +180,7 @@ extern void orch_end_xact(void);
 
 /* owners across clusters (owners.c) */
 extern void owners_init(void);
+extern void owners_changed_at_commit(void);
 extern uint64 owners_generation(void);
 extern void owners_map(void *arg);
 

@@ -8,8 +8,8 @@
  *
  * The scheduler maps when it starts, at a reload, and when something it
  * maps from changed: a role created, renamed or dropped (in any database:
- * roles belong to the cluster), or rows inserted into orchestrator.dag (a
- * restore; a trigger says so).  Each such change bumps a generation
+ * roles belong to the cluster; dbhooks.c's utility hook says so), or rows
+ * inserted into orchestrator.dag (a restore; a trigger says so).  Each such change bumps a generation
  * counter in shared memory at commit and wakes the scheduler, so that an
  * idle scheduler needs no periodic wake-up for it.
  *
@@ -21,14 +21,10 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
-#include "nodes/parsenodes.h"
 #include "storage/lwlock.h"
-#include "tcop/utility.h"
 #include "utils/builtins.h"
 
 #include "orchestrator.h"
-
-static ProcessUtility_hook_type prev_process_utility = NULL;
 
 /* this transaction changed what owners map from */
 static bool changed_in_xact = false;
@@ -59,32 +55,17 @@ owners_xact_callback(XactEvent event, void *arg)
 	}
 }
 
-static void
-owners_process_utility(PlannedStmt *pstmt, const char *queryString,
-					   bool readOnlyTree, ProcessUtilityContext context,
-					   ParamListInfo params, QueryEnvironment *queryEnv,
-					   DestReceiver *dest, QueryCompletion *qc)
+/* A role was created, dropped or renamed (dbhooks.c): map at commit. */
+void
+owners_changed_at_commit(void)
 {
-	Node	   *stmt = pstmt->utilityStmt;
-	bool		roles = IsA(stmt, CreateRoleStmt) || IsA(stmt, DropRoleStmt) ||
-		(IsA(stmt, RenameStmt) && ((RenameStmt *) stmt)->renameType == OBJECT_ROLE);
-
-	if (prev_process_utility)
-		prev_process_utility(pstmt, queryString, readOnlyTree, context,
-							 params, queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-								params, queryEnv, dest, qc);
-	if (roles)
-		changed_in_xact = true;
+	changed_in_xact = true;
 }
 
 /* From _PG_init, with the library preloaded: in every backend. */
 void
 owners_init(void)
 {
-	prev_process_utility = ProcessUtility_hook;
-	ProcessUtility_hook = owners_process_utility;
 	RegisterXactCallback(owners_xact_callback, NULL);
 }
 
