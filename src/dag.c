@@ -87,7 +87,10 @@ catalog_write_end(CatalogWrite *cw)
  * workers run the same few statements over and over, and planning them
  * each time would cost more than running them.  (Their search_path is
  * pinned, and the plan cache replans after any change to what a plan
- * depends on.)  Bounded, for statements built at run time.
+ * depends on.)  Generic plans: planned once, not at each run with its
+ * values (our statements' plans do not depend on them: the conditions
+ * that pick partial indexes are constants).  Bounded, for statements
+ * built at run time.
  */
 typedef struct KeptPlan
 {
@@ -147,7 +150,8 @@ kept_plan(const char *query, int nargs, Oid *types)
 	if (hash_get_num_entries(kept_plans) >= MAX_KEPT_PLANS)
 		return NULL;
 	{
-		SPIPlanPtr	plan = SPI_prepare(query, nargs, types);
+		SPIPlanPtr	plan = SPI_prepare_cursor(query, nargs, types,
+												   CURSOR_OPT_GENERIC_PLAN);
 		char	   *key;
 
 		if (plan == NULL)

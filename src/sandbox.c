@@ -37,7 +37,10 @@
  *	  NewGUCNestLevel() and AtEOXact_GUC(false, ...), and an error aborts the
  *	  transaction, which undoes them too.  Then what DISCARD ALL would drop
  *	  goes: temporary objects, prepared statements, cursors, LISTEN, session
- *	  advisory locks, sequence state, cached plans.
+ *	  advisory locks, sequence state.  Cached plans stay: PostgreSQL checks
+ *	  privileges at each execution and plans again when what a plan depends
+ *	  on changes (a relation, the search_path, the role under row-level
+ *	  security), and the workers' own statements keep theirs (dag.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -55,7 +58,6 @@
 #include "tcop/utility.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/plancache.h"
 #include "utils/portal.h"
 
 #include "sandbox.h"
@@ -184,7 +186,7 @@ sandbox_leave(UserScope *scope)
 }
 
 /*
- * Drops what DISCARD ALL would, as the superuser, in the current
+ * Drops what DISCARD ALL would but plans, as the superuser, in the current
  * transaction (a temporary object's drop runs no user code).  Call after
  * each piece of user code, whether it succeeded or its transaction was
  * rolled back: prepared statements, session advisory locks and sequence
@@ -201,5 +203,4 @@ sandbox_reset_session(void)
 	Async_UnlistenAll();
 	LockReleaseSession(USER_LOCKMETHOD);
 	ResetSequenceCaches();
-	ResetPlanCache();
 }
