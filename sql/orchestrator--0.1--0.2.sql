@@ -135,8 +135,8 @@ CREATE INDEX task_instance_queue_idx ON orchestrator.task_instance (queued_at, r
 
 ------------------------------------------------------------------------
 -- Owners are mapped when something they map from changes, not once a
--- minute (owners.c): roles, through a utility hook, and rows inserted into
--- orchestrator.dag (a restore), through this trigger.
+-- minute (owners.c): roles, through a utility hook, and rows of another
+-- cluster inserted into orchestrator.dag (a restore), through this trigger.
 ------------------------------------------------------------------------
 
 CREATE FUNCTION orchestrator.dag_rows_inserted() RETURNS trigger
@@ -144,8 +144,10 @@ LANGUAGE C
 AS 'MODULE_PATHNAME', 'orch_dag_rows_inserted';
 REVOKE ALL ON FUNCTION orchestrator.dag_rows_inserted() FROM PUBLIC;
 
+-- (only rows of another cluster: create_dag's own do not need mapping)
 CREATE TRIGGER dag_rows_inserted AFTER INSERT ON orchestrator.dag
-	FOR EACH STATEMENT EXECUTE FUNCTION orchestrator.dag_rows_inserted();
+	FOR EACH ROW WHEN (NEW.owner_sysid IS DISTINCT FROM orchestrator.system_identifier())
+	EXECUTE FUNCTION orchestrator.dag_rows_inserted();
 
 -- Loads that real data needs (copy_into):
 --   on_error => 'skip' sets bad rows aside in orchestrator.rejects, up to

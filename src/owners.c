@@ -85,8 +85,9 @@ owners_generation(void)
 PG_FUNCTION_INFO_V1(orch_dag_rows_inserted);
 
 /*
- * dag_rows_inserted() RETURNS trigger, AFTER INSERT FOR EACH STATEMENT on
- * orchestrator.dag: rows a restore brought are mapped once it commits.
+ * dag_rows_inserted() RETURNS trigger, AFTER INSERT FOR EACH ROW on
+ * orchestrator.dag, for rows of another cluster: rows a restore brought are
+ * mapped once it commits.
  */
 Datum
 orch_dag_rows_inserted(PG_FUNCTION_ARGS)
@@ -103,9 +104,11 @@ orch_dag_rows_inserted(PG_FUNCTION_ARGS)
  * Owners that a restore brought from another cluster (their OIDs mean
  * nothing here): each such DAG goes to the role of the same name, or to no
  * one; a DAG of no one goes to a role of its owner's name created since;
- * and a renamed owner's new name is kept, for the next restore.  Runs in
- * the scheduler's transaction; *(bool *) arg says whether every DAG is now
- * of this cluster (rows an API call held locked are left for a later pass).
+ * and a renamed owner's new name is kept, for the next restore.  Roles
+ * are read from pg_authid, through its indexes (the scheduler is a
+ * superuser).  Runs in the scheduler's transaction; *(bool *) arg says
+ * whether every DAG is now of this cluster (rows an API call held locked
+ * are left for a later pass).
  */
 void
 owners_map(void *arg)
@@ -114,7 +117,7 @@ owners_map(void *arg)
 
 	/* (rows an API call has locked are left for the next time) */
 	run_query("UPDATE orchestrator.dag d SET owner_sysid = $1, "
-			  " owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = d.owner_name) "
+			  " owner = (SELECT r.oid FROM pg_catalog.pg_authid r WHERE r.rolname = d.owner_name) "
 			  "FROM (SELECT dag_id FROM orchestrator.dag WHERE owner_sysid <> $1 "
 			  "      FOR NO KEY UPDATE SKIP LOCKED) l "
 			  "WHERE d.dag_id = l.dag_id "
@@ -139,7 +142,7 @@ owners_map(void *arg)
 	 */
 	run_query("UPDATE orchestrator.dag d SET owner = r.oid "
 			  "FROM (SELECT dag_id FROM orchestrator.dag WHERE owner IS NULL AND owner_sysid = $1 "
-			  "      FOR NO KEY UPDATE SKIP LOCKED) l, pg_catalog.pg_roles r "
+			  "      FOR NO KEY UPDATE SKIP LOCKED) l, pg_catalog.pg_authid r "
 			  "WHERE d.dag_id = l.dag_id AND r.rolname = d.owner_name "
 			  "RETURNING d.dag_id, d.owner_name::text",
 			  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE_RETURNING);
@@ -148,9 +151,9 @@ owners_map(void *arg)
 				(errmsg("orchestrator: DAG \"%s\" now belongs to the new role \"%s\"",
 						SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1), SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2))));
 	run_query("UPDATE orchestrator.dag d SET owner_name = r.rolname "
-			  "FROM (SELECT x.dag_id FROM orchestrator.dag x JOIN pg_catalog.pg_roles y ON y.oid = x.owner "
+			  "FROM (SELECT x.dag_id FROM orchestrator.dag x JOIN pg_catalog.pg_authid y ON y.oid = x.owner "
 			  "      WHERE x.owner_name IS DISTINCT FROM y.rolname AND x.owner_sysid = $1 "
-			  "      FOR NO KEY UPDATE OF x SKIP LOCKED) l, pg_catalog.pg_roles r "
+			  "      FOR NO KEY UPDATE OF x SKIP LOCKED) l, pg_catalog.pg_authid r "
 			  "WHERE d.dag_id = l.dag_id AND r.oid = d.owner AND d.owner_sysid = $1",
 			  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE);
 
