@@ -943,6 +943,8 @@ typedef struct RunCacheEntry
 static HTAB *run_cache = NULL;
 
 #define RUN_EVAL_EVERY		(60 * USECS_PER_SEC)
+/* a run skipped (locked) or failed: evaluated at the next pass, whatever the clock */
+#define EVAL_AT_NEXT_PASS	DT_NOBEGIN
 
 typedef struct RunEval
 {
@@ -961,8 +963,7 @@ evaluate_run(void *arg)
 	/* still running, and no API call (cancel_run, clear_task) or worker on it */
 	if (!state_lock_run(eval->run_id, true, &run))
 	{
-		eval->next_eval = tick_now + USECS_PER_SEC;
-		wake_by(eval->next_eval);
+		eval->next_eval = EVAL_AT_NEXT_PASS;
 		return;
 	}
 	if (run.has_timeout)
@@ -984,7 +985,6 @@ evaluate_run(void *arg)
 		eval->next_eval = Min(eval->next_eval, adv.retry_at);
 	if (adv.ended)
 		wake_by(tick_now);		/* a run slot is free: schedule again at once */
-	wake_by(eval->next_eval);
 }
 
 static const char *
@@ -1055,10 +1055,12 @@ evaluate_runs(void)
 		RunEval    *eval = evals[i];
 
 		if (results[i] != XACT_COMMITTED)
-			eval->next_eval = tick_now + USECS_PER_SEC;
+			eval->next_eval = EVAL_AT_NEXT_PASS;
 		entry = hash_search(run_cache, &eval->run_id, HASH_FIND, NULL);
 		entry->next_eval = eval->next_eval;
-		wake_by(eval->next_eval);
+		/* again in a second (of real time: the test clock may stand still) */
+		wake_by(eval->next_eval == EVAL_AT_NEXT_PASS ? tick_now + USECS_PER_SEC :
+				eval->next_eval);
 	}
 
 	/* runs no longer running are forgotten */
