@@ -470,11 +470,19 @@ static int
 total_workers(void)
 {
 	int			total = 0;
+	int			running = 0;
 
 	for (int i = 0; i < orch_shared->nschedulers; i++)
 		if (orch_shared->schedulers[i].pid != 0)
 			total += orch_shared->schedulers[i].workers;
-	return total;
+	/*
+	 * and the workers that run (a scheduler that stopped or started again
+	 * counts its workers no more, while they finish their tasks)
+	 */
+	for (int i = 0; i < orch_shared->nslots; i++)
+		if (orch_shared->slots[i].pid != 0)
+			running++;
+	return Max(total, running);
 }
 
 /* Wakes the schedulers that wait for budget (their share grew); under the lock. */
@@ -530,6 +538,8 @@ registry_budget(int workers, int queued, int cap)
 	mine = quota[my_entry - orch_shared->schedulers];
 	total = total_workers();
 	n = Max(0, Min(queued, Min(mine - workers, orch_max_workers - total)));
+	/* spent at once: another scheduler's budget sees them before they start */
+	my_entry->workers = workers + n;
 	/* woken when budget frees, even if its share is used: shares change */
 	my_entry->wants_budget = (n < queued);
 	if (my_entry->wants_budget && workers + n < mine)

@@ -390,7 +390,11 @@ orch_cancel_run(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 	}
 	/* wait for a claim in progress, then decide on committed states */
-	run_query("SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 FOR UPDATE",
+	/*
+	 * (NO KEY UPDATE: a claim's update conflicts with it, the KEY SHARE
+	 * locks a running load's rejects take on its instance do not)
+	 */
+	run_query("SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 FOR NO KEY UPDATE",
 			  1, types, values, NULL, SPI_OK_SELECT);
 	state_fail_run(run_id, "cancelled by cancel_run()",
 				   GetCurrentTransactionStartTimestamp(), false);

@@ -974,13 +974,17 @@ evaluate_run(void *arg)
 					(errmsg("orchestrator: run " INT64_FORMAT " of DAG \"%s\" exceeded its dagrun_timeout",
 							run.run_id, run.dag_id)));
 			state_fail_run(run.run_id, "dagrun_timeout exceeded", tick_now, true);
-			/* a run slot is free: schedule again at once */
+			/* a run slot is free, and room under max_active_tasks */
+			evaluate_everything = true;
 			wake_by(tick_now);
 			return;
 		}
 		eval->next_eval = Min(eval->next_eval, run.deadline);
 	}
+	run.skip_locked_dag = true;
 	state_evaluate_run(&run, tick_now, &adv);
+	if (adv.dag_locked)
+		eval->next_eval = EVAL_AT_NEXT_PASS;
 	if (adv.retry_at != 0)
 		eval->next_eval = Min(eval->next_eval, adv.retry_at);
 	if (adv.ended)

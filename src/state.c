@@ -120,6 +120,7 @@ state_lock_run(int64 run_id, bool skip_locked, RunRef *run)
 	if (SPI_processed == 0)
 		return false;
 	run->run_id = run_id;
+	run->skip_locked_dag = false;
 	run->dag_id = col_text(0, 1);
 	run->max_active_tasks = DatumGetInt32(col(0, 2, &isnull));
 	d = col(0, 3, &isnull);
@@ -143,17 +144,28 @@ set_done(int64 run_id, const char *task_id, TiState state, TimestampTz now)
 
 /*
  * Room under the DAG's max_active_tasks, with the DAG's row locked (see
- * the order of locks above) until the end of the transaction.
+ * the order of locks above) until the end of the transaction.  With
+ * skip_locked (the scheduler), a row another transaction holds (an API
+ * call, perhaps in a long transaction of its author's) gives no room, and
+ * the scheduler tries again at its next pass instead of waiting.
  */
 static int
-dag_room(const char *dag_id, int max_active_tasks)
+dag_room(const char *dag_id, int max_active_tasks, bool skip_locked, Advance *adv)
 {
 	Datum		value = CStringGetTextDatum(dag_id);
 	bool		isnull;
 	int64		active;
 
-	run_query("SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 FOR NO KEY UPDATE",
+	run_query(skip_locked ?
+			  "SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 FOR NO KEY UPDATE SKIP LOCKED" :
+			  "SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 FOR NO KEY UPDATE",
 			  1, (Oid[]) {TEXTOID}, &value, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+	{
+		/* (the scheduler's: held by an API call; no room this time) */
+		adv->dag_locked = true;
+		return 0;
+	}
 	/* the DAG's running runs, then their active instances, by index */
 	run_query("SELECT count(*) FROM orchestrator.dag_run r "
 			  "JOIN orchestrator.task_instance ti ON ti.run_id = r.run_id "
@@ -183,14 +195,14 @@ queue_one(int64 run_id, const char *task_id, TimestampTz now)
  * DAG has room; marks the rest ready_at, for whoever frees room.
  */
 static void
-queue_ready(const char *dag_id, int max_active_tasks, int n, const int64 *run_ids,
-			char **task_ids, TimestampTz now, Advance *adv)
+queue_ready(const RunRef *run, int n, const int64 *run_ids, char **task_ids,
+			TimestampTz now, Advance *adv)
 {
 	int			room;
 
 	if (n == 0)
 		return;
-	room = dag_room(dag_id, max_active_tasks);
+	room = dag_room(run->dag_id, run->max_active_tasks, run->skip_locked_dag, adv);
 	for (int i = 0; i < n; i++)
 	{
 		if (i < room)
@@ -353,7 +365,7 @@ state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
 			ready[nready++] = names[i];
 		}
 	}
-	queue_ready(run->dag_id, run->max_active_tasks, nready, run_ids, ready, now, adv);
+	queue_ready(run, nready, run_ids, ready, now, adv);
 
 	/* the run ends when all its tasks are done; its leaves decide how */
 	switch (rules_run_outcome(tasks, n))
@@ -393,7 +405,7 @@ state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
 static void
 queue_held(const RunRef *run, TimestampTz now, Advance *adv)
 {
-	int			room = dag_room(run->dag_id, run->max_active_tasks);
+	int			room = dag_room(run->dag_id, run->max_active_tasks, run->skip_locked_dag, adv);
 	uint64		n;
 	SPITupleTable *rows;
 	bool		isnull;
@@ -503,7 +515,7 @@ state_advance_after(const RunRef *run, const char *task_id, TimestampTz now,
 			}
 		}
 	}
-	queue_ready(run->dag_id, run->max_active_tasks, nready, run_ids, ready, now, adv);
+	queue_ready(run, nready, run_ids, ready, now, adv);
 
 	/* the room this task left, for instances that found none */
 	if (!adv->held)
@@ -666,7 +678,7 @@ state_clear_tasks(int64 run_id, const char *dag_id, const char *task_id,
 	run_query(CLEAR_SET
 			  "SELECT ti.task_id FROM orchestrator.task_instance ti JOIN cleared USING (task_id) "
 			  "WHERE ti.run_id = $1 AND ti.state IN ('queued', 'running') "
-			  "FOR UPDATE OF ti",
+			  "FOR NO KEY UPDATE OF ti",
 			  4, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 		ereport(ERROR,

@@ -21,6 +21,8 @@ typedef struct RunRef
 	int			max_active_tasks;
 	bool		has_timeout;
 	TimestampTz deadline;		/* started_at + dagrun_timeout */
+	/* the scheduler's: a DAG row another transaction holds is not waited for */
+	bool		skip_locked_dag;
 } RunRef;
 
 /* what an evaluation did */
@@ -30,6 +32,7 @@ typedef struct Advance
 	bool		held;			/* ready ones left for want of room */
 	bool		undecided;		/* some it could not decide: the scheduler will */
 	bool		ended;			/* the run ended */
+	bool		dag_locked;		/* queueing skipped: the DAG's row was locked */
 	TimestampTz retry_at;		/* the run's next retry time, 0: none */
 } Advance;
 

@@ -640,9 +640,10 @@ record_failure(TaskRun *task, const char *text, bool only_state, Advance *adv)
 	bool		locked;
 
 	orch_begin_xact();
+	/* the run first (state.c's order of locks), then what refers to the try */
+	locked = state_lock_run(task->run_id, false, &run);
 	if (!only_state)
 		task_log_write(task->run_id, task->task_id, task->try_number);
-	locked = state_lock_run(task->run_id, false, &run);
 	if (state_try_failed(task->run_id, task->task_id, MyProcPid, task->try_number,
 						 text, orch_now(), only_state, &final) && locked)
 	{

@@ -155,6 +155,20 @@ is(query($node, "SELECT count(*) FROM trips"), '60036', 'every good row once');
 is(query($node, "SELECT try_number, count(*) FROM orchestrator.rejects WHERE run_id = $run GROUP BY 1"),
 	'2|24', 'and the rejects of the retry alone: the killed try left none');
 
+# cancel_run in the middle of such a load, once rejects are written (their
+# foreign key locks the try's row): the run fails, the load is stopped and
+# rolled back, and nothing deadlocks
+$run = query($node,
+	"SET ROLE alice; SELECT orchestrator.trigger_dag('killed', logical_date => now() + interval '1 day')");
+wait_for($node, "SELECT rows_loaded >= 10000 FROM orchestrator.progress WHERE run_id = $run",
+	't', 'a second load is under way, with rejects written');
+query($node, "SET ROLE alice; SELECT orchestrator.cancel_run($run)");
+is(query($node, "SELECT orchestrator.wait_run($run, '5 minutes')"), 'failed', 'cancel_run fails the run');
+is(query($node, "SELECT error FROM orchestrator.task_instances WHERE run_id = $run"),
+	'cancelled by cancel_run()', 'the load says it was cancelled');
+is(query($node, "SELECT count(*) FROM trips"), '60036', 'and left no row');
+ok(!$node->log_contains('deadlock detected'), 'nothing deadlocked');
+
 # --- partitions: the course pipeline into one table partitioned by month
 for my $m ('2021-01', '2021-02')
 {
