@@ -101,6 +101,12 @@ is(q_in('postgres', "SELECT count(*) FROM orchestrator.schedulers WHERE datname 
 	'the template has none (the launcher has looked since: db4 and db5 have theirs)');
 
 # --- 4. DROP DATABASE of one mid-run; the others unaffected
+# (fresh runs, so that they run whatever the machine's speed: db3's task
+# sleeps until its database goes)
+define_dag('db3', 'sleeper', 1, 600);
+$run{db3} = q_in('db3', "SELECT orchestrator.trigger_dag('sleeper')");
+$run{$_} = q_in($_, "SELECT orchestrator.trigger_dag('long', logical_date => now() + interval '1 day')")
+  for qw(db1 db2);
 wait_in('db3', "SELECT count(*) > 0 FROM orchestrator.task_instances WHERE run_id = $run{db3} AND state = 'running'",
 	't', 'db3 is running tasks');
 my %pid = map { $_ => scheduler_of($_) } qw(db1 db2);
