@@ -220,13 +220,9 @@ orch_drop_lost_callbacks(void)
 		Datum		d = SPI_getbinval(tuple, desc, 5, &isnull);
 		int			try_number = isnull ? 0 : DatumGetInt32(d);
 		char	   *kind = SPI_getvalue(tuple, desc, 6);
-		bool		alive = false;
 		char	   *message;
 
-		for (int s = 0; s < orch_shared->nslots && !alive; s++)
-			alive = (slots[s].pid == pid && slots[s].phase != SLOT_IDLE &&
-					 slots[s].callback_id == id);
-		if (alive)
+		if (progress_slots_show(slots, pid, run_id, NULL, id))
 			continue;
 		run_query("DELETE FROM orchestrator.callback WHERE id = $1 AND worker_pid = $2",
 				  2, (Oid[]) {INT8OID, INT4OID},

@@ -170,6 +170,8 @@ extern void progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id,
 						 Oid owner, const char *what, int64 callback_id);
 extern void progress_set_deadline(TimestampTz deadline);
 extern OrchWorkerSlot *progress_copy_slots(void);
+extern bool progress_slots_show(const OrchWorkerSlot *slots, pid_t pid, int64 run_id,
+								const char *task_id, int64 callback_id);
 extern int	progress_hand_out(int n);
 extern bool progress_leave_if_idle(void);
 extern bool progress_told_to_leave(void);

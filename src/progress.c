@@ -178,6 +178,29 @@ progress_told_to_leave(void)
 	return leave;
 }
 
+/*
+ * Whether one of the slots (a copy) shows worker pid running a task try
+ * (callback_id 0: run_id, task_id) or a callback (callback_id): a try or
+ * callback whose worker holds no slot for it is lost.
+ */
+bool
+progress_slots_show(const OrchWorkerSlot *slots, pid_t pid, int64 run_id,
+					const char *task_id, int64 callback_id)
+{
+	for (int s = 0; s < orch_shared->nslots; s++)
+	{
+		const OrchWorkerSlot *slot = &slots[s];
+
+		if (slot->pid != pid || slot->phase == SLOT_IDLE || slot->phase == SLOT_WAITING)
+			continue;
+		if (callback_id != 0 ? slot->callback_id == callback_id :
+			(slot->callback_id == 0 && slot->run_id == run_id &&
+			 strcmp(slot->task_id, task_id) == 0))
+			return true;
+	}
+	return false;
+}
+
 /* Past this time (and the grace), the scheduler stops what the slot runs. */
 void
 progress_set_deadline(TimestampTz deadline)

@@ -321,13 +321,7 @@ recover_lost(void)
 		Datum		pidd = SPI_getbinval(tuple, desc, 3, &isnull);
 		int			pid = isnull ? 0 : DatumGetInt32(pidd);
 		int			try_number = DatumGetInt32(SPI_getbinval(tuple, desc, 4, &isnull));
-		bool		alive = false;
-
-		for (int s = 0; s < orch_shared->nslots && !alive; s++)
-			alive = (slots[s].pid == pid && slots[s].phase != SLOT_IDLE &&
-					 slots[s].callback_id == 0 && slots[s].run_id == run_id &&
-					 strcmp(slots[s].task_id, task_id) == 0);
-		if (alive)
+		if (progress_slots_show(slots, pid, run_id, task_id, 0))
 			continue;
 
 		/* applies only if it is still that running try */
