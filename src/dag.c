@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -28,6 +29,9 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgtime.h"
+#include "port/pg_bitutils.h"
+#include "storage/bufmgr.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -91,6 +95,14 @@ catalog_write_end(CatalogWrite *cw)
  * values (our statements' plans do not depend on them: the conditions
  * that pick partial indexes are constants).  Bounded, for statements
  * built at run time.
+ *
+ * A plan made when the tables were small can be ruinous once they are
+ * not (a nested loop that rescans a table for each row of another: a
+ * scheduler pass of minutes, once 10,000 DAGs were created in one
+ * transaction), and PostgreSQL plans again only when ANALYZE or DDL
+ * invalidates the tables, which may be a minute or more away.  So the
+ * plans are also dropped, once per transaction at most, when the size of
+ * one of the busy tables has crossed a power of two since they were made.
  */
 typedef struct KeptPlan
 {
@@ -103,6 +115,58 @@ typedef struct KeptPlan
 #define MAX_KEPT_PLANS	256
 
 static HTAB *kept_plans = NULL;
+static MemoryContext kept_cxt = NULL;	/* the hash and its keys */
+
+/* the busy tables, and the log2 of their sizes in blocks when planned */
+static const char *const sized_tables[] = {"dag", "task", "dag_run", "task_instance"};
+static int	planned_sizes[lengthof(sized_tables)];
+static LocalTransactionId sizes_checked = InvalidLocalTransactionId;
+
+static void
+forget_kept_plans(void)
+{
+	HASH_SEQ_STATUS seq;
+	KeptPlan   *entry;
+
+	if (kept_plans == NULL)
+		return;
+	hash_seq_init(&seq, kept_plans);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		SPI_freeplan(entry->plan);
+	MemoryContextDelete(kept_cxt);
+	kept_plans = NULL;
+	kept_cxt = NULL;
+}
+
+static void
+check_table_sizes(void)
+{
+	Oid			nsp;
+	bool		changed = false;
+
+	if (MyProc->lxid == sizes_checked)
+		return;
+	sizes_checked = MyProc->lxid;
+	nsp = get_namespace_oid("orchestrator", true);
+	if (!OidIsValid(nsp))
+		return;
+	for (int i = 0; i < lengthof(sized_tables); i++)
+	{
+		Oid			relid = get_relname_relid(sized_tables[i], nsp);
+		Relation	rel;
+		int			size;
+
+		if (!OidIsValid(relid) || (rel = try_relation_open(relid, AccessShareLock)) == NULL)
+			continue;
+		size = pg_leftmost_one_pos32(RelationGetNumberOfBlocks(rel) + 1);
+		relation_close(rel, NoLock);
+		if (size != planned_sizes[i])
+			changed = true;
+		planned_sizes[i] = size;
+	}
+	if (changed)
+		forget_kept_plans();
+}
 
 /* the key is a pointer to the query text: hashed and compared as text */
 static uint32
@@ -127,6 +191,7 @@ kept_plan(const char *query, int nargs, Oid *types)
 
 	if (!IsBackgroundWorker || nargs > FUNC_MAX_ARGS)
 		return NULL;
+	check_table_sizes();
 	if (kept_plans == NULL)
 	{
 		HASHCTL		ctl;
@@ -135,7 +200,9 @@ kept_plan(const char *query, int nargs, Oid *types)
 		ctl.entrysize = sizeof(KeptPlan);
 		ctl.hash = kept_plan_hash;
 		ctl.match = kept_plan_match;
-		ctl.hcxt = TopMemoryContext;
+		kept_cxt = AllocSetContextCreate(TopMemoryContext, "orchestrator kept plans",
+										 ALLOCSET_SMALL_SIZES);
+		ctl.hcxt = kept_cxt;
 		kept_plans = hash_create("orchestrator kept plans", 64, &ctl,
 								 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
 	}
@@ -159,7 +226,7 @@ kept_plan(const char *query, int nargs, Oid *types)
 				 SPI_result_code_string(SPI_result), query);
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "could not keep the plan of: %s", query);
-		key = MemoryContextStrdup(TopMemoryContext, query);
+		key = MemoryContextStrdup(kept_cxt, query);
 		entry = hash_search(kept_plans, &key, HASH_ENTER, &found);
 		entry->query = key;
 		entry->nargs = nargs;
