@@ -149,6 +149,21 @@ CREATE TRIGGER dag_rows_inserted AFTER INSERT ON orchestrator.dag
 	FOR EACH ROW WHEN (NEW.owner_sysid IS DISTINCT FROM orchestrator.system_identifier())
 	EXECUTE FUNCTION orchestrator.dag_rows_inserted();
 
+-- A scheduler lists every DAG only when definitions changed, however they
+-- changed (the API, a superuser's own UPDATE, a restore); between such
+-- changes it looks only at the DAGs it knows are due (scheduler.c).
+CREATE FUNCTION orchestrator.definitions_changed() RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'orch_definitions_changed';
+REVOKE ALL ON FUNCTION orchestrator.definitions_changed() FROM PUBLIC;
+
+CREATE TRIGGER definitions_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON orchestrator.dag FOR EACH STATEMENT
+	EXECUTE FUNCTION orchestrator.definitions_changed();
+CREATE TRIGGER definitions_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON orchestrator.task FOR EACH STATEMENT
+	EXECUTE FUNCTION orchestrator.definitions_changed();
+
 -- Loads that real data needs (copy_into):
 --   on_error => 'skip' sets bad rows aside in orchestrator.rejects, up to
 --   reject_limit; mode => 'partition' loads the run's data interval into

@@ -106,6 +106,7 @@ typedef struct OrchShared
 	int			nschedulers;
 	OrchSchedulerSlot *schedulers;
 	uint64		owners_generation;	/* bumped when owners may need mapping */
+	uint64		definitions_generation; /* bumped when a dag or task row changed */
 	int			nslots;
 	OrchWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } OrchShared;
@@ -128,6 +129,7 @@ extern void orch_wake_scheduler(void);
 extern void orch_request_evaluation(void);
 extern bool orch_take_evaluation_request(void);
 extern void orch_wake_scheduler_at_commit(void);
+extern uint64 orch_definitions_generation(void);
 extern void orch_poke_launcher_at_commit(Oid dboid);
 extern TimestampTz orch_now(void);
 

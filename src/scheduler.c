@@ -637,10 +637,27 @@ typedef struct DagCacheEntry
 	TransactionId xmin;
 	int64		active;
 	TimestampTz next_check;
+	bool		blocked;		/* at max_active_runs: looked at each pass */
+	uint64		listed;			/* the listing that last returned it */
 } DagCacheEntry;
 
 static HTAB *dag_cache = NULL;
-static uint64 dags_seen = 0;	/* with a schedule, at the last pass */
+static uint64 dags_seen = 0;	/* with a schedule, at the last full listing */
+
+/*
+ * Every DAG is listed when definitions changed (a trigger on dag and task
+ * bumps a generation at commit, orchestrator.c), at the first pass, after
+ * a reload, and at a pass a minute after the last full listing at the
+ * latest (should a change have come by a way that fires no trigger: a
+ * restore with triggers disabled).  Other passes list only the DAGs the
+ * cache says are due, and those blocked at max_active_runs: a trigger_dag
+ * or a finished run costs no look at 10,000 DAGs.
+ */
+static uint64 definitions_listed = PG_UINT64_MAX;
+static uint64 listings = 0;
+static TimestampTz last_full_listing = 0;	/* real time */
+
+#define FULL_LISTING_EVERY	(60 * USECS_PER_SEC)
 
 /* after an error, a DAG is tried again this much later (or when changed) */
 #define DAG_RETRY_AFTER_ERROR	(60 * USECS_PER_SEC)
@@ -770,12 +787,39 @@ schedule_dag(void *arg)
 	}
 }
 
-/* The DAGs with a schedule, those due first read in the first transaction. */
+/*
+ * The DAGs the cache says need a look (due, blocked at max_active_runs),
+ * as a text[], or 0 if none; the scheduler wakes by the others' times.
+ */
+static Datum
+due_ids(void)
+{
+	HASH_SEQ_STATUS seq;
+	DagCacheEntry *entry;
+	ArrayBuildState *ids = NULL;
+
+	hash_seq_init(&seq, dag_cache);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->next_check <= tick_now || entry->blocked)
+			ids = accumArrayResult(ids, CStringGetTextDatum(entry->dag_id), false,
+								   TEXTOID, CurrentMemoryContext);
+		else
+			wake_by(entry->next_check);
+	}
+	return ids == NULL ? (Datum) 0 : makeArrayResult(ids, CurrentMemoryContext);
+}
+
+/*
+ * The DAGs with a schedule that need a look, read in the pass's first
+ * transaction: all of them, or those the cache says are due.
+ */
 static List *
 due_dags(void)
 {
 	List	   *dags = NIL;
 	MemoryContext old;
+	bool		full;
 
 	if (dag_cache == NULL)
 	{
@@ -784,6 +828,7 @@ due_dags(void)
 		ctl.keysize = ORCH_MAX_ID_LEN + 1;
 		ctl.entrysize = sizeof(DagCacheEntry);
 		dag_cache = hash_create("orchestrator DAGs", 1024, &ctl, HASH_ELEM | HASH_STRINGS);
+		definitions_listed = PG_UINT64_MAX;
 	}
 
 	/* forget DAGs dropped since (rarely worth a look: rebuilt when twice the size) */
@@ -795,17 +840,40 @@ due_dags(void)
 		return due_dags();
 	}
 
-	/* the active runs counted from the few active ones, not per DAG */
-	run_query("SELECT d.dag_id, d.schedule, coalesce(d.start_date, d.created_at), d.end_date, "
-			  "       d.catchup, d.max_active_runs, d.timezone, d.xmin::text::int8, "
-			  "       coalesce(a.n, 0) "
-			  "FROM orchestrator.dag d "
-			  "LEFT JOIN (SELECT r.dag_id, count(*) AS n FROM orchestrator.dag_run r "
-			  "           WHERE r.state IN ('queued', 'running') GROUP BY r.dag_id) a "
-			  "       ON a.dag_id = d.dag_id "
-			  "WHERE NOT d.paused AND d.schedule IS NOT NULL "
-			  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id)",
-			  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	listings++;
+	full = definitions_listed != orch_definitions_generation() ||
+		GetCurrentTimestamp() - last_full_listing >= FULL_LISTING_EVERY;
+	if (full)
+	{
+		definitions_listed = orch_definitions_generation();
+		last_full_listing = GetCurrentTimestamp();
+		/* the active runs counted from the few active ones, not per DAG */
+		run_query("SELECT d.dag_id, d.schedule, coalesce(d.start_date, d.created_at), d.end_date, "
+				  "       d.catchup, d.max_active_runs, d.timezone, d.xmin::text::int8, "
+				  "       coalesce(a.n, 0) "
+				  "FROM orchestrator.dag d "
+				  "LEFT JOIN (SELECT r.dag_id, count(*) AS n FROM orchestrator.dag_run r "
+				  "           WHERE r.state IN ('queued', 'running') GROUP BY r.dag_id) a "
+				  "       ON a.dag_id = d.dag_id "
+				  "WHERE NOT d.paused AND d.schedule IS NOT NULL "
+				  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id)",
+				  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	}
+	else
+	{
+		Datum		ids = due_ids();
+
+		if (ids == (Datum) 0)
+			return NIL;
+		run_query("SELECT d.dag_id, d.schedule, coalesce(d.start_date, d.created_at), d.end_date, "
+				  "       d.catchup, d.max_active_runs, d.timezone, d.xmin::text::int8, "
+				  "       (SELECT count(*) FROM orchestrator.dag_run r "
+				  "        WHERE r.dag_id = d.dag_id AND r.state IN ('queued', 'running')) "
+				  "FROM orchestrator.dag d "
+				  "WHERE d.dag_id = ANY ($1) AND NOT d.paused AND d.schedule IS NOT NULL "
+				  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id)",
+				  1, (Oid[]) {TEXTARRAYOID}, &ids, NULL, SPI_OK_SELECT);
+	}
 	old = MemoryContextSwitchTo(tick_cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -820,6 +888,8 @@ due_dags(void)
 		if (strlen(dag_id) > ORCH_MAX_ID_LEN)
 			continue;
 		entry = hash_search(dag_cache, dag_id, HASH_FIND, NULL);
+		if (entry != NULL)
+			entry->listed = listings;
 		if (entry != NULL && entry->xmin == xmin && entry->active == active &&
 			entry->next_check > tick_now)
 		{
@@ -842,7 +912,20 @@ due_dags(void)
 		dags = lappend(dags, dag);
 	}
 	MemoryContextSwitchTo(old);
-	dags_seen = SPI_processed;
+	if (full)
+		dags_seen = SPI_processed;
+
+	/* due but no longer listed (paused, dropped, unscheduled): forgotten */
+	{
+		HASH_SEQ_STATUS seq;
+		DagCacheEntry *entry;
+
+		hash_seq_init(&seq, dag_cache);
+		while ((entry = hash_seq_search(&seq)) != NULL)
+			if ((entry->next_check <= tick_now || entry->blocked) &&
+				entry->listed != listings)
+				hash_search(dag_cache, entry->dag_id, HASH_REMOVE, NULL);
+	}
 	return dags;
 }
 
@@ -895,14 +978,19 @@ schedule_dags(List *dags)
 		TimestampTz next_check = dag->next_check;
 		DagCacheEntry *entry;
 
-		/* locked by another transaction: again in a second */
-		if (dag->skipped || results[i] == XACT_LOCKED)
-			continue;
-		if (results[i] == XACT_FAILED)
-			next_check = tick_now + DAG_RETRY_AFTER_ERROR;
 		entry = hash_search(dag_cache, dag->dag_id, HASH_ENTER, NULL);
 		entry->xmin = dag->xmin;
 		entry->active = dag->active;
+		entry->blocked = dag->active >= dag->max_active_runs;
+		entry->listed = listings;
+		/* locked by another transaction: at the next pass (in a second) */
+		if (dag->skipped || results[i] == XACT_LOCKED)
+		{
+			entry->xmin = InvalidTransactionId;
+			next_check = tick_now;
+		}
+		else if (results[i] == XACT_FAILED)
+			next_check = tick_now + DAG_RETRY_AFTER_ERROR;
 		entry->next_check = next_check;
 	}
 }
@@ -1411,8 +1499,9 @@ orch_scheduler_main(Datum arg)
 				hash_destroy(dag_cache);
 				dag_cache = NULL;
 			}
-			/* and owners are mapped again, should anything have been missed */
+			/* and owners mapped, DAGs listed again, should anything have been missed */
 			owners_mapped = PG_UINT64_MAX;
+			definitions_listed = PG_UINT64_MAX;
 			evaluate_everything = true;
 		}
 	}
