@@ -1499,9 +1499,11 @@ orch_scheduler_main(Datum arg)
 				hash_destroy(dag_cache);
 				dag_cache = NULL;
 			}
-			/* and owners mapped, DAGs listed again, should anything have been missed */
+			/*
+			 * and owners mapped again, should anything have been missed (the
+			 * DAGs are listed again a minute after the last listing anyway)
+			 */
 			owners_mapped = PG_UINT64_MAX;
-			definitions_listed = PG_UINT64_MAX;
 			evaluate_everything = true;
 		}
 	}
