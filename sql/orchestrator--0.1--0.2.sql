@@ -280,3 +280,199 @@ COMMENT ON VIEW orchestrator.schedulers IS
 	'The schedulers the launcher runs: database, pid, when started, last pass, task workers in use, work waiting, per-database cap';
 
 GRANT SELECT ON orchestrator.schedulers TO PUBLIC;
+
+------------------------------------------------------------------------
+-- Pools and priorities (issue 15).
+--
+-- A pool bounds how many task instances run at once, across all DAGs and
+-- owners: a superuser creates it (create_pool) and grants its use to DAG
+-- owners (grant_pool); add_task(..., pool, pool_slots) puts a task in it.
+-- A ready instance is queued only while its pool has room (counted under
+-- the pool's row lock, like max_active_tasks under the DAG's); otherwise
+-- it waits, scheduled with ready_at set, holding no worker, and the worker
+-- of a pooled task that ends queues the next waiter of its pool (pool.c).
+--
+-- Priorities: add_task(..., priority_weight, weight_rule) with Airflow's
+-- rules; task.priority_weight_total is the effective weight.  A queued
+-- instance is claimed in the order of claim_at: the time it became ready,
+-- minus its effective weight times orchestrator.priority_weight_age (so
+-- weight counts first, then age, and an old task of low weight is claimed
+-- before tasks that become ready long enough after it, whatever their
+-- weight: no starvation).  The claim walks an index on claim_at.
+------------------------------------------------------------------------
+
+CREATE TABLE orchestrator.pool (
+	pool text PRIMARY KEY,
+	slots integer NOT NULL CHECK (slots > 0),
+	description text,
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE orchestrator.pool IS
+	'Pools: at most "slots" task instances (counted in pool_slots) of all DAGs run at once in each; see the view orchestrator.pools';
+
+-- the roles (OIDs of this cluster) a superuser let use a pool
+CREATE TABLE orchestrator.pool_grant (
+	pool text NOT NULL REFERENCES orchestrator.pool ON DELETE CASCADE,
+	grantee oid NOT NULL,
+	PRIMARY KEY (pool, grantee)
+);
+COMMENT ON TABLE orchestrator.pool_grant IS
+	'Which roles may put their tasks in which pool (grant_pool, revoke_pool)';
+
+-- internal: read through the view and the functions only
+ALTER TABLE orchestrator.pool ENABLE ROW LEVEL SECURITY;
+ALTER TABLE orchestrator.pool_grant ENABLE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('orchestrator.pool', '');
+SELECT pg_catalog.pg_extension_config_dump('orchestrator.pool_grant', '');
+
+ALTER TABLE orchestrator.task
+	ADD COLUMN pool text REFERENCES orchestrator.pool,
+	ADD COLUMN pool_slots integer NOT NULL DEFAULT 1 CHECK (pool_slots > 0),
+	ADD COLUMN priority_weight integer NOT NULL DEFAULT 1,
+	ADD COLUMN weight_rule text NOT NULL DEFAULT 'downstream'
+		CHECK (weight_rule IN ('downstream', 'upstream', 'absolute')),
+	ADD COLUMN priority_weight_total bigint NOT NULL DEFAULT 1;
+COMMENT ON COLUMN orchestrator.task.priority_weight_total IS
+	'The effective weight, by weight_rule: downstream, its own plus all its downstream tasks''; upstream, its own plus all its upstream tasks''; absolute, its own';
+CREATE INDEX task_pool_idx ON orchestrator.task (pool) WHERE pool IS NOT NULL;
+
+-- the tasks of 0.1 weigh 1 each, rule downstream: 1 + their downstream tasks
+UPDATE orchestrator.task t SET priority_weight_total = 1 + (
+	WITH RECURSIVE below(task_id) AS (
+		SELECT x.task_id FROM orchestrator.task x
+		 WHERE x.dag_id = t.dag_id AND t.task_id = ANY (x.upstream)
+		UNION
+		SELECT x.task_id FROM orchestrator.task x JOIN below b ON b.task_id = ANY (x.upstream)
+		 WHERE x.dag_id = t.dag_id)
+	SELECT count(*) FROM below);
+
+-- the pool and slots an instance takes, set when it is queued (or waits)
+ALTER TABLE orchestrator.task_instance
+	ADD COLUMN pool text,
+	ADD COLUMN pool_slots integer,
+	ADD COLUMN claim_at timestamptz;
+COMMENT ON COLUMN orchestrator.task_instance.claim_at IS
+	'Claim order: when it became ready, minus its effective weight times orchestrator.priority_weight_age';
+UPDATE orchestrator.task_instance SET claim_at = queued_at WHERE state = 'queued';
+
+-- the claim: the first queued instance in claim order, without a sort
+DROP INDEX orchestrator.task_instance_queue_idx;
+CREATE INDEX task_instance_claim_idx ON orchestrator.task_instance (claim_at, run_id, task_id)
+	WHERE state = 'queued';
+-- a pool's taken slots
+CREATE INDEX task_instance_pool_idx ON orchestrator.task_instance (pool, pool_slots)
+	WHERE pool IS NOT NULL AND state IN ('queued', 'running');
+-- a pool's waiters, in claim order
+CREATE INDEX task_instance_pool_wait_idx ON orchestrator.task_instance (pool, claim_at)
+	WHERE pool IS NOT NULL AND ready_at IS NOT NULL;
+
+CREATE FUNCTION orchestrator.create_pool(pool text, slots integer, description text DEFAULT NULL)
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_create_pool';
+COMMENT ON FUNCTION orchestrator.create_pool(text, integer, text) IS
+	'Creates a pool of slots shared by all DAGs (superusers only)';
+
+CREATE FUNCTION orchestrator.drop_pool(pool text, if_exists boolean DEFAULT false)
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_drop_pool';
+COMMENT ON FUNCTION orchestrator.drop_pool(text, boolean) IS
+	'Drops a pool no task uses (superusers only)';
+
+CREATE FUNCTION orchestrator.grant_pool(pool text, role regrole)
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_grant_pool';
+COMMENT ON FUNCTION orchestrator.grant_pool(text, regrole) IS
+	'Lets a role put the tasks of its DAGs in a pool (superusers only)';
+
+CREATE FUNCTION orchestrator.revoke_pool(pool text, role regrole)
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_revoke_pool';
+COMMENT ON FUNCTION orchestrator.revoke_pool(text, regrole) IS
+	'Takes back a role''s use of a pool, once none of its tasks is in it (superusers only)';
+
+REVOKE ALL ON FUNCTION orchestrator.create_pool(text, integer, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION orchestrator.drop_pool(text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION orchestrator.grant_pool(text, regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION orchestrator.revoke_pool(text, regrole) FROM PUBLIC;
+
+-- Counts only, of all DAGs (the view reads as its owner, past row-level
+-- security); a role sees the pools granted to it, a superuser all.
+CREATE VIEW orchestrator.pools AS
+SELECT p.pool,
+	   p.slots,
+	   (SELECT coalesce(sum(ti.pool_slots), 0) FROM orchestrator.task_instance ti
+		 WHERE ti.pool = p.pool AND ti.state = 'running')::integer AS running,
+	   (SELECT coalesce(sum(ti.pool_slots), 0) FROM orchestrator.task_instance ti
+		 WHERE ti.pool = p.pool AND ti.state = 'queued')::integer AS queued,
+	   (SELECT count(*) FROM orchestrator.task_instance ti
+		 WHERE ti.pool = p.pool AND ti.ready_at IS NOT NULL
+		   AND ti.state IN ('scheduled', 'up_for_retry'))::integer AS waiting,
+	   p.description
+  FROM orchestrator.pool p
+ WHERE (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
+	OR EXISTS (SELECT 1 FROM orchestrator.pool_grant g
+				WHERE g.pool = p.pool AND g.grantee = orchestrator.current_role_oid());
+COMMENT ON VIEW orchestrator.pools IS
+	'Pools granted to you (all, for a superuser): slots, slots taken by running and queued task instances of all DAGs, instances waiting for room';
+GRANT SELECT ON orchestrator.pools TO PUBLIC;
+
+CREATE OR REPLACE VIEW orchestrator.tasks WITH (security_invoker = true) AS
+SELECT t.dag_id,
+	   t.task_id,
+	   t.spec ->> 'operator' AS operator,
+	   t.spec,
+	   t.upstream,
+	   ARRAY(SELECT dt.task_id FROM orchestrator.task dt
+			  WHERE dt.dag_id = t.dag_id AND t.task_id = ANY (dt.upstream)
+			  ORDER BY dt.position) AS downstream,
+	   t.retries,
+	   t.retry_delay,
+	   t.retry_exponential_backoff,
+	   t.max_retry_delay,
+	   t.execution_timeout,
+	   t.trigger_rule,
+	   t.position,
+	   t.on_failure_callback,
+	   t.on_success_callback,
+	   t.on_retry_callback,
+	   t.cache_expiration,
+	   t.pool,
+	   t.pool_slots,
+	   t.priority_weight,
+	   t.weight_rule,
+	   t.priority_weight_total
+  FROM orchestrator.task t;
+
+DROP FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb, interval);
+CREATE FUNCTION orchestrator.add_task(dag_id text,
+									  task_id text,
+									  operator jsonb,
+									  upstream text[] DEFAULT '{}',
+									  retries integer DEFAULT 0,
+									  retry_delay interval DEFAULT '5 minutes',
+									  retry_exponential_backoff boolean DEFAULT false,
+									  max_retry_delay interval DEFAULT NULL,
+									  execution_timeout interval DEFAULT NULL,
+									  trigger_rule text DEFAULT 'all_success',
+									  on_failure_callback jsonb DEFAULT NULL,
+									  on_success_callback jsonb DEFAULT NULL,
+									  on_retry_callback jsonb DEFAULT NULL,
+									  cache_expiration interval DEFAULT NULL,
+									  pool text DEFAULT NULL,
+									  pool_slots integer DEFAULT 1,
+									  priority_weight integer DEFAULT 1,
+									  weight_rule text DEFAULT 'downstream')
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_add_task';
+COMMENT ON FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb, interval, text, integer, integer, text) IS
+	'Adds a task to a DAG you own; its upstream tasks must already exist';

@@ -43,6 +43,8 @@
 
 #include "cron.h"
 #include "orchestrator.h"
+#include "pool.h"
+#include "rules.h"
 
 static const char *const trigger_rules[] = {
 	"all_success", "all_failed", "all_done", "one_success", "one_failed",
@@ -464,6 +466,71 @@ orch_create_dag(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * A new task's pool and weights.  Its effective weight by its rule (it has
+ * no downstream task yet), and its weight added to its upstream tasks'
+ * whose rule counts their downstream tasks (each counted once, however
+ * many paths lead to it).
+ */
+static void
+set_priority(const char *dag_id, const char *task_id, Datum upstream, const char *pool,
+			 int pool_slots, int weight, WeightRule rule)
+{
+	int64		upstream_sum = 0;
+	Datum	   *raise;
+	int			nraise = 0;
+	uint64		n;
+	bool		isnull;
+
+	/* its upstream tasks, all the way up */
+	run_query("WITH RECURSIVE above(task_id) AS ( "
+			  "  SELECT unnest($2::text[]) "
+			  "  UNION "
+			  "  SELECT unnest(t.upstream) FROM orchestrator.task t "
+			  "  JOIN above a ON t.dag_id = $1 AND t.task_id = a.task_id) "
+			  "SELECT t.task_id, t.priority_weight, t.weight_rule "
+			  "FROM orchestrator.task t JOIN above a ON t.dag_id = $1 AND t.task_id = a.task_id",
+			  2, (Oid[]) {TEXTOID, TEXTARRAYOID},
+			  (Datum[]) {CStringGetTextDatum(dag_id), upstream}, NULL, SPI_OK_SELECT);
+	n = SPI_processed;
+	raise = palloc(sizeof(Datum) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		int32		up_weight = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+		WeightRule	up_rule;
+
+		upstream_sum += up_weight;
+		if (!rules_parse_weight_rule(SPI_getvalue(row, desc, 3), &up_rule))
+			continue;
+		if (rules_weight_to_ancestor(up_rule, weight) != 0)
+			raise[nraise++] = SPI_getbinval(row, desc, 1, &isnull);
+	}
+
+	run_query("UPDATE orchestrator.task SET pool = $3, pool_slots = $4, priority_weight = $5, "
+			  " weight_rule = $6, priority_weight_total = $7 "
+			  "WHERE dag_id = $1 AND task_id = $2",
+			  7, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, TEXTOID, INT8OID},
+			  (Datum[]) {CStringGetTextDatum(dag_id), CStringGetTextDatum(task_id),
+				  pool ? CStringGetTextDatum(pool) : (Datum) 0, Int32GetDatum(pool_slots),
+				  Int32GetDatum(weight),
+				  CStringGetTextDatum(rule == WR_UPSTREAM ? "upstream" :
+									  rule == WR_ABSOLUTE ? "absolute" : "downstream"),
+			  Int64GetDatum(rules_effective_weight(rule, weight, upstream_sum, 0))},
+			  pool ? "       " : "  n    ", SPI_OK_UPDATE);
+	if (nraise > 0)
+		run_query("UPDATE orchestrator.task SET priority_weight_total = "
+				  " LEAST(GREATEST(priority_weight_total + $3, $4), $5) "
+				  "WHERE dag_id = $1 AND task_id = ANY ($2)",
+				  5, (Oid[]) {TEXTOID, TEXTARRAYOID, INT8OID, INT8OID, INT8OID},
+				  (Datum[]) {CStringGetTextDatum(dag_id),
+					  PointerGetDatum(construct_array(raise, nraise, TEXTOID, -1, false, TYPALIGN_INT)),
+					  Int64GetDatum((int64) weight), Int64GetDatum(-RULES_MAX_WEIGHT),
+				  Int64GetDatum(RULES_MAX_WEIGHT)},
+				  NULL, SPI_OK_UPDATE);
+}
+
 PG_FUNCTION_INFO_V1(orch_add_task);
 
 /*
@@ -489,6 +556,12 @@ orch_add_task(PG_FUNCTION_ARGS)
 	Datum		values[14];
 	char		nulls[14];
 	ListCell   *lc;
+	int			pool_arg;
+	char	   *pool;
+	int			pool_slots;
+	int			priority_weight;
+	char	   *weight_rule_name;
+	WeightRule	weight_rule;
 
 	require_arg(fcinfo, 0, "dag_id");
 	require_arg(fcinfo, 1, "task_id");
@@ -577,8 +650,32 @@ orch_add_task(PG_FUNCTION_ARGS)
 				 errmsg("cache_expiration applies only to tasks that produce an artifact"),
 				 errhint("http_fetch and gunzip tasks can be cached.")));
 
+	/*
+	 * pool, pool_slots, priority_weight and weight_rule are add_task's last
+	 * four arguments (whatever other arguments come before them)
+	 */
+	pool_arg = PG_NARGS() - 4;
+	pool = PG_ARGISNULL(pool_arg) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(pool_arg));
+	require_arg(fcinfo, pool_arg + 1, "pool_slots");
+	pool_slots = PG_GETARG_INT32(pool_arg + 1);
+	if (pool == NULL && pool_slots != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pool_slots applies only to a task in a pool")));
+	require_arg(fcinfo, pool_arg + 2, "priority_weight");
+	priority_weight = PG_GETARG_INT32(pool_arg + 2);
+	require_arg(fcinfo, pool_arg + 3, "weight_rule");
+	weight_rule_name = text_to_cstring(PG_GETARG_TEXT_PP(pool_arg + 3));
+	if (!rules_parse_weight_rule(weight_rule_name, &weight_rule))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown weight rule \"%s\"", weight_rule_name),
+				 errhint("Weight rules are downstream, upstream and absolute.")));
+
 	catalog_write_begin(&cw);
 	lock_owned_dag(&cw, dag_id, false, false);
+	if (pool != NULL)
+		pool_check_task(cw.caller, dag_id, pool, pool_slots);
 
 	values[0] = CStringGetTextDatum(dag_id);
 	values[1] = CStringGetTextDatum(task_id);
@@ -668,6 +765,7 @@ orch_add_task(PG_FUNCTION_ARGS)
 			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
 			  "coalesce(max(position), 0) + 1 FROM orchestrator.task WHERE dag_id = $1",
 			  14, types, values, nulls, SPI_OK_INSERT);
+	set_priority(dag_id, task_id, values[3], pool, pool_slots, priority_weight, weight_rule);
 
 	catalog_write_end(&cw);
 	orch_wake_scheduler_at_commit();

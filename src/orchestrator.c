@@ -51,6 +51,7 @@ char	   *orch_history_retention = NULL;
 char	   *orch_events = NULL;
 int			orch_callback_timeout_ms = 5 * 60 * 1000;
 int			orch_worker_idle_timeout_ms = 5000;
+int			orch_priority_weight_age_ms = 60 * 1000;
 
 /* set when loaded through shared_preload_libraries */
 bool		orch_preloaded = false;
@@ -439,6 +440,16 @@ _PG_init(void)
 							&orch_worker_idle_timeout_ms,
 							5000,
 							0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("orchestrator.priority_weight_age",
+							"How much waiting one unit of a task's effective priority weight is worth.",
+							"A ready task is claimed in the order of the time it became ready less its effective weight times this: weight first, then age; a task waits behind later ones only while they are younger by less than their weight's advance, so none waits forever.",
+							&orch_priority_weight_age_ms,
+							60 * 1000,
+							1, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

@@ -30,6 +30,7 @@ extern char *orch_history_retention;
 extern char *orch_events;
 extern int	orch_callback_timeout_ms;
 extern int	orch_worker_idle_timeout_ms;
+extern int	orch_priority_weight_age_ms;
 
 /*
  * Shared memory (orchestrator.c): the scheduler's latch, and one slot per

@@ -114,4 +114,43 @@ typedef enum RunOutcome
 
 extern RunOutcome rules_run_outcome(const RuleTask *tasks, int n);
 
+/* a task's weight rule (task.weight_rule), Airflow's three */
+typedef enum WeightRule
+{
+	WR_DOWNSTREAM,				/* its own weight and all its downstream tasks' */
+	WR_UPSTREAM,				/* its own weight and all its upstream tasks' */
+	WR_ABSOLUTE,				/* its own weight */
+	WR_NRULES
+} WeightRule;
+
+extern bool rules_parse_weight_rule(const char *name, WeightRule *rule);
+
+/*
+ * A task's effective weight, from its own weight and the sums of the
+ * weights of its distinct upstream (ancestors) and downstream
+ * (descendants) tasks; clamped to +-RULES_MAX_WEIGHT.
+ */
+#define RULES_MAX_WEIGHT	((int64) 1000000000000)
+extern int64 rules_effective_weight(WeightRule rule, int64 own, int64 upstream_sum,
+									int64 downstream_sum);
+
+/*
+ * What a new task adds to the effective weight of one of its upstream
+ * tasks (a task is added after its upstream tasks, with no downstream
+ * of its own yet): its own weight to a downstream-rule ancestor, nothing to
+ * the others.
+ */
+extern int64 rules_weight_to_ancestor(WeightRule ancestor_rule, int64 weight);
+
+/*
+ * How far ahead of its age a ready instance is claimed: its effective
+ * weight times age_unit_ms (orchestrator.priority_weight_age), in
+ * milliseconds, clamped to +-RULES_MAX_CLAIM_OFFSET_MS (about 31 years).
+ * Claimed in order of (ready time - offset): weight first, then age, and
+ * an instance waits behind later ones only while they are younger by less
+ * than their weight's advance, so no flood starves it.
+ */
+#define RULES_MAX_CLAIM_OFFSET_MS	((int64) 1000000000000)
+extern int64 rules_claim_offset_ms(int64 weight, int age_unit_ms);
+
 #endif							/* ORCHESTRATOR_RULES_H */

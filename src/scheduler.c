@@ -65,6 +65,7 @@
 
 #include "cron.h"
 #include "orchestrator.h"
+#include "pool.h"
 #include "sandbox.h"
 #include "state.h"
 
@@ -173,6 +174,12 @@ begin_sched_xact(void)
 	orch_begin_xact();
 	set_config_option("lock_timeout", SCHED_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
 					  GUC_ACTION_LOCAL, true, 0, false);
+}
+
+static void
+hand_out_pools(void *arg)
+{
+	pool_hand_out_all();
 }
 
 static XactResult
@@ -1341,6 +1348,8 @@ scheduler_tick(void)
 		schedule_dags(dags);
 		in_xact(start_runs, NULL, "cannot start queued runs");
 		evaluate_runs();
+		/* pool slots freed by what no worker hands out (cancel, lost tries) */
+		in_xact(hand_out_pools, NULL, "cannot queue the waiters of pools");
 
 		orch_begin_xact();
 		run_query("SELECT (SELECT count(*) FROM orchestrator.task_instance ti "

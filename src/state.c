@@ -11,13 +11,19 @@
  *	  changes the states of its task instances;
  * 2. the DAG's row (FOR NO KEY UPDATE), by whatever queues task instances,
  *	  so that the count of its active instances is exact under
- *	  max_active_tasks when workers of several runs queue at once;
- * 3. the task instances' rows.
+ *	  max_active_tasks when workers of several runs queue at once (one
+ *	  DAG's row per transaction);
+ * 3. the rows of the pools its tasks use (FOR NO KEY UPDATE, all in one
+ *	  statement, in name order: pool.c), so that the slots taken in each
+ *	  are exact across DAGs and owners;
+ * 4. the task instances' rows.
  *
- * A task instance that is ready but finds no room under max_active_tasks
- * stays scheduled, with ready_at set; whoever frees room (a worker whose
- * task ends) queues the oldest such instances of the DAG, through a small
- * index, without evaluating whole runs.
+ * A task instance that is ready but finds no room under max_active_tasks,
+ * or in its pool, stays scheduled, with ready_at set (it holds no worker);
+ * whoever frees room (a worker whose task ends) queues the first such
+ * instances of the DAG in claim order, through a small index, without
+ * evaluating whole runs, and the worker of a pooled task then queues the
+ * pool's first waiters of other DAGs (pool.c, state_pool_hand_out).
  *
  *-------------------------------------------------------------------------
  */
@@ -34,6 +40,7 @@
 #include "utils/timestamp.h"
 
 #include "orchestrator.h"
+#include "pool.h"
 #include "rules.h"
 #include "state.h"
 
@@ -144,23 +151,27 @@ set_done(int64 run_id, const char *task_id, TiState state, TimestampTz now)
 
 /*
  * Room under the DAG's max_active_tasks, with the DAG's row locked (see
- * the order of locks above) until the end of the transaction.  With
- * skip_locked (the scheduler), a row another transaction holds (an API
- * call, perhaps in a long transaction of its author's) gives no room, and
- * the scheduler tries again at its next pass instead of waiting.
+ * the order of locks above) until the end of the transaction, and then the
+ * pools its tasks use (and extra_pool), with their free slots (pool.c).
+ * With skip_locked (the scheduler), a row another transaction holds (an
+ * API call, perhaps in a long transaction of its author's) gives no room,
+ * and the scheduler tries again at its next pass instead of waiting.
  */
 static int
-dag_room(const char *dag_id, int max_active_tasks, bool skip_locked, Advance *adv)
+dag_room(const char *dag_id, int max_active_tasks, bool skip_locked,
+		 const char *extra_pool, PoolRoom *pools, Advance *adv)
 {
 	Datum		value = CStringGetTextDatum(dag_id);
 	bool		isnull;
 	int64		active;
 
+	pools->n = 0;
 	run_query(skip_locked ?
 			  "SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 FOR NO KEY UPDATE SKIP LOCKED" :
 			  "SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 FOR NO KEY UPDATE",
 			  1, (Oid[]) {TEXTOID}, &value, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)
+	if (SPI_processed == 0 ||
+		!pool_lock(dag_id, extra_pool, skip_locked, pools))
 	{
 		/* (the scheduler's: held by an API call; no room this time) */
 		adv->dag_locked = true;
@@ -176,48 +187,137 @@ dag_room(const char *dag_id, int max_active_tasks, bool skip_locked, Advance *ad
 	return (int) Max(Min((int64) max_active_tasks - active, INT_MAX), 0);
 }
 
-/* A ready task instance is queued (if it still waits); returns 1 if it was. */
+/* what queueing a task instance needs of its task's definition */
+typedef struct QueueInfo
+{
+	char		task_id[ORCH_MAX_ID_LEN + 1];	/* the key */
+	char	   *pool;			/* NULL: none */
+	int			pool_slots;
+	int64		offset_ms;		/* its claim's advance for its weight */
+} QueueInfo;
+
+/*
+ * A ready task instance is queued (if it still waits), in claim order:
+ * the time it became ready (ready_at if it waited for room) less its
+ * weight's advance; returns 1 if it was.
+ */
 static int
-queue_one(int64 run_id, const char *task_id, TimestampTz now)
+queue_one(int64 run_id, const char *task_id, const QueueInfo *info, TimestampTz now)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'queued', queued_at = $3, "
-			  " next_try_at = NULL, ready_at = NULL "
+			  " claim_at = coalesce(ready_at, $3) - $4 * interval '1 millisecond', "
+			  " pool = $5, pool_slots = $6, next_try_at = NULL, ready_at = NULL "
 			  "WHERE run_id = $1 AND task_id = $2 AND state IN ('scheduled', 'up_for_retry')",
-			  3, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID},
+			  6, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
-				  TimestampTzGetDatum(now)},
-			  NULL, SPI_OK_UPDATE);
+				  TimestampTzGetDatum(now), Int64GetDatum(info->offset_ms),
+				  info->pool ? CStringGetTextDatum(info->pool) : (Datum) 0,
+			  Int32GetDatum(info->pool_slots)},
+			  info->pool ? "      " : "    n ", SPI_OK_UPDATE);
 	return (int) SPI_processed;
 }
 
 /*
+ * A ready task instance finds no room (under max_active_tasks, or in its
+ * pool): it waits, scheduled with ready_at set, in claim order.
+ */
+static void
+mark_waiting(int64 run_id, const char *task_id, const QueueInfo *info, TimestampTz now)
+{
+	/* (already marked by an earlier pass: not written again) */
+	run_query("UPDATE orchestrator.task_instance SET ready_at = $3, "
+			  " claim_at = $3 - $4 * interval '1 millisecond', pool = $5, pool_slots = $6 "
+			  "WHERE run_id = $1 AND task_id = $2 AND ready_at IS NULL "
+			  "  AND state IN ('scheduled', 'up_for_retry')",
+			  6, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  TimestampTzGetDatum(now), Int64GetDatum(info->offset_ms),
+				  info->pool ? CStringGetTextDatum(info->pool) : (Datum) 0,
+			  Int32GetDatum(info->pool_slots)},
+			  info->pool ? "      " : "    n ", SPI_OK_UPDATE);
+}
+
+/* a QueueInfo from columns pool, pool_slots, priority_weight_total at col */
+static void
+read_queue_info(int row, int column, QueueInfo *info)
+{
+	bool		isnull;
+	Datum		d;
+
+	info->pool = col_text(row, column);
+	d = col(row, column + 1, &isnull);
+	info->pool_slots = isnull ? 1 : DatumGetInt32(d);
+	d = col(row, column + 2, &isnull);
+	info->offset_ms = rules_claim_offset_ms(isnull ? 1 : DatumGetInt64(d),
+											orch_priority_weight_age_ms);
+}
+
+/*
  * Queues the ready instances (run_ids[i], task_ids[i]) in order while the
- * DAG has room; marks the rest ready_at, for whoever frees room.
+ * DAG has room, and each its pool; marks the rest ready_at, for whoever
+ * frees room.
  */
 static void
 queue_ready(const RunRef *run, int n, const int64 *run_ids, char **task_ids,
-			TimestampTz now, Advance *adv)
+			const char *extra_pool, TimestampTz now, Advance *adv)
 {
 	int			room;
+	PoolRoom	pools;
+	HASHCTL		ctl;
+	HTAB	   *infos;
+	Datum	   *elems;
+	QueueInfo	none = {0};
 
 	if (n == 0)
 		return;
-	room = dag_room(run->dag_id, run->max_active_tasks, run->skip_locked_dag, adv);
+	room = dag_room(run->dag_id, run->max_active_tasks, run->skip_locked_dag,
+					extra_pool, &pools, adv);
+
+	/* their tasks' pools and weights */
+	ctl.keysize = ORCH_MAX_ID_LEN + 1;
+	ctl.entrysize = sizeof(QueueInfo);
+	ctl.hcxt = CurrentMemoryContext;
+	infos = hash_create("orchestrator ready tasks", Max(n, 16), &ctl,
+						HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	elems = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		elems[i] = CStringGetTextDatum(task_ids[i]);
+	run_query("SELECT t.task_id, t.pool, t.pool_slots, t.priority_weight_total "
+			  "FROM orchestrator.task t WHERE t.dag_id = $1 AND t.task_id = ANY ($2)",
+			  2, (Oid[]) {TEXTOID, TEXTARRAYOID},
+			  (Datum[]) {CStringGetTextDatum(run->dag_id),
+				  PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT))},
+			  NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		char	   *name = col_text(r, 1);
+		QueueInfo  *info;
+
+		if (strlen(name) > ORCH_MAX_ID_LEN)
+			continue;
+		info = hash_search(infos, name, HASH_ENTER, NULL);
+		read_queue_info(r, 2, info);
+	}
+	none.pool_slots = 1;
+
 	for (int i = 0; i < n; i++)
 	{
-		if (i < room)
-			adv->queued += queue_one(run_ids[i], task_ids[i], now);
-		else
+		QueueInfo  *info = strlen(task_ids[i]) > ORCH_MAX_ID_LEN ? NULL :
+			hash_search(infos, task_ids[i], HASH_FIND, NULL);
+
+		if (info == NULL)
+			info = &none;
+		if (room <= 0)
 		{
-			/* (already marked by an earlier pass: not written again) */
-			run_query("UPDATE orchestrator.task_instance SET ready_at = $3 "
-					  "WHERE run_id = $1 AND task_id = $2 AND ready_at IS NULL "
-					  "  AND state IN ('scheduled', 'up_for_retry')",
-					  3, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID},
-					  (Datum[]) {Int64GetDatum(run_ids[i]), CStringGetTextDatum(task_ids[i]),
-						  TimestampTzGetDatum(now)},
-					  NULL, SPI_OK_UPDATE);
+			mark_waiting(run_ids[i], task_ids[i], info, now);
 			adv->held = true;
+		}
+		else if (info->pool != NULL && !pool_take(&pools, info->pool, info->pool_slots))
+			mark_waiting(run_ids[i], task_ids[i], info, now);	/* its pool's */
+		else if (queue_one(run_ids[i], task_ids[i], info, now) == 1)
+		{
+			adv->queued++;
+			room--;
 		}
 	}
 }
@@ -365,7 +465,7 @@ state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
 			ready[nready++] = names[i];
 		}
 	}
-	queue_ready(run, nready, run_ids, ready, now, adv);
+	queue_ready(run, nready, run_ids, ready, NULL, now, adv);
 
 	/* the run ends when all its tasks are done; its leaves decide how */
 	switch (rules_run_outcome(tasks, n))
@@ -397,39 +497,127 @@ state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
 }
 
 /*
- * Queues the oldest ready instances of the DAG that earlier found no room,
- * as far as there is room now.  Every worker whose task ends comes here
- * after taking the DAG's lock (dag_room), so an instance held back by a
- * transaction that counted its task as active is seen once that commits.
+ * Queues the first ready instances (in claim order) of the DAG that
+ * earlier found no room, as far as there is room now, under
+ * max_active_tasks and in their pools.  Every worker whose task ends comes
+ * here after taking the DAG's lock (dag_room), so an instance held back by
+ * a transaction that counted its task as active is seen once that commits.
  */
 static void
-queue_held(const RunRef *run, TimestampTz now, Advance *adv)
+queue_held(const RunRef *run, const char *extra_pool, TimestampTz now, Advance *adv)
 {
-	int			room = dag_room(run->dag_id, run->max_active_tasks, run->skip_locked_dag, adv);
+	PoolRoom	pools;
+	int			room = dag_room(run->dag_id, run->max_active_tasks, run->skip_locked_dag,
+								extra_pool, &pools, adv);
 	uint64		n;
 	SPITupleTable *rows;
 	bool		isnull;
+	Datum	   *open;
+	int			nopen = 0;
 
 	if (room == 0)
 		return;
-	run_query("SELECT ti.run_id, ti.task_id FROM orchestrator.dag_run r "
+	/* (waiters of a pool that has no free slot are left out) */
+	open = palloc(sizeof(Datum) * Max(pools.n, 1));
+	for (int i = 0; i < pools.n; i++)
+		if (pools.free[i] > 0)
+			open[nopen++] = CStringGetTextDatum(pools.names[i]);
+	run_query("SELECT ti.run_id, ti.task_id, t.pool, t.pool_slots, t.priority_weight_total "
+			  "FROM orchestrator.dag_run r "
 			  "JOIN orchestrator.task_instance ti ON ti.run_id = r.run_id "
+			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
 			  "WHERE r.dag_id = $1 AND r.state = 'running' "
 			  "  AND ti.ready_at IS NOT NULL AND ti.state IN ('scheduled', 'up_for_retry') "
-			  "ORDER BY ti.ready_at, ti.run_id, ti.task_id LIMIT $2",
-			  2, (Oid[]) {TEXTOID, INT4OID},
-			  (Datum[]) {CStringGetTextDatum(run->dag_id), Int32GetDatum(room)},
+			  "  AND (t.pool IS NULL OR t.pool = ANY ($3)) "
+			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id LIMIT $2",
+			  3, (Oid[]) {TEXTOID, INT4OID, TEXTARRAYOID},
+			  (Datum[]) {CStringGetTextDatum(run->dag_id), Int32GetDatum(room),
+				  PointerGetDatum(construct_array(open, nopen, TEXTOID, -1, false, TYPALIGN_INT))},
 			  NULL, SPI_OK_SELECT);
 	n = SPI_processed;
 	rows = SPI_tuptable;
 	for (uint64 i = 0; i < n; i++)
 	{
 		int64		run_id;
+		char	   *task_id;
+		QueueInfo	info;
 
 		SPI_tuptable = rows;
 		run_id = DatumGetInt64(col(i, 1, &isnull));
-		adv->queued += queue_one(run_id, col_text(i, 2), now);
+		task_id = col_text(i, 2);
+		read_queue_info(i, 3, &info);
+		if (info.pool != NULL && !pool_take(&pools, info.pool, info.pool_slots))
+			continue;
+		adv->queued += queue_one(run_id, task_id, &info, now);
 	}
+}
+
+/*
+ * One waiter of a pool queued, for whoever freed room in it (pool.c): its
+ * DAG's row, then the pools, locked in state.c's order.
+ */
+PoolHandOut
+state_pool_hand_out(const char *pool, List *excluded, bool skip_locked,
+					TimestampTz now, char *dag_out, bool *locked)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(excluded), 1));
+	int			nexcluded = 0;
+	ListCell   *lc;
+	char	   *dag_id;
+	int			max_active_tasks;
+	int64		run_id;
+	char	   *task_id;
+	bool		isnull;
+	PoolRoom	pools;
+	Advance		adv = {0};
+	int			room;
+	QueueInfo	info;
+
+	foreach(lc, excluded)
+		elems[nexcluded++] = CStringGetTextDatum(lfirst(lc));
+	run_query("SELECT ti.run_id, ti.task_id, r.dag_id, d.max_active_tasks "
+			  "FROM orchestrator.task_instance ti "
+			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
+			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "WHERE ti.pool = $1 AND ti.ready_at IS NOT NULL "
+			  "  AND ti.state IN ('scheduled', 'up_for_retry') AND r.state = 'running' "
+			  "  AND r.dag_id <> ALL ($2) "
+			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id LIMIT 1",
+			  2, (Oid[]) {TEXTOID, TEXTARRAYOID},
+			  (Datum[]) {CStringGetTextDatum(pool),
+				  PointerGetDatum(construct_array(elems, nexcluded, TEXTOID, -1, false, TYPALIGN_INT))},
+			  NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return HAND_DONE;
+	run_id = DatumGetInt64(col(0, 1, &isnull));
+	task_id = col_text(0, 2);
+	dag_id = col_text(0, 3);
+	max_active_tasks = DatumGetInt32(col(0, 4, &isnull));
+	strlcpy(dag_out, dag_id, ORCH_MAX_ID_LEN + 1);
+
+	room = dag_room(dag_id, max_active_tasks, skip_locked, pool, &pools, &adv);
+	if (adv.dag_locked)
+		*locked = true;
+	if (room == 0)
+		return HAND_NEXT_DAG;
+
+	/* still waiting, now that its DAG and pools are locked */
+	run_query("SELECT t.pool, t.pool_slots, t.priority_weight_total "
+			  "FROM orchestrator.task_instance ti "
+			  "JOIN orchestrator.task t ON t.dag_id = $3 AND t.task_id = ti.task_id "
+			  "WHERE ti.run_id = $1 AND ti.task_id = $2 AND ti.ready_at IS NOT NULL "
+			  "  AND ti.state IN ('scheduled', 'up_for_retry')",
+			  3, (Oid[]) {INT8OID, TEXTOID, TEXTOID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  CStringGetTextDatum(dag_id)},
+			  NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return HAND_AGAIN;
+	read_queue_info(0, 1, &info);
+	/* the first in claim order does not fit: the pool waits for more room */
+	if (info.pool != NULL && !pool_take(&pools, info.pool, info.pool_slots))
+		return HAND_DONE;
+	return queue_one(run_id, task_id, &info, now) == 1 ? HAND_QUEUED : HAND_AGAIN;
 }
 
 void
@@ -437,11 +625,22 @@ state_advance_after(const RunRef *run, const char *task_id, TimestampTz now,
 					Advance *adv)
 {
 	List	   *frontier = list_make1(pstrdup(task_id));
+	char	   *pool;
 	int64	   *run_ids = NULL;
 	char	  **ready = NULL;
 	int			nready = 0;
 	int			maxready = 0;
 	bool		isnull;
+
+	/* its pool: locked below with its DAG's, handed out after the commit */
+	StaticAssertStmt(sizeof(adv->pool) == ORCH_MAX_ID_LEN + 1, "Advance.pool");
+	run_query("SELECT pool FROM orchestrator.task_instance WHERE run_id = $1 AND task_id = $2",
+			  2, (Oid[]) {INT8OID, TEXTOID},
+			  (Datum[]) {Int64GetDatum(run->run_id), CStringGetTextDatum(task_id)},
+			  NULL, SPI_OK_SELECT);
+	pool = SPI_processed == 1 ? col_text(0, 1) : NULL;
+	if (pool != NULL)
+		strlcpy(adv->pool, pool, sizeof(adv->pool));
 
 	/* its downstream, and theirs as long as skipped and upstream_failed propagate */
 	while (frontier != NIL)
@@ -515,11 +714,11 @@ state_advance_after(const RunRef *run, const char *task_id, TimestampTz now,
 			}
 		}
 	}
-	queue_ready(run, nready, run_ids, ready, now, adv);
+	queue_ready(run, nready, run_ids, ready, pool, now, adv);
 
 	/* the room this task left, for instances that found none */
 	if (!adv->held)
-		queue_held(run, now, adv);
+		queue_held(run, pool, now, adv);
 
 	/* the last one ends the run (decided over the whole run, leaves and all) */
 	run_query("SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 "

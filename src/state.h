@@ -12,6 +12,7 @@
 #define ORCHESTRATOR_STATE_H
 
 #include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
 
 /* a running run, locked by state_lock_run */
 typedef struct RunRef
@@ -34,6 +35,8 @@ typedef struct Advance
 	bool		ended;			/* the run ended */
 	bool		dag_locked;		/* queueing skipped: the DAG's row was locked */
 	TimestampTz retry_at;		/* the run's next retry time, 0: none */
+	/* the pool of the task instance that ended ("": none), for pool.c */
+	char		pool[251];
 } Advance;
 
 /* queued runs start, up to each DAG's max_active_runs */
@@ -59,6 +62,26 @@ extern void state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
  */
 extern void state_advance_after(const RunRef *run, const char *task_id,
 								TimestampTz now, Advance *adv);
+
+/*
+ * One waiter of pool (ready, held back) queued, in claim order, within the
+ * caller's transaction: the first whose DAG is not in excluded (a List of
+ * dag ids).  HAND_NEXT_DAG: its DAG had no room (or, with skip_locked, was
+ * locked: *locked set), its id is copied to dag_out (ORCH_MAX_ID_LEN + 1),
+ * and the caller tries again without it; HAND_DONE: no waiter, or no room
+ * in the pool for the first.
+ */
+typedef enum PoolHandOut
+{
+	HAND_QUEUED,
+	HAND_NEXT_DAG,
+	HAND_AGAIN,					/* the waiter went meanwhile */
+	HAND_DONE
+} PoolHandOut;
+
+extern PoolHandOut state_pool_hand_out(const char *pool, List *excluded,
+									   bool skip_locked, TimestampTz now,
+									   char *dag_out, bool *locked);
 
 /* claim, success and failure of a try */
 extern void state_try_claimed(int64 run_id, const char *task_id, TimestampTz now);

@@ -6,8 +6,8 @@
  *
  * A task instance's try, from the worker's side:
  *
- * 1. Claim, in a short transaction of its own: the oldest queued instance
- *	  becomes running, with its try number, this worker's pid and the start
+ * 1. Claim, in a short transaction of its own: the first queued instance
+ *	  in claim order (weight, then age) becomes running, with its try number, this worker's pid and the start
  *	  time, so a SELECT shows it at once.  The worker's shared-memory slot
  *	  names the instance, which is how the scheduler tells a live try from a
  *	  lost one.
@@ -22,10 +22,11 @@
  *	  (up_for_retry, or failed when no tries remain, then its downstream as
  *	  after a success) in a new transaction.
  *
- * Then the instances it queued go to workers waiting for work, and it
- * claims the next queued instance itself.  With none, it waits on its
- * latch for orchestrator.worker_idle_timeout, for the scheduler or another
- * worker to hand it work, and exits when none came.  It serves the one
+ * Then, if its task was in a pool, it queues the pool's waiters of other
+ * DAGs in the room it left (pool.c); the instances it queued go to workers
+ * waiting for work, and it claims the next queued instance itself.  With
+ * none, it waits on its latch for orchestrator.worker_idle_timeout, for the
+ * scheduler or another worker to hand it work, and exits when none came.  It serves the one
  * database its scheduler serves, and exits between tasks, or while it
  * waits, when another database wants its share of orchestrator.max_workers
  * (registry.c).
@@ -59,6 +60,7 @@
 #include "funcapi.h"
 
 #include "orchestrator.h"
+#include "pool.h"
 #include "sandbox.h"
 #include "state.h"
 #include "tasklog.h"
@@ -223,7 +225,8 @@ fail_unclaimable(int64 run_id, const char *task_id, const char *error)
 }
 
 /*
- * Claims the oldest queued task instance of a running run.  An instance
+ * Claims the first queued task instance of a running run in claim order
+ * (weight, then age: state.c's queue_one), walking an index.  An instance
  * whose row cannot be read fails instead of killing every worker that
  * picks it.
  */
@@ -248,7 +251,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
 			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
 			  "WHERE ti.state = 'queued' AND r.state = 'running' "
-			  "ORDER BY ti.queued_at, ti.run_id, ti.task_id "
+			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id "
 			  "LIMIT 1 FOR UPDATE OF ti SKIP LOCKED",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
@@ -815,6 +818,9 @@ orch_worker_main(Datum arg)
 		progress_set(SLOT_IDLE, 0, NULL, InvalidOid, NULL, 0);
 		/* a cancel meant for the finished task is not for the next one */
 		QueryCancelPending = false;
+		/* the slots it freed in its pool, to waiters of any DAG */
+		if (adv.pool[0] != '\0')
+			adv.queued += pool_hand_out(adv.pool);
 		hand_out(&adv);
 	}
 

@@ -397,9 +397,44 @@ test_runs(void)
 	}
 }
 
+static void
+test_weights(void)
+{
+	WeightRule	r;
+
+	check(rules_parse_weight_rule("downstream", &r) && r == WR_DOWNSTREAM, "weight rule downstream", NULL);
+	check(rules_parse_weight_rule("upstream", &r) && r == WR_UPSTREAM, "weight rule upstream", NULL);
+	check(rules_parse_weight_rule("absolute", &r) && r == WR_ABSOLUTE, "weight rule absolute", NULL);
+	check(!rules_parse_weight_rule("Downstream", &r), "weight rule: exact names", NULL);
+	check(!rules_parse_weight_rule("", &r), "weight rule: empty", NULL);
+
+	/* Airflow's: downstream sums below, upstream sums above, absolute alone */
+	check(rules_effective_weight(WR_DOWNSTREAM, 2, 10, 5) == 7, "downstream weight", NULL);
+	check(rules_effective_weight(WR_UPSTREAM, 2, 10, 5) == 12, "upstream weight", NULL);
+	check(rules_effective_weight(WR_ABSOLUTE, 2, 10, 5) == 2, "absolute weight", NULL);
+	check(rules_effective_weight(WR_DOWNSTREAM, INT64_MAX, 0, INT64_MAX) == RULES_MAX_WEIGHT,
+		  "weight: clamped, no overflow", NULL);
+	check(rules_effective_weight(WR_UPSTREAM, -5, INT64_MIN, 0) == -RULES_MAX_WEIGHT,
+		  "weight: clamped below", NULL);
+
+	check(rules_weight_to_ancestor(WR_DOWNSTREAM, 3) == 3, "a downstream ancestor counts a new task", NULL);
+	check(rules_weight_to_ancestor(WR_UPSTREAM, 3) == 0, "an upstream ancestor does not", NULL);
+	check(rules_weight_to_ancestor(WR_ABSOLUTE, 3) == 0, "an absolute ancestor does not", NULL);
+
+	/* ageing: weight w goes ahead of instances up to w units younger */
+	check(rules_claim_offset_ms(10, 1000) == 10000, "claim offset", NULL);
+	check(rules_claim_offset_ms(-2, 1000) == -2000, "claim offset of a negative weight", NULL);
+	check(rules_claim_offset_ms(RULES_MAX_WEIGHT, INT32_MAX) == RULES_MAX_CLAIM_OFFSET_MS,
+		  "claim offset: clamped, no overflow", NULL);
+	check(rules_claim_offset_ms(-RULES_MAX_WEIGHT, INT32_MAX) == -RULES_MAX_CLAIM_OFFSET_MS,
+		  "claim offset: clamped below", NULL);
+	check(rules_claim_offset_ms(5, 0) == 0, "claim offset: no unit, no offset", NULL);
+}
+
 int
 main(void)
 {
+	test_weights();
 	test_names();
 	test_trigger_rules();
 	test_early_decisions();
