@@ -29,6 +29,7 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "utils/builtins.h"
 #include "utils/jsonb.h"
 
 #include "orchestrator.h"
@@ -65,7 +66,7 @@ sql_poke(TaskRun *task)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("the query of sensor \"%s\" returns %s, not boolean", task->task_id,
-						SPI_gettype(SPI_tuptable->tupdesc, 1)),
+						format_type_be(SPI_gettypeid(SPI_tuptable->tupdesc, 1))),
 				 errhint("A sql_sensor's query returns a boolean, such as SELECT count(*) > 0 FROM t.")));
 	if (SPI_processed == 0)
 	{
