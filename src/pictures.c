@@ -17,8 +17,12 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "catalog/namespace.h"
+#include "nodes/makefuncs.h"
 #include "nodes/value.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
 
 #include "orchestrator.h"
 
@@ -97,9 +101,29 @@ name_index(List **names, const char *name)
 }
 
 /*
+ * The asset a copy_into target records: the table it names, as
+ * schema.table, if it has no template and exists now; else the target as
+ * written.
+ */
+static char *
+target_asset(const char *target)
+{
+	Oid			relid;
+
+	if (strstr(target, "{{") != NULL)
+		return pstrdup(target);
+	relid = RangeVarGetRelid(makeRangeVarFromNameList(stringToQualifiedNameList(target)),
+							 NoLock, true);
+	if (!OidIsValid(relid))
+		return pstrdup(target);
+	return pstrdup(quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+											  get_rel_name(relid)));
+}
+
+/*
  * The DAG's assets around its tasks: those it waits for (on_assets) into
- * its first tasks, those its tasks produce (outlets, a copy_into's target
- * as written) out of them; and between DAGs, the caller's other DAGs that
+ * its first tasks, those its tasks produce (outlets, a copy_into's table)
+ * out of them; and between DAGs, the caller's other DAGs that
  * produce what it waits for or wait for what it produces (row-level
  * security shows no one else's).  Nothing for a DAG without assets.
  */
@@ -130,16 +154,22 @@ append_assets(StringInfo out, bool mermaid, Datum dag_id, SPITupleTable *tasks,
 				appendStringInfo(&edges, mermaid ? "    a%d --> t%s\n" : "    a%d -> t%s;\n", a,
 								 SPI_getvalue(tasks->vals[t], tasks->tupdesc, 2));
 	}
-	run_query("SELECT t.position, a.name FROM orchestrator.tasks t "
-			  "CROSS JOIN LATERAL (SELECT u.x FROM unnest(t.outlets) u(x) "
+	run_query("SELECT t.position, a.name, a.target FROM orchestrator.tasks t "
+			  "CROSS JOIN LATERAL (SELECT u.x, false FROM unnest(t.outlets) u(x) "
 			  "                    UNION ALL "
-			  "                    SELECT t.spec ->> 'target' WHERE t.operator = 'copy_into') a(name) "
+			  "                    SELECT t.spec ->> 'target', true WHERE t.operator = 'copy_into') a(name, target) "
 			  "WHERE t.dag_id = $1 ORDER BY t.position",
 			  1, types, &dag_id, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+		if (strcmp(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3), "t") == 0)
+			name = target_asset(name);
 		appendStringInfo(&edges, mermaid ? "    t%s --> a%d\n" : "    t%s -> a%d;\n",
 						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
-						 name_index(&assets, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2)));
+						 name_index(&assets, name));
+	}
 	if (assets == NIL)
 		return;
 
