@@ -72,6 +72,18 @@ $run = query($node, "SELECT orchestrator.trigger_dag('failing')");
 is(query($node, "SELECT orchestrator.wait_run($run, '1 minute')"), 'failed', 'a producer that fails');
 is(query($node, "SELECT count(*) FROM orchestrator.asset_events WHERE asset = 'orders'"), '1', 'records no event');
 
+# a task's own SQL may record one too, in its transaction
+query($node, q{
+SELECT orchestrator.create_dag('announcer');
+SELECT orchestrator.add_task('announcer', 'ok', orchestrator.sql($$SELECT orchestrator.asset_updated('announced', jsonb_build_object('day', {{ ds | quote_literal }}))$$));
+SELECT orchestrator.add_task('announcer', 'fails', orchestrator.sql($$SELECT orchestrator.asset_updated('announced', '{"lost": true}'); SELECT 1/0$$));
+});
+$run = query($node, "SELECT orchestrator.trigger_dag('announcer')");
+is(query($node, "SELECT orchestrator.wait_run($run, '1 minute')"), 'failed', 'a DAG whose tasks call asset_updated()');
+is(query($node, "SELECT string_agg(extra::text, ' ') FROM orchestrator.asset_events WHERE asset = 'announced'"),
+	'{"day": "' . query($node, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD')") . '"}',
+	'records the event of the task that succeeded, not of the one that failed');
+
 # --- asset_updated() in an application's transaction: committed, or not
 query($node, q{
 BEGIN;
