@@ -615,8 +615,9 @@ state_try_skipped(int64 run_id, const char *task_id, int try_number,
 
 /*
  * Records a failed try: up_for_retry with its next try time, or failed when
- * no tries remain (*final), and with it the callback due and the error as
- * the try's last log line (unless only_state).  Only applies to the given
+ * no tries remain or no_retry says so (a sensor's timeout) (*final), and
+ * with it the callback due and the error as the try's last log line
+ * (unless only_state).  Only applies to the given
  * running try, so that a try already cancelled, timed out or recovered is
  * left as it is.  Returns whether it applied.
  */
