@@ -339,7 +339,8 @@ PG_FUNCTION_INFO_V1(orch_create_dag);
 /*
  * create_dag(dag_id, schedule, start_date, end_date, catchup,
  *			  max_active_runs, max_active_tasks, timezone, params,
- *			  dagrun_timeout, paused, description)
+ *			  dagrun_timeout, paused, description, on_failure_callback,
+ *			  on_success_callback, on_assets)
  */
 Datum
 orch_create_dag(PG_FUNCTION_ARGS)
@@ -462,7 +463,8 @@ PG_FUNCTION_INFO_V1(orch_add_task);
 /*
  * add_task(dag_id, task_id, operator, upstream, retries, retry_delay,
  *			retry_exponential_backoff, max_retry_delay, execution_timeout,
- *			trigger_rule)
+ *			trigger_rule, on_failure_callback, on_success_callback,
+ *			on_retry_callback, cache_expiration, outlets)
  */
 Datum
 orch_add_task(PG_FUNCTION_ARGS)
