@@ -52,6 +52,58 @@ static const char *const trigger_rules[] = {
 	NULL
 };
 
+/*
+ * A list of names (String nodes) as a text[]; an empty one for NIL.
+ */
+static Datum
+names_array(List *names)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(names), 1));
+	int			n = 0;
+	ListCell   *lc;
+
+	foreach(lc, names)
+		elems[n++] = CStringGetTextDatum(strVal(lfirst(lc)));
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * create_dag's on_assets: asset names, no nulls, no duplicates, no
+ * templates (an asset-triggered DAG waits for fixed names).
+ */
+static Datum
+on_assets_array(FunctionCallInfo fcinfo, int argno)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	List	   *names = NIL;
+
+	if (PG_ARGISNULL(argno))
+		return names_array(NIL);
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("on_assets must be a one-dimensional array of asset names")));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		char	   *name;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("on_assets must not contain nulls")));
+		name = TextDatumGetCString(elems[i]);
+		asset_check_name(name);
+		if (!list_member(names, makeString(name)))
+			names = lappend(names, makeString(name));
+	}
+	return names_array(names);
+}
+
 static Oid
 catalog_owner(void)
 {
@@ -356,7 +408,8 @@ PG_FUNCTION_INFO_V1(orch_create_dag);
 /*
  * create_dag(dag_id, schedule, start_date, end_date, catchup,
  *			  max_active_runs, max_active_tasks, timezone, params,
- *			  dagrun_timeout, paused, description)
+ *			  dagrun_timeout, paused, description, on_failure_callback,
+ *			  on_success_callback, on_assets)
  */
 Datum
 orch_create_dag(PG_FUNCTION_ARGS)
@@ -364,11 +417,12 @@ orch_create_dag(PG_FUNCTION_ARGS)
 	char	   *dag_id;
 	const char *timezone;
 	CatalogWrite cw;
-	Oid			types[15] = {TEXTOID, OIDOID, TEXTOID, TIMESTAMPTZOID,
+	Oid			types[16] = {TEXTOID, OIDOID, TEXTOID, TIMESTAMPTZOID,
 		TIMESTAMPTZOID, BOOLOID, INT4OID, INT4OID, TEXTOID, JSONBOID,
-	INTERVALOID, BOOLOID, TEXTOID, JSONBOID, JSONBOID};
-	Datum		values[15];
-	char		nulls[15];
+	INTERVALOID, BOOLOID, TEXTOID, JSONBOID, JSONBOID, TEXTARRAYOID};
+	Datum		values[16];
+	char		nulls[16];
+	Datum		on_assets;
 
 	require_arg(fcinfo, 0, "dag_id");
 	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
@@ -419,6 +473,7 @@ orch_create_dag(PG_FUNCTION_ARGS)
 		callback_validate(PG_GETARG_JSONB_P(12), "on_failure_callback");
 	if (!PG_ARGISNULL(13))
 		callback_validate(PG_GETARG_JSONB_P(13), "on_success_callback");
+	on_assets = on_assets_array(fcinfo, 14);
 
 	catalog_write_begin(&cw);
 
@@ -436,16 +491,17 @@ orch_create_dag(PG_FUNCTION_ARGS)
 		else
 			values[i] = PG_GETARG_DATUM(i - 1);
 	}
+	values[15] = on_assets;
 
 	/* a new DAG, or the definition of one the caller owns */
 	run_query("INSERT INTO orchestrator.dag (dag_id, owner, schedule, start_date, end_date, "
 			  "catchup, max_active_runs, max_active_tasks, timezone, params, "
 			  "dagrun_timeout, paused, description, on_failure_callback, on_success_callback, "
-			  "owner_name) "
-			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+			  "on_assets, owner_name) "
+			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
 			  " (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $2)) "
 			  "ON CONFLICT (dag_id) DO NOTHING",
-			  15, types, values, nulls, SPI_OK_INSERT);
+			  16, types, values, nulls, SPI_OK_INSERT);
 	if (SPI_processed == 0)
 	{
 		lock_owned_dag(&cw, dag_id, false, true);
@@ -454,11 +510,16 @@ orch_create_dag(PG_FUNCTION_ARGS)
 				  "max_active_tasks = $8, timezone = $9, params = $10, "
 				  "dagrun_timeout = $11, paused = $12, description = $13, "
 				  "on_failure_callback = $14, on_success_callback = $15, "
-				  "updated_at = now() "
+				  "on_assets = $16, updated_at = now() "
 				  "WHERE dag_id = $1",
-				  15, types, values, nulls, SPI_OK_UPDATE);
+				  16, types, values, nulls, SPI_OK_UPDATE);
 		run_query("DELETE FROM orchestrator.task WHERE dag_id = $1",
 				  1, types, values, nulls, SPI_OK_DELETE);
+		/* events queued for assets it no longer waits for are dropped */
+		run_query("DELETE FROM orchestrator.asset_queue "
+				  "WHERE dag_id = $1 AND run_id IS NULL AND NOT (asset = ANY ($2))",
+				  2, (Oid[]) {TEXTOID, TEXTARRAYOID}, (Datum[]) {values[0], on_assets},
+				  NULL, SPI_OK_DELETE);
 	}
 
 	catalog_write_end(&cw);
@@ -536,7 +597,8 @@ PG_FUNCTION_INFO_V1(orch_add_task);
 /*
  * add_task(dag_id, task_id, operator, upstream, retries, retry_delay,
  *			retry_exponential_backoff, max_retry_delay, execution_timeout,
- *			trigger_rule)
+ *			trigger_rule, on_failure_callback, on_success_callback,
+ *			on_retry_callback, cache_expiration, outlets)
  */
 Datum
 orch_add_task(PG_FUNCTION_ARGS)
@@ -550,11 +612,11 @@ orch_add_task(PG_FUNCTION_ARGS)
 	List	   *upstream = NIL;
 	ArrayBuildState *astate = NULL;
 	CatalogWrite cw;
-	Oid			types[14] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
+	Oid			types[15] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
 		INTERVALOID, BOOLOID, INTERVALOID, INTERVALOID, TEXTOID, JSONBOID, JSONBOID, JSONBOID,
-	INTERVALOID};
-	Datum		values[14];
-	char		nulls[14];
+	INTERVALOID, TEXTARRAYOID};
+	Datum		values[15];
+	char		nulls[15];
 	ListCell   *lc;
 	int			pool_arg;
 	char	   *pool;
@@ -562,6 +624,7 @@ orch_add_task(PG_FUNCTION_ARGS)
 	int			priority_weight;
 	char	   *weight_rule_name;
 	WeightRule	weight_rule;
+	List	   *outlets = NIL;
 
 	require_arg(fcinfo, 0, "dag_id");
 	require_arg(fcinfo, 1, "task_id");
@@ -649,6 +712,8 @@ orch_add_task(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cache_expiration applies only to tasks that produce an artifact"),
 				 errhint("http_fetch and gunzip tasks can be cached.")));
+	if (!PG_ARGISNULL(14))
+		outlets = outlets_validate(PG_GETARG_ARRAYTYPE_P(14), task_id);
 
 	/*
 	 * pool, pool_slots, priority_weight and weight_rule are add_task's last
@@ -758,13 +823,14 @@ orch_add_task(PG_FUNCTION_ARGS)
 		else
 			values[i] = PG_GETARG_DATUM(i);
 	}
+	values[14] = names_array(outlets);
 	run_query("INSERT INTO orchestrator.task (dag_id, task_id, spec, upstream, retries, "
 			  "retry_delay, retry_exponential_backoff, max_retry_delay, "
 			  "execution_timeout, trigger_rule, on_failure_callback, on_success_callback, "
-			  "on_retry_callback, cache_expiration, position) "
-			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+			  "on_retry_callback, cache_expiration, outlets, position) "
+			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
 			  "coalesce(max(position), 0) + 1 FROM orchestrator.task WHERE dag_id = $1",
-			  14, types, values, nulls, SPI_OK_INSERT);
+			  15, types, values, nulls, SPI_OK_INSERT);
 	set_priority(dag_id, task_id, values[3], pool, pool_slots, priority_weight, weight_rule);
 
 	catalog_write_end(&cw);

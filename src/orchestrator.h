@@ -198,6 +198,19 @@ extern void callback_validate(Jsonb *spec, const char *what);
 extern char *operator_input_task(Jsonb *spec);
 extern const char *operator_name(Jsonb *spec);
 extern bool operator_produces_artifact(const char *name);
+extern bool operator_is_sensor(const char *name);
+struct ArrayType;
+extern List *outlets_validate(struct ArrayType *outlets, const char *task_id);
+
+/* assets (assets.c) */
+#define ORCH_MAX_ASSET_LEN 1000
+extern void asset_check_name(const char *name);
+extern bool asset_record(const char *name, Jsonb *extra, Oid recorded_by,
+						 int64 source_run_id, const char *source_task_id,
+						 TimestampTz at);
+extern List *assets_due_dags(void);
+extern bool assets_start_run(const char *dag_id, TimestampTz now);
+extern int64 assets_purge(TimestampTz cutoff, int limit);
 extern JsonbValue *jsonb_get_key(Jsonb *obj, const char *key);
 
 /* definitions (dag.c), also used by the run API (runs.c) */

@@ -25,6 +25,7 @@ static const char *const state_names[TI_NSTATES] = {
 	[TI_UP_FOR_RETRY] = "up_for_retry",
 	[TI_UPSTREAM_FAILED] = "upstream_failed",
 	[TI_SKIPPED] = "skipped",
+	[TI_UP_FOR_RESCHEDULE] = "up_for_reschedule",
 };
 
 static const char *const rule_names[TR_NRULES] = {
@@ -90,6 +91,12 @@ bool
 rules_state_active(TiState state)
 {
 	return state == TI_QUEUED || state == TI_RUNNING;
+}
+
+bool
+rules_state_waiting(TiState state)
+{
+	return state == TI_UP_FOR_RETRY || state == TI_UP_FOR_RESCHEDULE;
 }
 
 void
@@ -189,7 +196,7 @@ rules_evaluate_run(RuleTask *tasks, int n, int *budget)
 					decision = rules_decide(ti->rule, &tally);
 				}
 			}
-			else if (ti->state == TI_UP_FOR_RETRY && ti->retry_due)
+			else if (rules_state_waiting(ti->state) && ti->retry_due)
 				decision = DECIDE_READY;
 
 			switch (decision)

@@ -25,6 +25,7 @@ typedef enum TiState
 	TI_UP_FOR_RETRY,
 	TI_UPSTREAM_FAILED,
 	TI_SKIPPED,
+	TI_UP_FOR_RESCHEDULE,		/* a sensor between pokes: holds no worker */
 	TI_NSTATES
 } TiState;
 
@@ -70,8 +71,14 @@ extern const char *rules_trigger_rule_name(TriggerRule rule);
 /* success, failed, upstream_failed or skipped: the instance will not run again */
 extern bool rules_state_done(TiState state);
 
-/* queued or running: counts against max_active_tasks */
+/*
+ * queued or running: counts against max_active_tasks (a sensor between
+ * pokes, up_for_reschedule, does not: it holds no worker)
+ */
 extern bool rules_state_active(TiState state);
+
+/* up_for_retry or up_for_reschedule: queued again at its next_try_at */
+extern bool rules_state_waiting(TiState state);
 
 extern void rules_tally(UpstreamTally *tally, TiState upstream);
 extern Decision rules_decide(TriggerRule rule, const UpstreamTally *tally);
@@ -80,7 +87,8 @@ extern Decision rules_decide(TriggerRule rule, const UpstreamTally *tally);
  * A run's task instances, as the evaluation of a run sees them.  upstream
  * holds indexes into the same array.  "removed" is an instance whose task
  * is no longer in the DAG; "retry_due" an up_for_retry instance whose next
- * try time has come.
+ * try time has come, or an up_for_reschedule one (a sensor) whose next
+ * poke has.
  */
 typedef struct RuleTask
 {

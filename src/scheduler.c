@@ -336,7 +336,7 @@ recover_lost(void)
 		if (state_try_failed(run_id, task_id, pid, try_number,
 								psprintf("the worker (pid %d) stopped without recording an outcome (killed, crashed, or the server restarted)",
 										 pid),
-								tick_now, false, NULL))
+								tick_now, false, false, NULL))
 		{
 			StringInfoData live;
 
@@ -473,7 +473,7 @@ record_timeout(const OrchWorkerSlot *slot, TimestampTz now)
 	return state_try_failed(slot->run_id, slot->task_id, slot->pid, try_number,
 							   psprintf("execution_timeout exceeded: the task went on after it was cancelled at its timeout, so its worker was terminated after %.3f s",
 										(double) (now - started_at) / USECS_PER_SEC),
-							   tick_now, false, NULL);
+							   tick_now, false, false, NULL);
 }
 
 /* lappend_int() in a memory context that outlives the transaction */
@@ -1003,6 +1003,43 @@ schedule_dags(List *dags)
 }
 
 /*
+ * 2b. Asset-triggered runs (assets.c): a DAG each of whose assets has had
+ * an event since its last such run gets one, consuming those events.  A
+ * DAG another transaction holds is looked at again in a second.
+ */
+static void
+start_asset_run(void *arg)
+{
+	if (!assets_start_run((const char *) arg, tick_now))
+		wake_by(tick_now + USECS_PER_SEC);
+}
+
+static const char *
+asset_run_what(void *arg)
+{
+	return psprintf("cannot start an asset-triggered run of DAG \"%s\"", (const char *) arg);
+}
+
+static void
+start_asset_runs(List *dags)
+{
+	int			n = list_length(dags);
+	void	  **items = palloc(sizeof(void *) * Max(n, 1));
+	XactResult *results = palloc(sizeof(XactResult) * Max(n, 1));
+	int			i = 0;
+	ListCell   *lc;
+
+	if (n == 0)
+		return;
+	foreach(lc, dags)
+		items[i++] = lfirst(lc);
+	in_batches(start_asset_run, items, n, results, asset_run_what);
+	for (i = 0; i < n; i++)
+		if (results[i] != XACT_COMMITTED)
+			wake_by(tick_now + USECS_PER_SEC);
+}
+
+/*
  * 3. Queued runs start, oldest logical date first, up to max_active_runs;
  * a run another transaction has locked waits for the next pass.
  */
@@ -1257,7 +1294,7 @@ start_workers(int64 queued, int cap)
  * long.  Runs still going are never touched.
  */
 static void
-apply_retention(void)
+apply_retention(bool installed)
 {
 	TimestampTz cutoff;
 	int64		n;
@@ -1287,6 +1324,17 @@ apply_retention(void)
 		total += n;
 		CHECK_FOR_INTERRUPTS();
 	} while (n > 0);
+	/* then the asset events no run kept and no DAG waits for (catalog 0.2) */
+	do
+	{
+		if (!installed)
+			break;
+		orch_begin_xact();
+		n = OidIsValid(get_extension_oid("orchestrator", true)) ?
+			assets_purge(cutoff, 1000) : 0;
+		orch_end_xact();
+		CHECK_FOR_INTERRUPTS();
+	} while (n > 0);
 	if (total > 0)
 		ereport(LOG,
 				(errmsg("orchestrator: removed " INT64_FORMAT " runs that ended before %s (orchestrator.history_retention = '%s')",
@@ -1307,6 +1355,7 @@ scheduler_tick(void)
 
 	bool		installed;
 	List	   *dags = NIL;
+	List	   *asset_dags = NIL;
 	TimestampTz pass_start = GetCurrentTimestamp();
 
 	orch_begin_xact();
@@ -1337,8 +1386,13 @@ scheduler_tick(void)
 		}
 		if (orch_enabled)
 		{
+			MemoryContext old;
+
 			orch_begin_xact();
 			dags = due_dags();
+			old = MemoryContextSwitchTo(tick_cxt);
+			asset_dags = assets_due_dags();
+			MemoryContextSwitchTo(old);
 			orch_end_xact();
 		}
 	}
@@ -1346,6 +1400,7 @@ scheduler_tick(void)
 	if (installed && orch_enabled)
 	{
 		schedule_dags(dags);
+		start_asset_runs(asset_dags);
 		in_xact(start_runs, NULL, "cannot start queued runs");
 		evaluate_runs();
 		/* pool slots freed by what no worker hands out (cancel, lost tries) */
@@ -1392,7 +1447,7 @@ scheduler_tick(void)
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 
-	apply_retention();
+	apply_retention(installed);
 
 	if (queued > 0)
 		queued = start_workers(queued, cap);

@@ -207,7 +207,8 @@ queue_one(int64 run_id, const char *task_id, const QueueInfo *info, TimestampTz 
 	run_query("UPDATE orchestrator.task_instance SET state = 'queued', queued_at = $3, "
 			  " claim_at = coalesce(ready_at, $3) - $4 * interval '1 millisecond', "
 			  " pool = $5, pool_slots = $6, next_try_at = NULL, ready_at = NULL "
-			  "WHERE run_id = $1 AND task_id = $2 AND state IN ('scheduled', 'up_for_retry')",
+			  "WHERE run_id = $1 AND task_id = $2 "
+			  "  AND state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
 			  6, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
 				  TimestampTzGetDatum(now), Int64GetDatum(info->offset_ms),
@@ -228,7 +229,7 @@ mark_waiting(int64 run_id, const char *task_id, const QueueInfo *info, Timestamp
 	run_query("UPDATE orchestrator.task_instance SET ready_at = $3, "
 			  " claim_at = $3 - $4 * interval '1 millisecond', pool = $5, pool_slots = $6 "
 			  "WHERE run_id = $1 AND task_id = $2 AND ready_at IS NULL "
-			  "  AND state IN ('scheduled', 'up_for_retry')",
+			  "  AND state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
 			  6, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
 				  TimestampTzGetDatum(now), Int64GetDatum(info->offset_ms),
@@ -401,7 +402,7 @@ state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
 		names[i] = col_text(i, 1);
 		tasks[i].state = parse_state(col_text(i, 2));
 		d = col(i, 3, &isnull);
-		if (tasks[i].state == TI_UP_FOR_RETRY)
+		if (rules_state_waiting(tasks[i].state))
 		{
 			TimestampTz at = isnull ? 0 : DatumGetTimestampTz(d);
 
@@ -527,7 +528,7 @@ queue_held(const RunRef *run, const char *extra_pool, TimestampTz now, Advance *
 			  "JOIN orchestrator.task_instance ti ON ti.run_id = r.run_id "
 			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
 			  "WHERE r.dag_id = $1 AND r.state = 'running' "
-			  "  AND ti.ready_at IS NOT NULL AND ti.state IN ('scheduled', 'up_for_retry') "
+			  "  AND ti.ready_at IS NOT NULL AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule') "
 			  "  AND (t.pool IS NULL OR t.pool = ANY ($3)) "
 			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id LIMIT $2",
 			  3, (Oid[]) {TEXTOID, INT4OID, TEXTARRAYOID},
@@ -580,7 +581,7 @@ state_pool_hand_out(const char *pool, List *excluded, bool skip_locked,
 			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
 			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
 			  "WHERE ti.pool = $1 AND ti.ready_at IS NOT NULL "
-			  "  AND ti.state IN ('scheduled', 'up_for_retry') AND r.state = 'running' "
+			  "  AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule') AND r.state = 'running' "
 			  "  AND r.dag_id <> ALL ($2) "
 			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id LIMIT 1",
 			  2, (Oid[]) {TEXTOID, TEXTARRAYOID},
@@ -606,7 +607,7 @@ state_pool_hand_out(const char *pool, List *excluded, bool skip_locked,
 			  "FROM orchestrator.task_instance ti "
 			  "JOIN orchestrator.task t ON t.dag_id = $3 AND t.task_id = ti.task_id "
 			  "WHERE ti.run_id = $1 AND ti.task_id = $2 AND ti.ready_at IS NOT NULL "
-			  "  AND ti.state IN ('scheduled', 'up_for_retry')",
+			  "  AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
 			  3, (Oid[]) {INT8OID, TEXTOID, TEXTOID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
 				  CStringGetTextDatum(dag_id)},
@@ -722,18 +723,24 @@ state_advance_after(const RunRef *run, const char *task_id, TimestampTz now,
 
 	/* the last one ends the run (decided over the whole run, leaves and all) */
 	run_query("SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 "
-			  "  AND state IN ('scheduled', 'queued', 'running', 'up_for_retry') LIMIT 1",
+			  "  AND state IN ('scheduled', 'queued', 'running', 'up_for_retry', 'up_for_reschedule') "
+			  "LIMIT 1",
 			  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(run->run_id)}, NULL,
 			  SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		state_evaluate_run(run, now, adv);
 }
 
+/*
+ * A try is claimed: a new try, or the next poke of a sensor's try (its
+ * first_poke_at set), which keeps its try number and its start.
+ */
 void
 state_try_claimed(int64 run_id, const char *task_id, TimestampTz now)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'running', "
-			  " try_number = try_number + 1, worker_pid = $3, started_at = $4, "
+			  " try_number = try_number + CASE WHEN first_poke_at IS NULL THEN 1 ELSE 0 END, "
+			  " worker_pid = $3, started_at = coalesce(first_poke_at, $4), "
 			  " finished_at = NULL, next_try_at = NULL, error = NULL, ready_at = NULL "
 			  "WHERE run_id = $1 AND task_id = $2",
 			  4, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID},
@@ -751,7 +758,7 @@ state_try_succeeded(int64 run_id, const char *task_id, int try_number,
 					TimestampTz now, bool has_rows, int64 rows_loaded, bool cached)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
-			  " rows_loaded = $5, cached = $6 "
+			  " rows_loaded = $5, cached = $6, first_poke_at = NULL "
 			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
 			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
 			  6, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, BOOLOID},
@@ -763,18 +770,62 @@ state_try_succeeded(int64 run_id, const char *task_id, int try_number,
 }
 
 /*
+ * A sensor's poke found its condition false: the instance waits for its
+ * next poke, up_for_reschedule, holding no worker, with its try number,
+ * and its timeout counted from first_poke_at.  Only while it is still
+ * this worker's running try, as for a success.
+ */
+bool
+state_try_rescheduled(int64 run_id, const char *task_id, int try_number,
+					  TimestampTz next_poke_at, TimestampTz first_poke_at)
+{
+	run_query("UPDATE orchestrator.task_instance SET state = 'up_for_reschedule', "
+			  " next_try_at = $4, first_poke_at = $5, finished_at = NULL, ready_at = NULL "
+			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
+			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
+			  5, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  Int32GetDatum(try_number), TimestampTzGetDatum(next_poke_at),
+			  TimestampTzGetDatum(first_poke_at)},
+			  NULL, SPI_OK_UPDATE);
+	return SPI_processed == 1;
+}
+
+/*
+ * A sensor past its timeout with soft_fail: skipped, the reason kept as
+ * its error.  Only while it is still this worker's running try.
+ */
+bool
+state_try_skipped(int64 run_id, const char *task_id, int try_number,
+				  TimestampTz now, const char *why)
+{
+	run_query("UPDATE orchestrator.task_instance SET state = 'skipped', finished_at = $4, "
+			  " error = $5, first_poke_at = NULL, next_try_at = NULL, ready_at = NULL "
+			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
+			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
+			  5, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  Int32GetDatum(try_number), TimestampTzGetDatum(now),
+			  CStringGetTextDatum(why)},
+			  NULL, SPI_OK_UPDATE);
+	return SPI_processed == 1;
+}
+
+/*
  * Records a failed try: up_for_retry with its next try time, or failed when
- * no tries remain (*final), and with it the callback due and the error as
- * the try's last log line (unless only_state).  Only applies to the given
+ * no tries remain or no_retry says so (a sensor's timeout) (*final), and
+ * with it the callback due and the error as the try's last log line
+ * (unless only_state).  Only applies to the given
  * running try, so that a try already cancelled, timed out or recovered is
  * left as it is.  Returns whether it applied.
  */
 bool
 state_try_failed(int64 run_id, const char *task_id, int pid, int try_number,
-				 const char *error, TimestampTz now, bool only_state, bool *final)
+				 const char *error, TimestampTz now, bool only_state, bool no_retry,
+				 bool *final)
 {
-	Oid			types[6] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID};
-	Datum		values[6];
+	Oid			types[7] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID, BOOLOID};
+	Datum		values[7];
 	bool		isnull;
 
 	values[0] = Int64GetDatum(run_id);
@@ -783,21 +834,22 @@ state_try_failed(int64 run_id, const char *task_id, int pid, int try_number,
 	values[3] = Int32GetDatum(try_number);
 	values[4] = CStringGetTextDatum(error);
 	values[5] = TimestampTzGetDatum(now);
+	values[6] = BoolGetDatum(no_retry);
 	run_query("UPDATE orchestrator.task_instance ti SET "
-			  " state = CASE WHEN ti.try_number < ti.max_tries THEN 'up_for_retry' ELSE 'failed' END, "
-			  " next_try_at = CASE WHEN ti.try_number < ti.max_tries THEN $6 + "
+			  " state = CASE WHEN ti.try_number < ti.max_tries AND NOT $7 THEN 'up_for_retry' ELSE 'failed' END, "
+			  " next_try_at = CASE WHEN ti.try_number < ti.max_tries AND NOT $7 THEN $6 + "
 			  "   CASE WHEN t.retry_exponential_backoff "
 			  "        THEN LEAST(coalesce(t.retry_delay, '5 minutes') * power(2, LEAST(ti.try_number - 1, 30)), "
 			  "                   coalesce(t.max_retry_delay, '1 day')) "
 			  "        ELSE LEAST(coalesce(t.retry_delay, '5 minutes'), coalesce(t.max_retry_delay, coalesce(t.retry_delay, '5 minutes'))) END "
 			  "   END, "
-			  " finished_at = $6, error = $5, ready_at = NULL "
+			  " finished_at = $6, error = $5, ready_at = NULL, first_poke_at = NULL "
 			  "FROM orchestrator.dag_run r "
 			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
 			  "WHERE r.run_id = ti.run_id AND ti.run_id = $1 AND ti.task_id = $2 "
 			  "  AND ti.state = 'running' AND ti.worker_pid = $3 AND ti.try_number = $4 "
 			  "RETURNING ti.state = 'failed'",
-			  6, types, values, NULL, SPI_OK_UPDATE_RETURNING);
+			  7, types, values, NULL, SPI_OK_UPDATE_RETURNING);
 	if (SPI_processed == 0)
 		return false;
 	if (final)
@@ -842,11 +894,13 @@ state_fail_run(int64 run_id, const char *error, TimestampTz now, bool callback)
 	Datum		values[3] = {Int64GetDatum(run_id), CStringGetTextDatum(error),
 	TimestampTzGetDatum(now)};
 
+	/* a sensor between pokes is in the middle of its try too */
 	run_query("UPDATE orchestrator.task_instance SET "
-			  " state = CASE WHEN state = 'running' THEN 'failed' ELSE 'skipped' END, "
-			  " error = CASE WHEN state = 'running' THEN $2 ELSE error END, "
-			  " finished_at = $3, next_try_at = NULL, ready_at = NULL "
-			  "WHERE run_id = $1 AND state IN ('scheduled', 'queued', 'running', 'up_for_retry')",
+			  " state = CASE WHEN state IN ('running', 'up_for_reschedule') THEN 'failed' ELSE 'skipped' END, "
+			  " error = CASE WHEN state IN ('running', 'up_for_reschedule') THEN $2 ELSE error END, "
+			  " finished_at = $3, next_try_at = NULL, ready_at = NULL, first_poke_at = NULL "
+			  "WHERE run_id = $1 "
+			  "  AND state IN ('scheduled', 'queued', 'running', 'up_for_retry', 'up_for_reschedule')",
 			  3, types, values, NULL, SPI_OK_UPDATE);
 	run_query("UPDATE orchestrator.dag_run SET state = 'failed', finished_at = $3 WHERE run_id = $1",
 			  3, types, values, NULL, SPI_OK_UPDATE);
@@ -890,7 +944,8 @@ state_clear_tasks(int64 run_id, const char *dag_id, const char *task_id,
 			  "UPDATE orchestrator.task_instance ti SET state = 'scheduled', "
 			  " max_tries = ti.try_number + coalesce(t.retries, 0) + 1, "
 			  " queued_at = NULL, started_at = NULL, finished_at = NULL, "
-			  " next_try_at = NULL, error = NULL, worker_pid = NULL, ready_at = NULL "
+			  " next_try_at = NULL, error = NULL, worker_pid = NULL, ready_at = NULL, "
+			  " first_poke_at = NULL "
 			  "FROM cleared LEFT JOIN orchestrator.task t ON t.dag_id = $3 AND t.task_id = cleared.task_id "
 			  "WHERE ti.run_id = $1 AND ti.task_id = cleared.task_id",
 			  4, types, values, NULL, SPI_OK_UPDATE);

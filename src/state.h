@@ -88,9 +88,13 @@ extern void state_try_claimed(int64 run_id, const char *task_id, TimestampTz now
 extern bool state_try_succeeded(int64 run_id, const char *task_id, int try_number,
 								TimestampTz now, bool has_rows, int64 rows_loaded,
 								bool cached);
+extern bool state_try_rescheduled(int64 run_id, const char *task_id, int try_number,
+								  TimestampTz next_poke_at, TimestampTz first_poke_at);
+extern bool state_try_skipped(int64 run_id, const char *task_id, int try_number,
+							  TimestampTz now, const char *why);
 extern bool state_try_failed(int64 run_id, const char *task_id, int pid,
 							 int try_number, const char *error, TimestampTz now,
-							 bool only_state, bool *final);
+							 bool only_state, bool no_retry, bool *final);
 extern void state_fail_unclaimable(int64 run_id, const char *task_id,
 								   const char *error, TimestampTz now);
 

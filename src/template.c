@@ -61,7 +61,8 @@ typedef enum TemplateVar
 	TV_RUN_ID,
 	TV_DAG_ID,
 	TV_TASK_ID,
-	TV_ERROR
+	TV_ERROR,
+	TV_ASSET_EVENTS				/* triggering_asset_events[.NAME] */
 } TemplateVar;
 
 typedef enum TemplateFilterKind
@@ -138,7 +139,7 @@ static const struct
 };
 
 #define TEMPLATE_VARIABLES_HINT \
-	"Templates can use ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz, logical_date, execution_date, data_interval_start, data_interval_end (the last four with .strftime('FORMAT')), run_id, dag_id, task_id, params.NAME, and error (in callbacks)."
+	"Templates can use ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz, logical_date, execution_date, data_interval_start, data_interval_end (the last four with .strftime('FORMAT')), run_id, dag_id, task_id, params.NAME, triggering_asset_events, and error (in callbacks)."
 
 static void template_syntax_error(const char *tmpl, const char *what,
 								  const char *detail) pg_attribute_noreturn();
@@ -254,6 +255,14 @@ parse_primary(const char **pp, const char *end, const char *tmpl,
 			template_syntax_error(tmpl, what,
 								  "use params.NAME to refer to a parameter");
 		part->var = TV_PARAM;
+		part->text = member;
+		member = NULL;
+		found = true;
+	}
+	else if (strcmp(name, "triggering_asset_events") == 0)
+	{
+		/* the whole object, or one asset's events: ['NAME'] */
+		part->var = TV_ASSET_EVENTS;
 		part->text = member;
 		member = NULL;
 		found = true;
@@ -624,6 +633,45 @@ context_value(const char *value, const char *name)
 	return v;
 }
 
+/*
+ * triggering_asset_events: an asset-triggered run's events by asset, as a
+ * JSON object ({} for another run); with a name, that asset's events, a
+ * JSON array, or undefined.
+ */
+static TemplateValue
+asset_events_value(Jsonb *events, const char *name)
+{
+	TemplateValue v;
+	JsonbValue	key;
+	JsonbValue *value;
+
+	memset(&v, 0, sizeof(v));
+	if (events == NULL)
+		events = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	if (name == NULL)
+	{
+		value = palloc0(sizeof(JsonbValue));
+		value->type = jbvBinary;
+		value->val.binary.data = &events->root;
+		value->val.binary.len = VARSIZE(events) - VARHDRSZ;
+		v.defined = true;
+		v.json = value;
+		return v;
+	}
+	key.type = jbvString;
+	key.val.string.val = (char *) name;
+	key.val.string.len = strlen(name);
+	value = findJsonbValueFromContainer(&events->root, JB_FOBJECT, &key);
+	if (value == NULL)
+	{
+		v.name = psprintf("triggering_asset_events['%s']", name);
+		return v;
+	}
+	v.defined = true;
+	v.json = value;
+	return v;
+}
+
 static TemplateValue
 param_value(Jsonb *params, const char *name)
 {
@@ -767,6 +815,9 @@ eval_expression(const TemplatePart *part, const char *what,
 			break;
 		case TV_TASK_ID:
 			v = context_value(ctx->task_id, "task_id");
+			break;
+		case TV_ASSET_EVENTS:
+			v = asset_events_value(ctx->asset_events, part->text);
 			break;
 		case TV_ERROR:
 			/* empty outside a failure */

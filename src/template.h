@@ -23,6 +23,8 @@ typedef struct TemplateContext
 	const char *task_id;		/* NULL if unknown */
 	const char *error;			/* in callbacks: the error; else NULL */
 	Jsonb	   *params;			/* NULL for none */
+	Jsonb	   *asset_events;	/* an asset-triggered run's events by asset,
+								 * NULL for none */
 } TemplateContext;
 
 /*

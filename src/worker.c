@@ -49,6 +49,7 @@
 #include "storage/large_object.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
@@ -170,10 +171,11 @@ worker_getstr(HeapTuple tuple, TupleDesc desc, int col, MemoryContext cxt)
 }
 
 /*
- * The run's context, from nine consecutive columns starting at col (see
+ * The run's context, from ten consecutive columns starting at col (see
  * RUN_CONTEXT_COLUMNS): dag_id, run_type, logical_date,
  * data_interval_start, data_interval_end, the DAG's owner, its params
- * merged with the run's conf, the owner's name and cluster.
+ * merged with the run's conf, the owner's name and cluster, and an
+ * asset-triggered run's events.
  */
 void
 worker_read_run_context(TaskRun *task, HeapTuple tuple, TupleDesc desc, int col,
@@ -198,11 +200,31 @@ worker_read_run_context(TaskRun *task, HeapTuple tuple, TupleDesc desc, int col,
 	d = SPI_getbinval(tuple, desc, col + 6, &isnull);
 	old = MemoryContextSwitchTo(cxt);
 	task->ctx.params = isnull ? NULL : DatumGetJsonbPCopy(d);
+	d = SPI_getbinval(tuple, desc, col + 9, &isnull);
+	task->ctx.asset_events = isnull ? NULL : DatumGetJsonbPCopy(d);
 	task->ctx.dag_id = task->dag_id;
 	/* Airflow's run id: "scheduled__2021-01-02T06:00:00+00:00" */
 	task->ctx.run_id = psprintf("%s__%s", task->run_type,
 								template_render("{{ ts }}", "ts", &task->ctx));
 	MemoryContextSwitchTo(old);
+}
+
+/* A task's outlets (text[]), as a list of C strings in cxt. */
+static List *
+read_outlets(Datum d, MemoryContext cxt)
+{
+	Datum	   *elems;
+	int			n;
+	List	   *names = NIL;
+	MemoryContext old;
+
+	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, NULL, &n);
+	old = MemoryContextSwitchTo(cxt);
+	for (int i = 0; i < n; i++)
+		names = lappend(names, TextDatumGetCString(elems[i]));
+	MemoryContextSwitchTo(old);
+	return names;
 }
 
 typedef enum ClaimResult
@@ -238,14 +260,17 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	bool		isnull;
 	volatile int64 run_id;
 	char	   *volatile task_id;
+	TimestampTz now;
 
 	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING, "claiming a task");
 
-	run_query("SELECT ti.run_id, ti.task_id, ti.try_number + 1, "
+	/* (a sensor's next poke goes on with its try: same number, same start) */
+	run_query("SELECT ti.run_id, ti.task_id, "
+			  "       ti.try_number + CASE WHEN ti.first_poke_at IS NULL THEN 1 ELSE 0 END, "
 			  "       " RUN_CONTEXT_COLUMNS ", t.spec, "
 			  "       (extract(epoch FROM t.execution_timeout) * 1000)::int8, "
-			  "       t.cache_expiration IS NOT NULL "
+			  "       t.cache_expiration IS NOT NULL, ti.first_poke_at, t.outlets "
 			  "FROM orchestrator.task_instance ti "
 			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
 			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
@@ -274,7 +299,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 		task->task_id = task_id;
 		task->try_number = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
 		worker_read_run_context(task, tuple, desc, 4, cxt);
-		d = SPI_getbinval(tuple, desc, 13, &isnull);
+		d = SPI_getbinval(tuple, desc, 14, &isnull);
 		if (!isnull)
 		{
 			MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -282,13 +307,22 @@ claim_next(TaskRun *task, MemoryContext cxt)
 			task->spec = DatumGetJsonbPCopy(d);
 			MemoryContextSwitchTo(old);
 		}
-		d = SPI_getbinval(tuple, desc, 14, &isnull);
-		task->timeout_ms = isnull ? 0 : DatumGetInt64(d);
 		d = SPI_getbinval(tuple, desc, 15, &isnull);
+		task->timeout_ms = isnull ? 0 : DatumGetInt64(d);
+		d = SPI_getbinval(tuple, desc, 16, &isnull);
 		task->cache = !isnull && DatumGetBool(d);
+		d = SPI_getbinval(tuple, desc, 17, &isnull);
+		task->first_poke_at = isnull ? 0 : DatumGetTimestampTz(d);
+		d = SPI_getbinval(tuple, desc, 18, &isnull);
+		task->outlets = isnull ? NIL : read_outlets(d, cxt);
 		task->ctx.task_id = task->task_id;
 
-		state_try_claimed(task->run_id, task->task_id, orch_now());
+		now = orch_now();
+		state_try_claimed(task->run_id, task->task_id, now);
+		/* a new try: a sensor's first poke starts it */
+		task->continuing = (task->first_poke_at != 0);
+		if (!task->continuing)
+			task->first_poke_at = now;
 
 		/* the slot names the try before the claim is visible */
 		progress_set(SLOT_CLAIMING, task->run_id, task->task_id, task->owner, "task", 0);
@@ -470,6 +504,8 @@ run_operator(TaskRun *task)
 		op_gunzip_run(task);
 	else if (strcmp(opname, "copy_into") == 0)
 		op_copy_into_run(task);
+	else if (operator_is_sensor(opname))
+		op_sensor_poke(task);
 	else
 		elog(ERROR, "unknown operator \"%s\"", opname);
 	artifact_done();
@@ -512,7 +548,99 @@ advance(RunRef *run, TaskRun *task, Advance *adv)
 	CurrentResourceOwner = owner;
 }
 
-/* The work and the success row, in one transaction. */
+typedef enum TryOutcome
+{
+	OUTCOME_SUCCESS,
+	OUTCOME_RESCHEDULE,			/* a sensor not yet true: up_for_reschedule */
+	OUTCOME_SKIPPED				/* a sensor past its timeout, with soft_fail */
+} TryOutcome;
+
+static int64
+spec_interval_us(TaskRun *task, const char *key, const char *dflt)
+{
+	JsonbValue *v = jsonb_get_key(task->spec, key);
+
+	if (v != NULL && v->type == jbvString)
+		return op_interval_ms(pnstrdup(v->val.string.val, v->val.string.len)) * 1000;
+	return op_interval_ms(dflt) * 1000;
+}
+
+/*
+ * A sensor whose poke found its condition false: its next poke, or at its
+ * timeout (counted from the try's first poke) a final failure, raised
+ * here, or with soft_fail a skip.
+ */
+static TryOutcome
+sensor_outcome(TaskRun *task, TimestampTz *next_poke_at, char **why)
+{
+	JsonbValue *v = jsonb_get_key(task->spec, "timeout");
+	int64		interval = spec_interval_us(task, "poke_interval", "1 minute");
+	int64		timeout = spec_interval_us(task, "timeout", "1 day");
+	TimestampTz now = orch_now();
+	TimestampTz deadline = task->first_poke_at + timeout;
+
+	if (now < deadline)
+	{
+		*next_poke_at = Min(now + interval, deadline);
+		return OUTCOME_RESCHEDULE;
+	}
+	*why = psprintf("sensor \"%s\" timed out: its condition was not met within %s of its first poke",
+					task->task_id,
+					v != NULL && v->type == jbvString ?
+					pnstrdup(v->val.string.val, v->val.string.len) : "1 day");
+	v = jsonb_get_key(task->spec, "soft_fail");
+	if (v != NULL && v->type == jbvBool && v->val.boolean)
+	{
+		task_log("%s: skipped (soft_fail)", *why);
+		return OUTCOME_SKIPPED;
+	}
+	/* a sensor's timeout is final, as in Airflow: no retry would change it */
+	task->no_retry = true;
+	ereport(ERROR,
+			(errcode(ERRCODE_QUERY_CANCELED),
+			 errmsg("%s", *why)));
+	return OUTCOME_SKIPPED;		/* keep the compiler quiet */
+}
+
+/*
+ * The assets a successful try produced: its outlets, rendered, and a
+ * copy_into's table.  Each event publishes the run's data interval, and
+ * nothing else of the DAG's (see assets.c).
+ */
+static void
+record_assets(TaskRun *task, TimestampTz now)
+{
+	List	   *names = NIL;
+	ListCell   *lc;
+	Jsonb	   *extra;
+	bool		consumed = false;
+
+	foreach(lc, task->outlets)
+	{
+		char	   *name = template_render(lfirst(lc),
+										   psprintf("an outlet of task \"%s\"", task->task_id),
+										   &task->ctx);
+
+		asset_check_name(name);
+		if (!list_member(names, makeString(name)))
+			names = lappend(names, makeString(name));
+	}
+	if (task->asset_table != NULL && !list_member(names, makeString(task->asset_table)))
+		names = lappend(names, makeString(task->asset_table));
+	if (names == NIL)
+		return;
+	extra = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+		psprintf("{\"data_interval_start\": \"%s\", \"data_interval_end\": \"%s\"}",
+				 template_render("{{ data_interval_start }}", "data_interval_start", &task->ctx),
+				 template_render("{{ data_interval_end }}", "data_interval_end", &task->ctx)))));
+	foreach(lc, names)
+		consumed |= asset_record(strVal(lfirst(lc)), extra, task->owner,
+								 task->run_id, task->task_id, now);
+	if (consumed)
+		orch_wake_scheduler_at_commit();
+}
+
+/* The work and its outcome's row, in one transaction. */
 static void
 run_task(TaskRun *task, Advance *adv)
 {
@@ -520,6 +648,10 @@ run_task(TaskRun *task, Advance *adv)
 	Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
 	Datum		values[3];
 	RunRef		run;
+	TryOutcome	outcome;
+	TimestampTz next_poke_at = 0;
+	TimestampTz now;
+	char	   *why = NULL;
 
 	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING,
@@ -561,9 +693,10 @@ run_task(TaskRun *task, Advance *adv)
 	worker_set_run_context(task);
 
 	task_log_begin();
-	task_log("try %d of task %s.%s, run " INT64_FORMAT ", logical date %s",
-			 task->try_number, task->dag_id, task->task_id, task->run_id,
-			 template_render("{{ ts }}", "ts", &task->ctx));
+	if (!task->continuing)
+		task_log("try %d of task %s.%s, run " INT64_FORMAT ", logical date %s",
+				 task->try_number, task->dag_id, task->task_id, task->run_id,
+				 template_render("{{ ts }}", "ts", &task->ctx));
 
 	worker_timeout_start(task->timeout_ms);
 
@@ -574,6 +707,9 @@ run_task(TaskRun *task, Advance *adv)
 
 	worker_timeout_stop();
 
+	outcome = operator_is_sensor(operator_name(task->spec)) && !task->poke_ok ?
+		sensor_outcome(task, &next_poke_at, &why) : OUTCOME_SUCCESS;
+
 	/* from here on the scheduler leaves this worker be */
 	progress_set(SLOT_FINISHING, task->run_id, task->task_id, task->owner, "task", 0);
 	task_log_end();
@@ -583,9 +719,15 @@ run_task(TaskRun *task, Advance *adv)
 	values[2] = Int32GetDatum(task->try_number);
 
 	/* the run first (state.c's order of locks): a sibling's join waits */
+	now = orch_now();
 	if (!state_lock_run(task->run_id, false, &run) ||
-		!state_try_succeeded(task->run_id, task->task_id, task->try_number, orch_now(),
-							 task->has_rows, (int64) task->rows_loaded, task->cached))
+		!(outcome == OUTCOME_SUCCESS ?
+		  state_try_succeeded(task->run_id, task->task_id, task->try_number, now,
+							  task->has_rows, (int64) task->rows_loaded, task->cached) :
+		  outcome == OUTCOME_RESCHEDULE ?
+		  state_try_rescheduled(task->run_id, task->task_id, task->try_number,
+								next_poke_at, task->first_poke_at) :
+		  state_try_skipped(task->run_id, task->task_id, task->try_number, now, why)))
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("task \"%s\" of run " INT64_FORMAT " was cancelled while it ran; its work is rolled back",
@@ -593,12 +735,25 @@ run_task(TaskRun *task, Advance *adv)
 	if (task->has_artifact)
 		record_artifact(task);
 	task_log_write(task->run_id, task->task_id, task->try_number);
-	run_query("INSERT INTO orchestrator.callback (run_id, task_id, kind, spec, try_number) "
-			  "SELECT r.run_id, t.task_id, 'on_success_callback', t.on_success_callback, $3 "
-			  "FROM orchestrator.dag_run r "
-			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
-			  "WHERE r.run_id = $1 AND t.on_success_callback IS NOT NULL",
-			  3, types, values, NULL, SPI_OK_INSERT);
+	if (outcome == OUTCOME_RESCHEDULE)
+	{
+		/* its next poke is the scheduler's, as a retry is */
+		adv->undecided = true;
+		sandbox_reset_session();
+		orch_end_xact();
+		return;
+	}
+	if (outcome == OUTCOME_SUCCESS)
+	{
+		run_query("INSERT INTO orchestrator.callback (run_id, task_id, kind, spec, try_number) "
+				  "SELECT r.run_id, t.task_id, 'on_success_callback', t.on_success_callback, $3 "
+				  "FROM orchestrator.dag_run r "
+				  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
+				  "WHERE r.run_id = $1 AND t.on_success_callback IS NOT NULL",
+				  3, types, values, NULL, SPI_OK_INSERT);
+		/* what it produced: an event each, committed with its success */
+		record_assets(task, now);
+	}
 	advance(&run, task, adv);
 	sandbox_reset_session();
 	orch_end_xact();
@@ -648,7 +803,7 @@ record_failure(TaskRun *task, const char *text, bool only_state, Advance *adv)
 	if (!only_state)
 		task_log_write(task->run_id, task->task_id, task->try_number);
 	if (state_try_failed(task->run_id, task->task_id, MyProcPid, task->try_number,
-						 text, orch_now(), only_state, &final) && locked)
+						 text, orch_now(), only_state, task->no_retry, &final) && locked)
 	{
 		if (final)
 			advance(&run, task, adv);

@@ -300,6 +300,17 @@ test_names(void)
 	check(!rules_state_done(TI_UP_FOR_RETRY) && !rules_state_done(TI_SCHEDULED) &&
 		  rules_state_done(TI_UPSTREAM_FAILED) && rules_state_done(TI_SKIPPED),
 		  "done states", NULL);
+	/* a sensor between pokes: not done, holds no worker, comes back by itself */
+	check(!rules_state_done(TI_UP_FOR_RESCHEDULE) && !rules_state_active(TI_UP_FOR_RESCHEDULE) &&
+		  rules_state_waiting(TI_UP_FOR_RESCHEDULE) && rules_state_waiting(TI_UP_FOR_RETRY) &&
+		  !rules_state_waiting(TI_SCHEDULED) && !rules_state_waiting(TI_RUNNING),
+		  "up_for_reschedule: waiting, neither done nor active", NULL);
+	{
+		TiState		s;
+
+		check(rules_parse_state("up_for_reschedule", &s) && s == TI_UP_FOR_RESCHEDULE,
+			  "up_for_reschedule is Airflow's name", NULL);
+	}
 }
 
 #define T(state_, rule_) {.state = (state_), .rule = (rule_)}
@@ -382,6 +393,35 @@ test_runs(void)
 			  "retry: the due one is queued, the other waits", NULL);
 		check(t[2].state == TI_SKIPPED && t[3].state == TI_SKIPPED,
 			  "removed: skipped, and its downstream follows its rule", NULL);
+	}
+	/*
+	 * sensors: a rescheduled instance is queued at its next poke only, within
+	 * the budget like any other; meanwhile its downstream waits and the run
+	 * goes on
+	 */
+	{
+		static const int up[] = {0}, up2[] = {1};
+		RuleTask	t[3] = {T(TI_UP_FOR_RESCHEDULE, TR_ALL_SUCCESS), T(TI_UP_FOR_RESCHEDULE, TR_ALL_SUCCESS),
+		T(TI_SCHEDULED, TR_ALL_DONE)};
+		int			budget = 10;
+
+		t[1].nupstream = 1, t[1].upstream = up;
+		t[2].nupstream = 1, t[2].upstream = up2;
+		t[2].is_leaf = true;
+		check(rules_evaluate_run(t, 3, &budget) == 0 && t[0].state == TI_UP_FOR_RESCHEDULE &&
+			  t[1].state == TI_UP_FOR_RESCHEDULE && t[2].state == TI_SCHEDULED && budget == 10 &&
+			  !t[0].changed, "reschedule: nothing before the next poke", NULL);
+		check(rules_run_outcome(t, 3) == RUN_GOING, "reschedule: the run goes on", NULL);
+		t[0].retry_due = t[1].retry_due = true;
+		budget = 1;
+		check(rules_evaluate_run(t, 3, &budget) == 1 && t[0].state == TI_QUEUED &&
+			  t[1].state == TI_UP_FOR_RESCHEDULE && t[1].ready && budget == 0,
+			  "reschedule: a due poke is queued, within the budget", NULL);
+		t[0].state = TI_SKIPPED;	/* soft_fail: its downstream follows its rule */
+		t[1].state = TI_SKIPPED;
+		budget = 1;
+		check(rules_evaluate_run(t, 3, &budget) == 0 && t[2].state == TI_QUEUED,
+			  "reschedule: a soft-failed sensor is skipped, all_done runs after it", NULL);
 	}
 	/* outcome: a failed leaf fails the run, a skipped one does not */
 	{
