@@ -219,18 +219,27 @@ in_xact(void (*fn) (void *), void *arg, const char *what)
 
 static void
 in_batches(void (*fn) (void *), void **items, int n, XactResult *results,
-		   const char *(*what) (void *))
+		   const char *(*what) (void *), bool (*at_once) (void **, int))
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 
 	for (int first = 0; first < n; first += BATCH_SIZE)
 	{
 		int			last = Min(n, first + BATCH_SIZE);
+		bool		done;
 
 		begin_sched_xact();
+		/* the whole batch at once, if the caller can (and nothing fails) */
+		done = at_once != NULL && at_once(items + first, last - first);
 		for (int i = first; i < last; i++)
 		{
 			ResourceOwner owner = CurrentResourceOwner;
+
+			if (done)
+			{
+				results[i] = XACT_COMMITTED;
+				continue;
+			}
 
 			results[i] = XACT_COMMITTED;
 			BeginInternalSubTransaction(NULL);
@@ -256,22 +265,6 @@ in_batches(void (*fn) (void *), void **items, int n, XactResult *results,
 		orch_end_xact();
 		MemoryContextSwitchTo(oldcxt);
 	}
-}
-
-/*
- * Takes the row lock given by "lock" on the row the query selects, or
- * returns false at once if another transaction holds a conflicting one
- * (an API call, perhaps in a task that runs for hours): the caller skips
- * that DAG or run in this pass, and the scheduler comes back in a second.
- */
-static bool
-lock_or_skip(const char *query, Oid type, Datum value)
-{
-	run_query(query, 1, &type, &value, NULL, SPI_OK_SELECT);
-	if (SPI_processed > 0)
-		return true;
-	wake_by(tick_now + USECS_PER_SEC);
-	return false;
 }
 
 static char *
@@ -669,72 +662,81 @@ static TimestampTz last_full_listing = 0;	/* real time */
 /* after an error, a DAG is tried again this much later (or when changed) */
 #define DAG_RETRY_AFTER_ERROR	(60 * USECS_PER_SEC)
 
-static void
-insert_run(const char *dag_id, const char *run_type, TimestampTz logical,
-		   TimestampTz interval_end)
+/* The runs a pass creates, inserted with one statement. */
+typedef struct NewRuns
 {
-	Oid			types[5] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Datum		values[5];
+	ArrayBuildState *dag_ids;
+	ArrayBuildState *starts;
+	ArrayBuildState *ends;
+	int			n;
+} NewRuns;
 
-	values[0] = CStringGetTextDatum(dag_id);
-	values[1] = CStringGetTextDatum(run_type);
-	values[2] = TimestampTzGetDatum(logical);
-	values[3] = TimestampTzGetDatum(interval_end);
-	values[4] = TimestampTzGetDatum(tick_now);
+static void
+add_run(NewRuns *runs, const char *dag_id, TimestampTz start, TimestampTz end)
+{
+	runs->dag_ids = accumArrayResult(runs->dag_ids, CStringGetTextDatum(dag_id), false,
+									 TEXTOID, CurrentMemoryContext);
+	runs->starts = accumArrayResult(runs->starts, TimestampTzGetDatum(start), false,
+									TIMESTAMPTZOID, CurrentMemoryContext);
+	runs->ends = accumArrayResult(runs->ends, TimestampTzGetDatum(end), false,
+								  TIMESTAMPTZOID, CurrentMemoryContext);
+	runs->n++;
+}
+
+static void
+insert_runs(NewRuns *runs)
+{
+	if (runs->n == 0)
+		return;
 	run_query("INSERT INTO orchestrator.dag_run (dag_id, run_type, logical_date, "
 			  " data_interval_start, data_interval_end, state, queued_at) "
-			  "VALUES ($1, $2, $3, $3, $4, 'queued', $5) "
+			  "SELECT u.dag_id, 'scheduled', u.start, u.start, u.finish, 'queued', $4 "
+			  "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) "
+			  "     AS u(dag_id, start, finish) "
 			  "ON CONFLICT (dag_id, logical_date) DO NOTHING",
-			  5, types, values, NULL, SPI_OK_INSERT);
+			  4, (Oid[]) {TEXTARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID},
+			  (Datum[]) {makeArrayResult(runs->dag_ids, CurrentMemoryContext),
+				  makeArrayResult(runs->starts, CurrentMemoryContext),
+				  makeArrayResult(runs->ends, CurrentMemoryContext),
+			  TimestampTzGetDatum(tick_now)},
+			  NULL, SPI_OK_INSERT);
+	memset(runs, 0, sizeof(NewRuns));
 }
+
+/*
+ * What the scheduling of a DAG reads, under its row's KEY SHARE lock (what
+ * inserting its runs takes; API changes hold more): its active runs and
+ * the end of its last scheduled run's interval.  For one DAG or a batch.
+ */
+#define SCHEDULE_READ \
+	"SELECT d.dag_id, " \
+	"       (SELECT count(*) FROM orchestrator.dag_run x " \
+	"        WHERE x.dag_id = d.dag_id AND x.state IN ('queued', 'running')), " \
+	"       l.run_id IS NOT NULL, l.data_interval_end " \
+	"FROM orchestrator.dag d " \
+	"LEFT JOIN LATERAL (SELECT r.run_id, r.data_interval_end FROM orchestrator.dag_run r " \
+	"                   WHERE r.dag_id = d.dag_id AND r.run_type = 'scheduled' " \
+	"                   ORDER BY r.logical_date DESC LIMIT 1) l ON true " \
+	"WHERE d.dag_id = ANY ($1) AND NOT d.paused " \
+	"FOR KEY SHARE OF d SKIP LOCKED"
 
 /*
  * 2. The runs a DAG's schedule makes due.  A run's logical date is the
  * start of its data interval, and it is created once the interval has
  * ended.  With catchup, every interval from start_date on gets a run;
  * without, only the latest complete one.  No run starts after end_date, and
- * no more are created than max_active_runs allows.
+ * no more are created than max_active_runs allows.  The DAG's own next
+ * wake-up (wake_by) is collected apart, into dag->next_check.
  */
 static void
-schedule_dag(void *arg)
+plan_runs(DagRow *dag, int64 active, bool have_last, TimestampTz last_end,
+		  NewRuns *runs)
 {
-	DagRow	   *dag = arg;
 	CronSchedule sched;
 	pg_tz	   *tz;
-	Oid			types[1] = {TEXTOID};
-	Datum		values[1];
-	int64		active;
-	bool		have_last = false;
-	TimestampTz last_end = 0;
-	bool		isnull;
 
 	cron_parse(dag->schedule, &sched);
 	tz = orch_lookup_timezone(dag->timezone);
-
-	values[0] = CStringGetTextDatum(dag->dag_id);
-	/* KEY SHARE: what inserting its runs takes; API changes hold more */
-	if (!lock_or_skip("SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 AND NOT paused "
-					  "FOR KEY SHARE SKIP LOCKED", TEXTOID, values[0]))
-	{
-		dag->skipped = true;
-		return;
-	}
-	run_query("SELECT count(*) FROM orchestrator.dag_run "
-			  "WHERE dag_id = $1 AND state IN ('queued', 'running')",
-			  1, types, values, NULL, SPI_OK_SELECT);
-	active = DatumGetInt64(col_datum(0, 1, &isnull));
-
-	run_query("SELECT data_interval_end FROM orchestrator.dag_run "
-			  "WHERE dag_id = $1 AND run_type = 'scheduled' "
-			  "ORDER BY logical_date DESC LIMIT 1",
-			  1, types, values, NULL, SPI_OK_SELECT);
-	if (SPI_processed > 0)
-	{
-		Datum		d = col_datum(0, 1, &isnull);
-
-		have_last = true;
-		last_end = isnull ? 0 : DatumGetTimestampTz(d);
-	}
 
 	if (sched.once)
 	{
@@ -745,7 +747,7 @@ schedule_dag(void *arg)
 			wake_by(dag->start);
 			return;
 		}
-		insert_run(dag->dag_id, "scheduled", dag->start, dag->start);
+		add_run(runs, dag->dag_id, dag->start, dag->start);
 		dag->active = active + 1;
 		return;
 	}
@@ -786,12 +788,141 @@ schedule_dag(void *arg)
 		}
 		if (dag->has_end && start > dag->end_date)
 			return;
-		insert_run(dag->dag_id, "scheduled", start, end);
+		add_run(runs, dag->dag_id, start, end);
 		have_last = true;
 		last_end = end;
 		active++;
 		dag->active = active;
 	}
+}
+
+/* plan_runs, with the DAG's wake-ups collected into dag->next_check */
+static void
+plan_runs_apart(DagRow *dag, int row, NewRuns *runs)
+{
+	TimestampTz saved_wake = tick_wake;
+	bool		isnull;
+	bool		have_last = DatumGetBool(col_datum(row, 3, &isnull));
+	Datum		d = col_datum(row, 4, &isnull);
+
+	tick_wake = DT_NOEND;
+	PG_TRY();
+	{
+		plan_runs(dag, DatumGetInt64(col_datum(row, 2, &isnull)), have_last,
+				  isnull ? 0 : DatumGetTimestampTz(d), runs);
+	}
+	PG_FINALLY();
+	{
+		dag->next_check = tick_wake;
+		tick_wake = Min(saved_wake, tick_wake);
+	}
+	PG_END_TRY();
+}
+
+/* One DAG, in its own subtransaction (in_batches): the fallback. */
+static void
+schedule_dag(void *arg)
+{
+	DagRow	   *dag = arg;
+	NewRuns		runs = {0};
+	Datum		ids = PointerGetDatum(construct_array((Datum[]) {CStringGetTextDatum(dag->dag_id)},
+													  1, TEXTOID, -1, false, TYPALIGN_INT));
+
+	dag->next_check = DT_NOEND;
+	run_query(SCHEDULE_READ, 1, (Oid[]) {TEXTARRAYOID}, &ids, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+	{
+		dag->skipped = true;
+		wake_by(tick_now + USECS_PER_SEC);
+		return;
+	}
+	plan_runs_apart(dag, 0, &runs);
+	insert_runs(&runs);
+}
+
+/*
+ * A batch of due DAGs with two statements: one reads them all, one inserts
+ * their runs.  False if anything failed (rolled back): then each DAG goes
+ * on its own, so that one bad definition holds up no other.
+ */
+static bool
+schedule_batch(DagRow **dags, int n)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	TimestampTz saved_wake = tick_wake;
+	bool		ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	PG_TRY();
+	{
+		ArrayBuildState *ids = NULL;
+		NewRuns		runs = {0};
+		HTAB	   *rows;
+		HASHCTL		ctl;
+		SPITupleTable *tuptable;
+		uint64		nrows;
+
+		ctl.keysize = ORCH_MAX_ID_LEN + 1;
+		ctl.entrysize = ORCH_MAX_ID_LEN + 1 + sizeof(int);
+		ctl.hcxt = CurrentMemoryContext;
+		rows = hash_create("orchestrator due DAGs", n, &ctl,
+						   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		for (int i = 0; i < n; i++)
+		{
+			dags[i]->next_check = DT_NOEND;
+			ids = accumArrayResult(ids, CStringGetTextDatum(dags[i]->dag_id), false,
+								   TEXTOID, CurrentMemoryContext);
+		}
+		run_query(SCHEDULE_READ, 1, (Oid[]) {TEXTARRAYOID},
+				  (Datum[]) {makeArrayResult(ids, CurrentMemoryContext)}, NULL, SPI_OK_SELECT);
+		tuptable = SPI_tuptable;
+		nrows = SPI_processed;
+		for (uint64 r = 0; r < nrows; r++)
+		{
+			char	   *name = SPI_getvalue(tuptable->vals[r], tuptable->tupdesc, 1);
+			char	   *entry = hash_search(rows, name, HASH_ENTER, NULL);
+
+			*(int *) (entry + ORCH_MAX_ID_LEN + 1) = (int) r;
+		}
+		for (int i = 0; i < n; i++)
+		{
+			char	   *entry = hash_search(rows, dags[i]->dag_id, HASH_FIND, NULL);
+
+			if (entry == NULL)
+			{
+				/* locked by an API call, or paused since the listing */
+				dags[i]->skipped = true;
+				wake_by(tick_now + USECS_PER_SEC);
+				continue;
+			}
+			SPI_tuptable = tuptable;
+			plan_runs_apart(dags[i], *(int *) (entry + ORCH_MAX_ID_LEN + 1), &runs);
+		}
+		insert_runs(&runs);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(DEBUG1,
+				(errmsg("orchestrator scheduler: a batch of %d DAGs failed (%s); one at a time",
+						n, edata->message)));
+		FreeErrorData(edata);
+		tick_wake = saved_wake;
+		for (int i = 0; i < n; i++)
+			dags[i]->skipped = false;
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = owner;
+	return ok;
 }
 
 /*
@@ -937,8 +1068,10 @@ due_dags(void)
 }
 
 /*
- * 2. Each due DAG in a transaction of its own; what it found (when it is
- * next due) is cached, so later passes skip it until then.
+ * 2. The due DAGs, a hundred to a transaction, each batch with two
+ * statements (or, if that fails, each DAG in a subtransaction of its
+ * own); what each found (when it is next due) is cached, so later passes
+ * skip it until then.
  */
 static const char *
 schedule_what(void *arg)
@@ -946,24 +1079,10 @@ schedule_what(void *arg)
 	return psprintf("cannot schedule DAG \"%s\"", ((DagRow *) arg)->dag_id);
 }
 
-/* the DAG's own next wake-up, collected apart from the pass's */
-static void
-schedule_dag_apart(void *arg)
+static bool
+schedule_at_once(void **items, int n)
 {
-	DagRow	   *dag = arg;
-	TimestampTz saved_wake = tick_wake;
-
-	tick_wake = DT_NOEND;
-	PG_TRY();
-	{
-		schedule_dag(dag);
-	}
-	PG_FINALLY();
-	{
-		dag->next_check = tick_wake;
-		tick_wake = Min(saved_wake, tick_wake);
-	}
-	PG_END_TRY();
+	return schedule_batch((DagRow **) items, n);
 }
 
 static void
@@ -977,7 +1096,7 @@ schedule_dags(List *dags)
 
 	foreach(lc, dags)
 		items[i++] = lfirst(lc);
-	in_batches(schedule_dag_apart, items, n, results, schedule_what);
+	in_batches(schedule_dag, items, n, results, schedule_what, schedule_at_once);
 
 	for (i = 0; i < n; i++)
 	{
@@ -1033,7 +1152,7 @@ start_asset_runs(List *dags)
 		return;
 	foreach(lc, dags)
 		items[i++] = lfirst(lc);
-	in_batches(start_asset_run, items, n, results, asset_run_what);
+	in_batches(start_asset_run, items, n, results, asset_run_what, NULL);
 	for (i = 0; i < n; i++)
 		if (results[i] != XACT_COMMITTED)
 			wake_by(tick_now + USECS_PER_SEC);
@@ -1179,7 +1298,7 @@ evaluate_runs(void)
 		evals[nevals++] = eval;
 	}
 	results = palloc(sizeof(XactResult) * Max(nevals, 1));
-	in_batches(evaluate_run, evals, nevals, results, evaluate_what);
+	in_batches(evaluate_run, evals, nevals, results, evaluate_what, NULL);
 	for (int i = 0; i < nevals; i++)
 	{
 		RunEval    *eval = evals[i];
