@@ -62,10 +62,15 @@ like(query($node, "SELECT error FROM orchestrator.task_instances WHERE run_id = 
 	qr/the worker \(pid $pid\) stopped without recording an outcome/, 'saying the worker was lost');
 
 # --- bad definitions do not stop the scheduler
+# (in one transaction, so that the scheduler sees both DAGs due at once)
 query($node, q{
+BEGIN;
 SELECT orchestrator.create_dag('broken', '@daily', start_date => '2021-01-01');
 SELECT orchestrator.add_task('broken', 't', orchestrator.sql('SELECT 1'));
 UPDATE orchestrator.dag SET schedule = 'not a schedule' WHERE dag_id = 'broken';
+SELECT orchestrator.create_dag('daily_next_to_broken', '@daily', start_date => '2021-01-01');
+SELECT orchestrator.add_task('daily_next_to_broken', 't', orchestrator.sql('SELECT 1'));
+COMMIT;
 SELECT orchestrator.create_dag('ok');
 SELECT orchestrator.add_task('ok', 't', orchestrator.sql('SELECT 1'));
 SELECT orchestrator.add_task('ok', 'dropped', orchestrator.sql('INSERT INTO gone VALUES (1)'));
@@ -76,6 +81,10 @@ like(query($node, "SELECT error FROM orchestrator.task_instances WHERE run_id = 
 	qr/relation "gone" does not exist/, 'a missing table fails its task with a clear error');
 ok($node->log_contains('cannot schedule DAG "broken": invalid cron schedule "not a schedule"'),
 	'the broken DAG is reported in the log');
+# (both due in the same pass: their batch fails, and each goes on its own)
+ok($node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM orchestrator.dag_run WHERE dag_id = 'daily_next_to_broken'"),
+	'a scheduled DAG due with the broken one gets its run');
 
 # --- DROP EXTENSION and CREATE EXTENSION while the scheduler runs
 query($node, "DROP EXTENSION orchestrator");
