@@ -265,3 +265,206 @@ COMMENT ON VIEW orchestrator.schedulers IS
 	'The schedulers the launcher runs: database, pid, when started, last pass, task workers in use, work waiting, per-database cap';
 
 GRANT SELECT ON orchestrator.schedulers TO PUBLIC;
+
+------------------------------------------------------------------------
+-- Dynamic task mapping (issue 15): a task with "expand" (a JSON array) or
+-- "expand_query" (a query run as the DAG's owner when the task becomes
+-- ready) runs one instance per element; a task that reads a mapped
+-- task's artifact is mapped the same way.  Instances are keyed by
+-- (run_id, task_id, map_index).  Internally an unmapped instance has
+-- map_index -1, as in Airflow: a key column cannot be NULL, and -1 keeps
+-- "one unmapped instance per task" a unique key that NULL would not.
+-- Every view shows map_index as NULL when not mapped.  Rows written under
+-- 0.1 (instances and all that refers to them) take -1 by default.
+------------------------------------------------------------------------
+
+ALTER TABLE orchestrator.task
+	ADD COLUMN expand jsonb CHECK (jsonb_typeof(expand) = 'array'),
+	ADD COLUMN expand_query text,
+	ADD CONSTRAINT task_expand_one CHECK (expand IS NULL OR expand_query IS NULL);
+COMMENT ON COLUMN orchestrator.task.expand IS
+	'A JSON array: one task instance per element (dynamic task mapping)';
+COMMENT ON COLUMN orchestrator.task.expand_query IS
+	'A query run as the DAG''s owner when the task becomes ready: one task instance per row';
+
+ALTER TABLE orchestrator.artifact DROP CONSTRAINT artifact_run_id_task_id_fkey;
+ALTER TABLE orchestrator.log DROP CONSTRAINT log_run_id_task_id_fkey;
+ALTER TABLE orchestrator.rejects DROP CONSTRAINT rejects_run_id_task_id_fkey;
+
+ALTER TABLE orchestrator.task_instance
+	ADD COLUMN map_index integer NOT NULL DEFAULT -1 CHECK (map_index >= -1),
+	ADD COLUMN map_item jsonb,
+	DROP CONSTRAINT task_instance_pkey,
+	ADD PRIMARY KEY (run_id, task_id, map_index);
+COMMENT ON COLUMN orchestrator.task_instance.map_index IS
+	'The element of a mapped task this instance runs (0, 1, ...); -1: not mapped (NULL in the views)';
+COMMENT ON COLUMN orchestrator.task_instance.map_item IS
+	'The element of a mapped instance, {{ item }} in its templates';
+
+ALTER TABLE orchestrator.artifact
+	ADD COLUMN map_index integer NOT NULL DEFAULT -1,
+	DROP CONSTRAINT artifact_pkey,
+	ADD PRIMARY KEY (run_id, task_id, map_index),
+	ADD FOREIGN KEY (run_id, task_id, map_index) REFERENCES orchestrator.task_instance ON DELETE CASCADE;
+ALTER TABLE orchestrator.log
+	ADD COLUMN map_index integer NOT NULL DEFAULT -1,
+	ADD FOREIGN KEY (run_id, task_id, map_index) REFERENCES orchestrator.task_instance ON DELETE CASCADE;
+DROP INDEX orchestrator.log_run_task_idx;
+CREATE INDEX log_run_task_idx ON orchestrator.log (run_id, task_id, map_index, try_number);
+ALTER TABLE orchestrator.rejects
+	ADD COLUMN map_index integer NOT NULL DEFAULT -1,
+	DROP CONSTRAINT rejects_pkey,
+	ADD PRIMARY KEY (run_id, task_id, map_index, try_number, line_number),
+	ADD FOREIGN KEY (run_id, task_id, map_index) REFERENCES orchestrator.task_instance ON DELETE CASCADE;
+ALTER TABLE orchestrator.callback
+	ADD COLUMN map_index integer;
+COMMENT ON COLUMN orchestrator.callback.map_index IS
+	'The mapped instance the callback follows (-1: not mapped; NULL: the run''s own)';
+
+DROP INDEX orchestrator.task_instance_queue_idx;
+CREATE INDEX task_instance_queue_idx ON orchestrator.task_instance (queued_at, run_id, task_id, map_index)
+	WHERE state = 'queued';
+
+CREATE OR REPLACE VIEW orchestrator.tasks WITH (security_invoker = true) AS
+SELECT t.dag_id,
+	   t.task_id,
+	   t.spec ->> 'operator' AS operator,
+	   t.spec,
+	   t.upstream,
+	   ARRAY(SELECT dt.task_id FROM orchestrator.task dt
+			  WHERE dt.dag_id = t.dag_id AND t.task_id = ANY (dt.upstream)
+			  ORDER BY dt.position) AS downstream,
+	   t.retries,
+	   t.retry_delay,
+	   t.retry_exponential_backoff,
+	   t.max_retry_delay,
+	   t.execution_timeout,
+	   t.trigger_rule,
+	   t.position,
+	   t.on_failure_callback,
+	   t.on_success_callback,
+	   t.on_retry_callback,
+	   t.cache_expiration,
+	   t.expand,
+	   t.expand_query
+  FROM orchestrator.task t;
+
+CREATE OR REPLACE VIEW orchestrator.task_instances WITH (security_invoker = true) AS
+SELECT ti.run_id,
+	   r.dag_id,
+	   ti.task_id,
+	   ti.state,
+	   ti.try_number,
+	   ti.max_tries,
+	   ti.queued_at,
+	   ti.started_at,
+	   ti.finished_at,
+	   ti.finished_at - ti.started_at AS duration,
+	   ti.error,
+	   ti.worker_pid,
+	   ti.rows_loaded,
+	   ti.cached,
+	   CASE WHEN ti.rows_loaded IS NOT NULL THEN
+		   (SELECT count(*) FROM orchestrator.rejects rj
+			 WHERE rj.run_id = ti.run_id AND rj.task_id = ti.task_id
+			   AND rj.map_index = ti.map_index
+			   AND rj.try_number = ti.try_number)
+	   END AS rows_rejected,
+	   nullif(ti.map_index, -1) AS map_index,
+	   ti.map_item
+  FROM orchestrator.task_instance ti
+  JOIN orchestrator.dag_run r USING (run_id);
+
+CREATE OR REPLACE VIEW orchestrator.artifacts WITH (security_invoker = true) AS
+SELECT a.run_id,
+	   r.dag_id,
+	   a.task_id,
+	   a.size,
+	   a.sha256,
+	   a.content_type,
+	   a.http_status,
+	   a.url,
+	   a.created_at,
+	   a.loid,
+	   nullif(a.map_index, -1) AS map_index
+  FROM orchestrator.artifact a
+  JOIN orchestrator.dag_run r USING (run_id);
+
+CREATE OR REPLACE VIEW orchestrator.task_log WITH (security_invoker = true) AS
+SELECT l.run_id,
+	   r.dag_id,
+	   l.task_id,
+	   l.try_number,
+	   l.logged_at,
+	   l.level,
+	   l.message,
+	   l.id,
+	   nullif(l.map_index, -1) AS map_index
+  FROM orchestrator.log l
+  JOIN orchestrator.dag_run r USING (run_id);
+
+-- the running try's instance: map_index (NULL when not mapped)
+DROP VIEW orchestrator.progress;
+DROP FUNCTION orchestrator.worker_progress();
+
+CREATE FUNCTION orchestrator.worker_progress(OUT pid integer, OUT run_id bigint,
+											 OUT task_id text, OUT what text,
+											 OUT started_at timestamptz,
+											 OUT bytes_read bigint, OUT rows_loaded bigint,
+											 OUT map_index integer)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'orch_worker_progress';
+
+CREATE VIEW orchestrator.progress WITH (security_invoker = true) AS
+SELECT p.run_id,
+	   r.dag_id,
+	   p.task_id,
+	   p.what,
+	   p.pid AS worker_pid,
+	   p.started_at,
+	   p.bytes_read,
+	   p.rows_loaded,
+	   round((p.bytes_read / nullif(extract(epoch FROM clock_timestamp() - p.started_at), 0))::numeric)
+		   AS bytes_per_second,
+	   round((p.rows_loaded / nullif(extract(epoch FROM clock_timestamp() - p.started_at), 0))::numeric)
+		   AS rows_per_second,
+	   p.map_index
+  FROM orchestrator.worker_progress() p
+  JOIN orchestrator.dag_runs r ON r.run_id = p.run_id;
+
+GRANT SELECT ON orchestrator.progress TO PUBLIC;
+
+DROP FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb, interval);
+CREATE FUNCTION orchestrator.add_task(dag_id text,
+									  task_id text,
+									  operator jsonb,
+									  upstream text[] DEFAULT '{}',
+									  retries integer DEFAULT 0,
+									  retry_delay interval DEFAULT '5 minutes',
+									  retry_exponential_backoff boolean DEFAULT false,
+									  max_retry_delay interval DEFAULT NULL,
+									  execution_timeout interval DEFAULT NULL,
+									  trigger_rule text DEFAULT 'all_success',
+									  on_failure_callback jsonb DEFAULT NULL,
+									  on_success_callback jsonb DEFAULT NULL,
+									  on_retry_callback jsonb DEFAULT NULL,
+									  cache_expiration interval DEFAULT NULL,
+									  expand jsonb DEFAULT NULL,
+									  expand_query text DEFAULT NULL)
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_add_task';
+COMMENT ON FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb, interval, jsonb, text) IS
+	'Adds a task to a DAG you own; its upstream tasks must already exist';
+
+DROP FUNCTION orchestrator.clear_task(bigint, text, boolean);
+CREATE FUNCTION orchestrator.clear_task(run_id bigint, task_id text, downstream boolean DEFAULT true,
+										map_index integer DEFAULT NULL)
+RETURNS integer
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_clear_task';
+COMMENT ON FUNCTION orchestrator.clear_task(bigint, text, boolean, integer) IS
+	'Runs a task (one mapped instance of it, or all) and its downstream tasks of a run again, reopening the run; returns how many task instances were cleared';

@@ -38,6 +38,7 @@
 #include "utils/timestamp.h"
 
 #include "cron.h"
+#include "mapping.h"
 #include "orchestrator.h"
 
 static const char *const trigger_rules[] = {
@@ -402,7 +403,8 @@ PG_FUNCTION_INFO_V1(orch_add_task);
 /*
  * add_task(dag_id, task_id, operator, upstream, retries, retry_delay,
  *			retry_exponential_backoff, max_retry_delay, execution_timeout,
- *			trigger_rule)
+ *			trigger_rule, on_failure_callback, on_success_callback,
+ *			on_retry_callback, cache_expiration, expand, expand_query)
  */
 Datum
 orch_add_task(PG_FUNCTION_ARGS)
@@ -416,11 +418,11 @@ orch_add_task(PG_FUNCTION_ARGS)
 	List	   *upstream = NIL;
 	ArrayBuildState *astate = NULL;
 	CatalogWrite cw;
-	Oid			types[14] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
+	Oid			types[16] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
 		INTERVALOID, BOOLOID, INTERVALOID, INTERVALOID, TEXTOID, JSONBOID, JSONBOID, JSONBOID,
-	INTERVALOID};
-	Datum		values[14];
-	char		nulls[14];
+	INTERVALOID, JSONBOID, TEXTOID};
+	Datum		values[16];
+	char		nulls[16];
 	ListCell   *lc;
 
 	require_arg(fcinfo, 0, "dag_id");
@@ -510,6 +512,12 @@ orch_add_task(PG_FUNCTION_ARGS)
 				 errmsg("cache_expiration applies only to tasks that produce an artifact"),
 				 errhint("http_fetch and gunzip tasks can be cached.")));
 
+	/* dynamic task mapping (mapping.c) */
+	mapping_check_definition(PG_NARGS() > 14 && !PG_ARGISNULL(14) ? PG_GETARG_JSONB_P(14) : NULL,
+							 PG_NARGS() > 15 && !PG_ARGISNULL(15) ?
+							 text_to_cstring(PG_GETARG_TEXT_PP(15)) : NULL,
+							 task_id);
+
 	catalog_write_begin(&cw);
 	lock_owned_dag(&cw, dag_id, false, false);
 
@@ -587,9 +595,9 @@ orch_add_task(PG_FUNCTION_ARGS)
 			values[i] = PG_GETARG_DATUM(i);
 	}
 	values[9] = CStringGetTextDatum(rule);
-	for (int i = 10; i <= 13; i++)
+	for (int i = 10; i <= 15; i++)
 	{
-		if (PG_ARGISNULL(i))
+		if (i >= PG_NARGS() || PG_ARGISNULL(i))
 			nulls[i] = 'n';
 		else
 			values[i] = PG_GETARG_DATUM(i);
@@ -597,10 +605,10 @@ orch_add_task(PG_FUNCTION_ARGS)
 	run_query("INSERT INTO orchestrator.task (dag_id, task_id, spec, upstream, retries, "
 			  "retry_delay, retry_exponential_backoff, max_retry_delay, "
 			  "execution_timeout, trigger_rule, on_failure_callback, on_success_callback, "
-			  "on_retry_callback, cache_expiration, position) "
-			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+			  "on_retry_callback, cache_expiration, expand, expand_query, position) "
+			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
 			  "coalesce(max(position), 0) + 1 FROM orchestrator.task WHERE dag_id = $1",
-			  14, types, values, nulls, SPI_OK_INSERT);
+			  16, types, values, nulls, SPI_OK_INSERT);
 
 	catalog_write_end(&cw);
 	orch_wake_scheduler_at_commit();

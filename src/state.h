@@ -61,14 +61,16 @@ extern void state_advance_after(const RunRef *run, const char *task_id,
 								TimestampTz now, Advance *adv);
 
 /* claim, success and failure of a try */
-extern void state_try_claimed(int64 run_id, const char *task_id, TimestampTz now);
-extern bool state_try_succeeded(int64 run_id, const char *task_id, int try_number,
-								TimestampTz now, bool has_rows, int64 rows_loaded,
-								bool cached);
-extern bool state_try_failed(int64 run_id, const char *task_id, int pid,
-							 int try_number, const char *error, TimestampTz now,
-							 bool only_state, bool *final);
-extern void state_fail_unclaimable(int64 run_id, const char *task_id,
+/* (a task instance is (run_id, task_id, map_index); map_index -1: not mapped) */
+extern void state_try_claimed(int64 run_id, const char *task_id, int map_index,
+							  TimestampTz now);
+extern bool state_try_succeeded(int64 run_id, const char *task_id, int map_index,
+								int try_number, TimestampTz now, bool has_rows,
+								int64 rows_loaded, bool cached);
+extern bool state_try_failed(int64 run_id, const char *task_id, int map_index,
+							 int pid, int try_number, const char *error,
+							 TimestampTz now, bool only_state, bool *final);
+extern void state_fail_unclaimable(int64 run_id, const char *task_id, int map_index,
 								   const char *error, TimestampTz now);
 
 /*
@@ -79,8 +81,12 @@ extern void state_fail_unclaimable(int64 run_id, const char *task_id,
 extern void state_fail_run(int64 run_id, const char *error, TimestampTz now,
 						   bool callback);
 
-/* clear_task: the instances run again with their retries anew */
+/*
+ * clear_task: the instances run again with their retries anew; map_index
+ * -1: all instances of the task, else that one (and the same one of the
+ * downstream tasks mapped alike).
+ */
 extern int	state_clear_tasks(int64 run_id, const char *dag_id,
-							  const char *task_id, bool downstream);
+							  const char *task_id, bool downstream, int map_index);
 
 #endif							/* ORCHESTRATOR_STATE_H */
