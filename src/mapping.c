@@ -35,6 +35,7 @@
 #include "parser/parser.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/plancache.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -46,6 +47,29 @@
 #include "orchestrator.h"
 #include "rules.h"
 #include "sandbox.h"
+
+/* a plain SELECT: no data-modifying WITH, no row locks */
+static void
+foreach_query_must_read(SPIPlanPtr plan)
+{
+	ListCell   *lc;
+
+	foreach(lc, SPI_plan_get_plan_sources(plan))
+	{
+		CachedPlanSource *ps = lfirst(lc);
+		ListCell   *qc;
+
+		foreach(qc, ps->query_list)
+		{
+			Query	   *q = lfirst_node(Query, qc);
+
+			if (q->commandType != CMD_SELECT || q->hasModifyingCTE || q->rowMarks != NIL)
+				ereport(ERROR,
+						(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+						 errmsg("expand_query must only read: no data-modifying WITH, no FOR UPDATE or SHARE")));
+		}
+	}
+}
 
 /*
  * Runs an expand_query as owner; returns its rows (at most limit + 1) as
@@ -78,6 +102,7 @@ run_expand_query(const char *query, Oid owner, int limit, char **error)
 			ereport(ERROR,
 					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 					 errmsg("expand_query must be one query that returns rows")));
+		foreach_query_must_read(plan);
 		rc = SPI_execute_plan(plan, NULL, NULL, true, (long) limit + 1);
 		if (rc != SPI_OK_SELECT)
 			ereport(ERROR,
