@@ -96,7 +96,6 @@ is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', '
 is(query($node, "SELECT count(*) FROM yellow_taxi") . ' ' . query($node, "SELECT count(*) FROM yellow_taxi_2021_02"),
 	'7500 2000', 'February, replaced whole');
 
-$node->stop;
 # --- examples/taxi_colours.sql: one pipeline mapped over the colours
 run_example('taxi_colours.sql', $port);
 wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'taxi_colours' AND state = 'success'",
@@ -104,7 +103,7 @@ wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'taxi
 is(query($node, "SELECT count(*) FROM yellow_trips_2021_01") . ' ' . query($node, "SELECT count(*) FROM green_trips_2021_01"),
 	'3000 1200', 'each colour in its own table');
 is( query($node,
-		"SELECT string_agg(task_id || '[' || map_index || ']=' || map_item #>> '{}' || ' ' || state, ', ' ORDER BY position, map_index) "
+		"SELECT string_agg(task_id || '[' || map_index || ']=' || (map_item #>> '{}') || ' ' || state, ', ' ORDER BY position, map_index) "
 		  . "FROM orchestrator.task_instances JOIN orchestrator.tasks USING (dag_id, task_id) WHERE dag_id = 'taxi_colours'"),
 	'download[0]=yellow success, download[1]=green success, unzip[0]=yellow success, unzip[1]=green success, '
 	  . 'ingest[0]=yellow success, ingest[1]=green success',
@@ -112,4 +111,5 @@ is( query($node,
 like(query($node, "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'green_trips_2021_01'::regclass AND attnum > 0"),
 	qr/^VendorID,lpep_pickup_datetime,/, 'the green table has the green columns');
 
+$node->stop;
 done_testing();
