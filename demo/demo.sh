@@ -71,13 +71,20 @@ while :; do
 		       || '  |  runs: ' || coalesce((SELECT string_agg(state || ' ' || n, ', ')
 		            FROM (SELECT state, count(*) n FROM orchestrator.dag_runs GROUP BY 1 ORDER BY 1) s), 'none yet')")
 	echo "  [$(($(date +%s) - start))s] $line"
-	done_runs=$(psql_demo -At -c "SELECT count(*) FROM orchestrator.dag_runs WHERE state IN ('success', 'failed')")
+	done_runs=$(psql_demo -At -c "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi' AND state IN ('success', 'failed')")
 	[ "$done_runs" -ge 3 ] && break
 	if [ $(($(date +%s) - start)) -gt 1800 ]; then
 		echo "the runs did not finish in 30 minutes" >&2
 		exit 1
 	fi
 	sleep 2
+done
+
+# the summary DAG runs on each loaded month's asset
+for _ in $(seq 1 60); do
+	[ "$(psql_demo -At -c "SELECT (SELECT count(*) FROM orchestrator.asset_events WHERE cardinality(triggered_runs) > 0)
+	                            - (SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi_monthly' AND state IN ('queued', 'running'))")" = 3 ] && break
+	sleep 1
 done
 
 psql_demo <<'SQL'
@@ -100,12 +107,19 @@ SQL
 for t in yellow_taxi_2021_01 yellow_taxi_2021_02 yellow_taxi_2021_03; do
 	echo "  $t: $(psql_demo -At -c "SELECT count(*) FROM $t") rows"
 done
+psql_demo <<'SQL'
+\pset footer off
+\echo == the assets, and the summary built on them (DAG yellow_taxi_monthly)
+SELECT name, last_event_at, events, consumers FROM orchestrator.assets ORDER BY name;
+SELECT * FROM yellow_taxi_monthly ORDER BY month;
+SQL
 echo
 echo "== SELECT * FROM orchestrator.grid('yellow_taxi')"
 psql_demo -At -c "SELECT * FROM orchestrator.grid('yellow_taxi')" | sed 's/^/  /'
 echo
-echo "== SELECT orchestrator.dag_graph('yellow_taxi', run_id => 3)   -- Mermaid; 'dot' for Graphviz"
-psql_demo -At -c "SELECT orchestrator.dag_graph('yellow_taxi', run_id => 3)" | sed 's/^/  /'
+last_run=$(psql_demo -At -c "SELECT max(run_id) FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi'")
+echo "== SELECT orchestrator.dag_graph('yellow_taxi', run_id => $last_run)   -- Mermaid; 'dot' for Graphviz"
+psql_demo -At -c "SELECT orchestrator.dag_graph('yellow_taxi', run_id => $last_run)" | sed 's/^/  /'
 failed=$(psql_demo -At -c "SELECT count(*) FROM orchestrator.dag_runs WHERE state <> 'success'")
 
 cat <<MSG

@@ -97,3 +97,30 @@ SELECT orchestrator.drop_dag('yellow_taxi', if_exists => true);
 
 SELECT orchestrator.drop_dag(dag_id) FROM orchestrator.dags;
 SELECT count(*) FROM orchestrator.dags;
+
+-- sensors: operators like the others
+SELECT orchestrator.sql_sensor('SELECT count(*) > 0 FROM t WHERE day = {{ ds | quote_literal }}');
+SELECT orchestrator.http_sensor('https://example.com/{{ ds }}.csv.gz', poke_interval => '10 minutes',
+								timeout => '7 days', soft_fail => true, method => 'get');
+SELECT orchestrator.sql_sensor('SELECT true', timeout => '-1 day');
+SELECT orchestrator.http_sensor('ftp://example.com/x');
+
+-- assets: on_assets and outlets, duplicates left out; an event queued for
+-- each DAG that waits for its asset, dropped when it no longer does
+SELECT orchestrator.create_dag('on_data', on_assets => '{orders, orders, sales.daily}');
+SELECT orchestrator.add_task('on_data', 'wait', orchestrator.sql_sensor('SELECT true'),
+							 outlets => '{"x_{{ ds_nodash }}", "x_{{ ds_nodash }}", y}');
+SELECT dag_id, on_assets FROM orchestrator.dags WHERE dag_id = 'on_data';
+SELECT task_id, operator, outlets FROM orchestrator.tasks WHERE dag_id = 'on_data';
+SELECT orchestrator.asset_updated('orders', '{"batch": 1}');
+SELECT orchestrator.asset_updated('nobody.waits');
+SELECT dag_id, asset, run_id FROM orchestrator.asset_queue ORDER BY event_id;
+SELECT asset, extra, source_dag_id, triggered_runs FROM orchestrator.asset_events ORDER BY id;
+SELECT name, events, consumers FROM orchestrator.assets ORDER BY name;
+SELECT orchestrator.create_dag('on_data', on_assets => '{sales.daily}');
+SELECT count(*) FROM orchestrator.asset_queue;
+SELECT orchestrator.asset_updated('orders', '[1]');
+SELECT orchestrator.asset_updated(NULL);
+SELECT orchestrator.create_dag('bad_assets', on_assets => '{{a}, {b}}');
+SELECT orchestrator.drop_dag('on_data');
+SELECT count(*) FROM orchestrator.asset_queue;

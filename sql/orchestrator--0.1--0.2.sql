@@ -124,7 +124,7 @@ COMMENT ON COLUMN orchestrator.task_instance.ready_at IS
 	'When its trigger rule let it run while its DAG had no room under max_active_tasks: it is queued when a task of the DAG ends';
 
 CREATE INDEX task_instance_unfinished_idx ON orchestrator.task_instance (run_id, state)
-	WHERE state IN ('scheduled', 'queued', 'running', 'up_for_retry');
+	WHERE state IN ('scheduled', 'queued', 'running', 'up_for_retry', 'up_for_reschedule');
 CREATE INDEX task_instance_ready_idx ON orchestrator.task_instance (run_id, ready_at)
 	WHERE ready_at IS NOT NULL;
 -- a finished task's downstream tasks
@@ -148,6 +148,21 @@ REVOKE ALL ON FUNCTION orchestrator.dag_rows_inserted() FROM PUBLIC;
 CREATE TRIGGER dag_rows_inserted AFTER INSERT ON orchestrator.dag
 	FOR EACH ROW WHEN (NEW.owner_sysid IS DISTINCT FROM orchestrator.system_identifier())
 	EXECUTE FUNCTION orchestrator.dag_rows_inserted();
+
+-- A scheduler lists every DAG only when definitions changed, however they
+-- changed (the API, a superuser's own UPDATE, a restore); between such
+-- changes it looks only at the DAGs it knows are due (scheduler.c).
+CREATE FUNCTION orchestrator.definitions_changed() RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'orch_definitions_changed';
+REVOKE ALL ON FUNCTION orchestrator.definitions_changed() FROM PUBLIC;
+
+CREATE TRIGGER definitions_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON orchestrator.dag FOR EACH STATEMENT
+	EXECUTE FUNCTION orchestrator.definitions_changed();
+CREATE TRIGGER definitions_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON orchestrator.task FOR EACH STATEMENT
+	EXECUTE FUNCTION orchestrator.definitions_changed();
 
 -- Loads that real data needs (copy_into):
 --   on_error => 'skip' sets bad rows aside in orchestrator.rejects, up to
@@ -321,34 +336,6 @@ ALTER TABLE orchestrator.callback
 COMMENT ON COLUMN orchestrator.callback.map_index IS
 	'The mapped instance the callback follows (-1: not mapped; NULL: the run''s own)';
 
-DROP INDEX orchestrator.task_instance_queue_idx;
-CREATE INDEX task_instance_queue_idx ON orchestrator.task_instance (queued_at, run_id, task_id, map_index)
-	WHERE state = 'queued';
-
-CREATE OR REPLACE VIEW orchestrator.tasks WITH (security_invoker = true) AS
-SELECT t.dag_id,
-	   t.task_id,
-	   t.spec ->> 'operator' AS operator,
-	   t.spec,
-	   t.upstream,
-	   ARRAY(SELECT dt.task_id FROM orchestrator.task dt
-			  WHERE dt.dag_id = t.dag_id AND t.task_id = ANY (dt.upstream)
-			  ORDER BY dt.position) AS downstream,
-	   t.retries,
-	   t.retry_delay,
-	   t.retry_exponential_backoff,
-	   t.max_retry_delay,
-	   t.execution_timeout,
-	   t.trigger_rule,
-	   t.position,
-	   t.on_failure_callback,
-	   t.on_success_callback,
-	   t.on_retry_callback,
-	   t.cache_expiration,
-	   t.expand,
-	   t.expand_query
-  FROM orchestrator.task t;
-
 CREATE OR REPLACE VIEW orchestrator.task_instances WITH (security_invoker = true) AS
 SELECT ti.run_id,
 	   r.dag_id,
@@ -435,6 +422,413 @@ SELECT p.run_id,
 
 GRANT SELECT ON orchestrator.progress TO PUBLIC;
 
+DROP FUNCTION orchestrator.clear_task(bigint, text, boolean);
+CREATE FUNCTION orchestrator.clear_task(run_id bigint, task_id text, downstream boolean DEFAULT true,
+										map_index integer DEFAULT NULL)
+RETURNS integer
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_clear_task';
+COMMENT ON FUNCTION orchestrator.clear_task(bigint, text, boolean, integer) IS
+	'Runs a task (one mapped instance of it, or all) and its downstream tasks of a run again, reopening the run; returns how many task instances were cleared';
+
+------------------------------------------------------------------------
+-- Pools and priorities (issue 15).
+--
+-- A pool bounds how many task instances run at once, across all DAGs and
+-- owners: a superuser creates it (create_pool) and grants its use to DAG
+-- owners (grant_pool); add_task(..., pool, pool_slots) puts a task in it.
+-- A ready instance is queued only while its pool has room (counted under
+-- the pool's row lock, like max_active_tasks under the DAG's); otherwise
+-- it waits, scheduled with ready_at set, holding no worker, and the worker
+-- of a pooled task that ends queues the next waiter of its pool (pool.c).
+--
+-- Priorities: add_task(..., priority_weight, weight_rule) with Airflow's
+-- rules; task.priority_weight_total is the effective weight.  A queued
+-- instance is claimed in the order of claim_at: the time it became ready,
+-- minus its effective weight times orchestrator.priority_weight_age (so
+-- weight counts first, then age, and an old task of low weight is claimed
+-- before tasks that become ready long enough after it, whatever their
+-- weight: no starvation).  The claim walks an index on claim_at.
+------------------------------------------------------------------------
+
+CREATE TABLE orchestrator.pool (
+	pool text PRIMARY KEY,
+	slots integer NOT NULL CHECK (slots > 0),
+	description text,
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE orchestrator.pool IS
+	'Pools: at most "slots" task instances (counted in pool_slots) of all DAGs run at once in each; see the view orchestrator.pools';
+
+-- the roles (OIDs of this cluster) a superuser let use a pool
+CREATE TABLE orchestrator.pool_grant (
+	pool text NOT NULL REFERENCES orchestrator.pool ON DELETE CASCADE,
+	grantee oid NOT NULL,
+	PRIMARY KEY (pool, grantee)
+);
+COMMENT ON TABLE orchestrator.pool_grant IS
+	'Which roles may put their tasks in which pool (grant_pool, revoke_pool)';
+
+-- internal: read through the view and the functions only
+ALTER TABLE orchestrator.pool ENABLE ROW LEVEL SECURITY;
+ALTER TABLE orchestrator.pool_grant ENABLE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('orchestrator.pool', '');
+SELECT pg_catalog.pg_extension_config_dump('orchestrator.pool_grant', '');
+
+ALTER TABLE orchestrator.task
+	ADD COLUMN pool text REFERENCES orchestrator.pool,
+	ADD COLUMN pool_slots integer NOT NULL DEFAULT 1 CHECK (pool_slots > 0),
+	ADD COLUMN priority_weight integer NOT NULL DEFAULT 1,
+	ADD COLUMN weight_rule text NOT NULL DEFAULT 'downstream'
+		CHECK (weight_rule IN ('downstream', 'upstream', 'absolute')),
+	ADD COLUMN priority_weight_total bigint NOT NULL DEFAULT 1;
+COMMENT ON COLUMN orchestrator.task.priority_weight_total IS
+	'The effective weight, by weight_rule: downstream, its own plus all its downstream tasks''; upstream, its own plus all its upstream tasks''; absolute, its own';
+CREATE INDEX task_pool_idx ON orchestrator.task (pool) WHERE pool IS NOT NULL;
+
+-- the tasks of 0.1 weigh 1 each, rule downstream: 1 + their downstream tasks
+UPDATE orchestrator.task t SET priority_weight_total = 1 + (
+	WITH RECURSIVE below(task_id) AS (
+		SELECT x.task_id FROM orchestrator.task x
+		 WHERE x.dag_id = t.dag_id AND t.task_id = ANY (x.upstream)
+		UNION
+		SELECT x.task_id FROM orchestrator.task x JOIN below b ON b.task_id = ANY (x.upstream)
+		 WHERE x.dag_id = t.dag_id)
+	SELECT count(*) FROM below);
+
+-- the pool and slots an instance takes, set when it is queued (or waits)
+ALTER TABLE orchestrator.task_instance
+	ADD COLUMN pool text,
+	ADD COLUMN pool_slots integer,
+	ADD COLUMN claim_at timestamptz;
+COMMENT ON COLUMN orchestrator.task_instance.claim_at IS
+	'Claim order: when it became ready, minus its effective weight times orchestrator.priority_weight_age';
+UPDATE orchestrator.task_instance SET claim_at = queued_at WHERE state = 'queued';
+
+-- the claim: the first queued instance in claim order, without a sort
+DROP INDEX orchestrator.task_instance_queue_idx;
+CREATE INDEX task_instance_claim_idx ON orchestrator.task_instance (claim_at, run_id, task_id, map_index)
+	WHERE state = 'queued';
+-- a pool's taken slots
+CREATE INDEX task_instance_pool_idx ON orchestrator.task_instance (pool, pool_slots)
+	WHERE pool IS NOT NULL AND state IN ('queued', 'running');
+-- a pool's waiters, in claim order
+CREATE INDEX task_instance_pool_wait_idx ON orchestrator.task_instance (pool, claim_at)
+	WHERE pool IS NOT NULL AND ready_at IS NOT NULL;
+
+CREATE FUNCTION orchestrator.create_pool(pool text, slots integer, description text DEFAULT NULL)
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_create_pool';
+COMMENT ON FUNCTION orchestrator.create_pool(text, integer, text) IS
+	'Creates a pool of slots shared by all DAGs (superusers only)';
+
+CREATE FUNCTION orchestrator.drop_pool(pool text, if_exists boolean DEFAULT false)
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_drop_pool';
+COMMENT ON FUNCTION orchestrator.drop_pool(text, boolean) IS
+	'Drops a pool no task uses (superusers only)';
+
+CREATE FUNCTION orchestrator.grant_pool(pool text, role regrole)
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_grant_pool';
+COMMENT ON FUNCTION orchestrator.grant_pool(text, regrole) IS
+	'Lets a role put the tasks of its DAGs in a pool (superusers only)';
+
+CREATE FUNCTION orchestrator.revoke_pool(pool text, role regrole)
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_revoke_pool';
+COMMENT ON FUNCTION orchestrator.revoke_pool(text, regrole) IS
+	'Takes back a role''s use of a pool, once none of its tasks is in it (superusers only)';
+
+REVOKE ALL ON FUNCTION orchestrator.create_pool(text, integer, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION orchestrator.drop_pool(text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION orchestrator.grant_pool(text, regrole) FROM PUBLIC;
+REVOKE ALL ON FUNCTION orchestrator.revoke_pool(text, regrole) FROM PUBLIC;
+
+-- Counts only, of all DAGs (the view reads as its owner, past row-level
+-- security); a role sees the pools granted to it, a superuser all.
+CREATE VIEW orchestrator.pools AS
+SELECT p.pool,
+	   p.slots,
+	   (SELECT coalesce(sum(ti.pool_slots), 0) FROM orchestrator.task_instance ti
+		 WHERE ti.pool = p.pool AND ti.state = 'running')::integer AS running,
+	   (SELECT coalesce(sum(ti.pool_slots), 0) FROM orchestrator.task_instance ti
+		 WHERE ti.pool = p.pool AND ti.state = 'queued')::integer AS queued,
+	   (SELECT count(*) FROM orchestrator.task_instance ti
+		 WHERE ti.pool = p.pool AND ti.ready_at IS NOT NULL
+		   AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule'))::integer AS waiting,
+	   p.description
+  FROM orchestrator.pool p
+ WHERE (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
+	OR EXISTS (SELECT 1 FROM orchestrator.pool_grant g
+				WHERE g.pool = p.pool AND g.grantee = orchestrator.current_role_oid());
+COMMENT ON VIEW orchestrator.pools IS
+	'Pools granted to you (all, for a superuser): slots, slots taken by running and queued task instances of all DAGs, instances waiting for room';
+GRANT SELECT ON orchestrator.pools TO PUBLIC;
+
+------------------------------------------------------------------------
+-- Waiting for data (issue 14).
+--
+-- Sensors: sql_sensor and http_sensor poke in short worker visits; between
+-- pokes their instance is up_for_reschedule (Airflow's name), holds no
+-- worker, and keeps its try number.  first_poke_at is when the try's first
+-- poke started (its timeout counts from it); NULL outside a sensor's try.
+-- next_try_at is the next poke's time.
+--
+-- Assets: a task's outlets (and a copy_into task's target table) record an
+-- event when the task succeeds, in its transaction; asset_updated() records
+-- one in the caller's.  Each event is queued, in the same transaction, for
+-- every DAG whose on_assets names its asset (asset_queue, Airflow's
+-- AssetDagRunQueue): the scheduler starts a run of a DAG once each asset it
+-- names has a queued event, and links them to that run.  The tables are
+-- internal (the API functions and the workers write them); the views
+-- orchestrator.assets and orchestrator.asset_events show a role the events
+-- of the assets it produces or consumes, and only its own DAGs and runs.
+------------------------------------------------------------------------
+
+ALTER TABLE orchestrator.task_instance DROP CONSTRAINT task_instance_state_check;
+ALTER TABLE orchestrator.task_instance ADD CONSTRAINT task_instance_state_check
+	CHECK (state IN ('scheduled', 'queued', 'running', 'success', 'failed',
+					 'up_for_retry', 'upstream_failed', 'skipped', 'up_for_reschedule'));
+ALTER TABLE orchestrator.task_instance ADD COLUMN first_poke_at timestamptz;
+COMMENT ON COLUMN orchestrator.task_instance.first_poke_at IS
+	'A sensor''s try: when its first poke started (its timeout counts from it); NULL otherwise';
+
+ALTER TABLE orchestrator.dag_run DROP CONSTRAINT dag_run_run_type_check;
+ALTER TABLE orchestrator.dag_run ADD CONSTRAINT dag_run_run_type_check
+	CHECK (run_type IN ('scheduled', 'manual', 'backfill', 'asset_triggered'));
+
+ALTER TABLE orchestrator.dag ADD COLUMN on_assets text[] NOT NULL DEFAULT '{}';
+COMMENT ON COLUMN orchestrator.dag.on_assets IS
+	'Assets whose events start a run (once each has had one since the last such run)';
+CREATE INDEX dag_on_assets_idx ON orchestrator.dag USING gin (on_assets);
+
+ALTER TABLE orchestrator.task ADD COLUMN outlets text[] NOT NULL DEFAULT '{}';
+COMMENT ON COLUMN orchestrator.task.outlets IS
+	'Assets the task produces (templated): an event each when it succeeds';
+
+CREATE TABLE orchestrator.asset_event (
+	id bigserial PRIMARY KEY,
+	asset text NOT NULL,
+	extra jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(extra) = 'object'),
+	recorded_at timestamptz NOT NULL,
+	-- who recorded it (a task's: its DAG's owner), in which cluster
+	recorded_by oid,
+	recorded_sysid bigint NOT NULL DEFAULT orchestrator.system_identifier(),
+	-- a task's event: its run and task, and its mapped instance (NULL: not
+	-- mapped) (never shown to other roles)
+	source_run_id bigint,
+	source_task_id text,
+	source_map_index integer
+);
+COMMENT ON TABLE orchestrator.asset_event IS
+	'Asset events; see the views orchestrator.asset_events and orchestrator.assets';
+CREATE INDEX asset_event_asset_idx ON orchestrator.asset_event (asset, recorded_at);
+
+CREATE TABLE orchestrator.asset_queue (
+	dag_id text NOT NULL REFERENCES orchestrator.dag ON DELETE CASCADE,
+	event_id bigint NOT NULL REFERENCES orchestrator.asset_event ON DELETE CASCADE,
+	asset text NOT NULL,
+	run_id bigint REFERENCES orchestrator.dag_run ON DELETE CASCADE,
+	PRIMARY KEY (dag_id, event_id)
+);
+COMMENT ON TABLE orchestrator.asset_queue IS
+	'Events waiting for (run_id NULL) or consumed by (run_id) an asset-triggered run of a DAG';
+CREATE INDEX asset_queue_pending_idx ON orchestrator.asset_queue (dag_id) WHERE run_id IS NULL;
+CREATE INDEX asset_queue_run_idx ON orchestrator.asset_queue (run_id);
+CREATE INDEX asset_queue_event_idx ON orchestrator.asset_queue (event_id);
+
+-- nobody reads or writes them but through the API and the views
+ALTER TABLE orchestrator.asset_event ENABLE ROW LEVEL SECURITY;
+ALTER TABLE orchestrator.asset_queue ENABLE ROW LEVEL SECURITY;
+
+SELECT pg_catalog.pg_extension_config_dump('orchestrator.asset_event', '');
+SELECT pg_catalog.pg_extension_config_dump('orchestrator.asset_event_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('orchestrator.asset_queue', '');
+
+-- whether the current role may see everything (a superuser)
+CREATE FUNCTION orchestrator.sees_all()
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER);
+
+-- The events a role may see: those it recorded, those of its DAGs' tasks,
+-- and those of the assets its DAGs consume (their times and extra only:
+-- the source run and task only to the source DAG's owner).  The view runs
+-- as its owner (no row-level security on the tables for it) and filters
+-- for the reader itself; security_barrier keeps the reader's own
+-- conditions from seeing rows before the filter does.
+CREATE VIEW orchestrator.asset_events WITH (security_barrier = true) AS
+SELECT e.id,
+	   e.asset,
+	   e.recorded_at,
+	   e.extra,
+	   CASE WHEN s.mine THEN s.dag_id END AS source_dag_id,
+	   CASE WHEN s.mine THEN e.source_run_id END AS source_run_id,
+	   CASE WHEN s.mine THEN e.source_task_id END AS source_task_id,
+	   ARRAY(SELECT q.run_id FROM orchestrator.asset_queue q
+			  JOIN orchestrator.dag qd ON qd.dag_id = q.dag_id
+			  WHERE q.event_id = e.id AND q.run_id IS NOT NULL
+				AND (orchestrator.owned(qd.owner, qd.owner_sysid) OR orchestrator.sees_all())
+			  ORDER BY q.run_id) AS triggered_runs,
+	   CASE WHEN s.mine THEN e.source_map_index END AS source_map_index
+  FROM orchestrator.asset_event e
+  LEFT JOIN LATERAL (
+	SELECT r.dag_id, orchestrator.owned(d.owner, d.owner_sysid) OR orchestrator.sees_all() AS mine
+	  FROM orchestrator.dag_run r JOIN orchestrator.dag d ON d.dag_id = r.dag_id
+	 WHERE r.run_id = e.source_run_id) s ON true
+ WHERE orchestrator.sees_all()
+	OR orchestrator.owned(e.recorded_by, e.recorded_sysid)
+	OR s.mine
+	OR EXISTS (SELECT 1 FROM orchestrator.dag d
+				WHERE d.on_assets @> ARRAY[e.asset]
+				  AND orchestrator.owned(d.owner, d.owner_sysid));
+COMMENT ON VIEW orchestrator.asset_events IS
+	'Events of the assets you produce or consume: time and extra; the source run and your runs they triggered, when yours';
+
+CREATE VIEW orchestrator.assets WITH (security_barrier = true) AS
+SELECT a.asset AS name,
+	   (SELECT max(e.recorded_at) FROM orchestrator.asset_events e WHERE e.asset = a.asset) AS last_event_at,
+	   (SELECT count(*) FROM orchestrator.asset_events e WHERE e.asset = a.asset) AS events,
+	   ARRAY(SELECT d.dag_id FROM orchestrator.dag d
+			  WHERE d.on_assets @> ARRAY[a.asset]
+				AND (orchestrator.owned(d.owner, d.owner_sysid) OR orchestrator.sees_all())
+			  ORDER BY d.dag_id) AS consumers
+  FROM (SELECT e.asset FROM orchestrator.asset_events e
+		UNION
+		SELECT unnest(d.on_assets) FROM orchestrator.dag d
+		 WHERE orchestrator.owned(d.owner, d.owner_sysid) OR orchestrator.sees_all()) a;
+COMMENT ON VIEW orchestrator.assets IS
+	'The assets you produce or consume: the last event, how many, and your DAGs that consume them';
+
+GRANT SELECT ON orchestrator.asset_events, orchestrator.assets TO PUBLIC;
+
+-- the DAG and task views show the new columns
+CREATE OR REPLACE VIEW orchestrator.dags WITH (security_invoker = true) AS
+SELECT d.dag_id,
+	   pg_catalog.pg_get_userbyid(d.owner) AS owner,
+	   d.schedule,
+	   d.timezone,
+	   d.start_date,
+	   d.end_date,
+	   d.catchup,
+	   d.max_active_runs,
+	   d.max_active_tasks,
+	   d.params,
+	   d.dagrun_timeout,
+	   d.paused,
+	   d.description,
+	   (SELECT count(*) FROM orchestrator.task t WHERE t.dag_id = d.dag_id) AS task_count,
+	   d.created_at,
+	   d.updated_at,
+	   d.on_failure_callback,
+	   d.on_success_callback,
+	   d.on_assets
+  FROM orchestrator.dag d;
+
+CREATE OR REPLACE VIEW orchestrator.tasks WITH (security_invoker = true) AS
+SELECT t.dag_id,
+	   t.task_id,
+	   t.spec ->> 'operator' AS operator,
+	   t.spec,
+	   t.upstream,
+	   ARRAY(SELECT dt.task_id FROM orchestrator.task dt
+			  WHERE dt.dag_id = t.dag_id AND t.task_id = ANY (dt.upstream)
+			  ORDER BY dt.position) AS downstream,
+	   t.retries,
+	   t.retry_delay,
+	   t.retry_exponential_backoff,
+	   t.max_retry_delay,
+	   t.execution_timeout,
+	   t.trigger_rule,
+	   t.position,
+	   t.on_failure_callback,
+	   t.on_success_callback,
+	   t.on_retry_callback,
+	   t.cache_expiration,
+	   t.outlets,
+	   t.expand,
+	   t.expand_query,
+	   t.pool,
+	   t.pool_slots,
+	   t.priority_weight,
+	   t.weight_rule,
+	   t.priority_weight_total
+  FROM orchestrator.task t;
+
+-- Sensors: operators like the others (templates, retries, callbacks)
+CREATE FUNCTION orchestrator.sql_sensor(query text,
+										poke_interval interval DEFAULT '1 minute',
+										timeout interval DEFAULT '1 day',
+										soft_fail boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN orchestrator.validate_operator(
+	pg_catalog.jsonb_build_object('operator', 'sql_sensor', 'query', query,
+								  'poke_interval', poke_interval::text,
+								  'timeout', timeout::text, 'soft_fail', soft_fail));
+COMMENT ON FUNCTION orchestrator.sql_sensor(text, interval, interval, boolean) IS
+	'A sensor: succeeds once its query''s first column of its first row is true, polled every poke_interval';
+
+CREATE FUNCTION orchestrator.http_sensor(url text,
+										 poke_interval interval DEFAULT '1 minute',
+										 timeout interval DEFAULT '1 day',
+										 soft_fail boolean DEFAULT false,
+										 method text DEFAULT 'HEAD',
+										 headers jsonb DEFAULT '{}')
+RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN orchestrator.validate_operator(
+	pg_catalog.jsonb_build_object('operator', 'http_sensor', 'url', url,
+								  'poke_interval', poke_interval::text,
+								  'timeout', timeout::text, 'soft_fail', soft_fail,
+								  'method', pg_catalog.upper(method), 'headers', headers));
+COMMENT ON FUNCTION orchestrator.http_sensor(text, interval, interval, boolean, text, jsonb) IS
+	'A sensor: succeeds once the URL answers with a 2xx status, polled every poke_interval';
+
+-- An asset event, in the caller's transaction: it counts only if that commits
+CREATE FUNCTION orchestrator.asset_updated(name text, extra jsonb DEFAULT '{}')
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_asset_updated';
+COMMENT ON FUNCTION orchestrator.asset_updated(text, jsonb) IS
+	'Records an event of an asset in this transaction (it counts if the transaction commits)';
+
+-- create_dag(..., on_assets) and add_task(..., outlets, expand, expand_query, pool,
+-- pool_slots, priority_weight, weight_rule)
+DROP FUNCTION orchestrator.create_dag(text, text, timestamptz, timestamptz, boolean, integer, integer, text, jsonb, interval, boolean, text, jsonb, jsonb);
+CREATE FUNCTION orchestrator.create_dag(dag_id text,
+										schedule text DEFAULT NULL,
+										start_date timestamptz DEFAULT NULL,
+										end_date timestamptz DEFAULT NULL,
+										catchup boolean DEFAULT false,
+										max_active_runs integer DEFAULT 16,
+										max_active_tasks integer DEFAULT 16,
+										timezone text DEFAULT NULL,
+										params jsonb DEFAULT '{}',
+										dagrun_timeout interval DEFAULT NULL,
+										paused boolean DEFAULT false,
+										description text DEFAULT NULL,
+										on_failure_callback jsonb DEFAULT NULL,
+										on_success_callback jsonb DEFAULT NULL,
+										on_assets text[] DEFAULT '{}')
+RETURNS void
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_create_dag';
+COMMENT ON FUNCTION orchestrator.create_dag(text, text, timestamptz, timestamptz, boolean, integer, integer, text, jsonb, interval, boolean, text, jsonb, jsonb, text[]) IS
+	'Creates a DAG, or replaces the definition (dropping the tasks) of one you own';
+
 DROP FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb, interval);
 CREATE FUNCTION orchestrator.add_task(dag_id text,
 									  task_id text,
@@ -450,21 +844,16 @@ CREATE FUNCTION orchestrator.add_task(dag_id text,
 									  on_success_callback jsonb DEFAULT NULL,
 									  on_retry_callback jsonb DEFAULT NULL,
 									  cache_expiration interval DEFAULT NULL,
+									  outlets text[] DEFAULT '{}',
 									  expand jsonb DEFAULT NULL,
-									  expand_query text DEFAULT NULL)
+									  expand_query text DEFAULT NULL,
+									  pool text DEFAULT NULL,
+									  pool_slots integer DEFAULT 1,
+									  priority_weight integer DEFAULT 1,
+									  weight_rule text DEFAULT 'downstream')
 RETURNS void
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'orch_add_task';
-COMMENT ON FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb, interval, jsonb, text) IS
+COMMENT ON FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb, interval, text[], jsonb, text, text, integer, integer, text) IS
 	'Adds a task to a DAG you own; its upstream tasks must already exist';
-
-DROP FUNCTION orchestrator.clear_task(bigint, text, boolean);
-CREATE FUNCTION orchestrator.clear_task(run_id bigint, task_id text, downstream boolean DEFAULT true,
-										map_index integer DEFAULT NULL)
-RETURNS integer
-LANGUAGE C VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'orch_clear_task';
-COMMENT ON FUNCTION orchestrator.clear_task(bigint, text, boolean, integer) IS
-	'Runs a task (one mapped instance of it, or all) and its downstream tasks of a run again, reopening the run; returns how many task instances were cleared';

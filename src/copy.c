@@ -751,6 +751,9 @@ copy_sink(Stream *input, CopyTarget *target)
 	}
 	else if (strcmp(target->mode, "replace") == 0)
 		run_utility(psprintf("TRUNCATE TABLE %s", qname));
+	/* the table named, found: the asset the load updates */
+	target->asset = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+											   get_rel_name(relid));
 
 	if (partition)
 	{

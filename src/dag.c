@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -28,6 +29,9 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgtime.h"
+#include "port/pg_bitutils.h"
+#include "storage/bufmgr.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -40,12 +44,66 @@
 #include "cron.h"
 #include "mapping.h"
 #include "orchestrator.h"
+#include "pool.h"
+#include "rules.h"
 
 static const char *const trigger_rules[] = {
 	"all_success", "all_failed", "all_done", "one_success", "one_failed",
 	"none_failed", "none_skipped", "none_failed_min_one_success", "always",
 	NULL
 };
+
+/*
+ * A list of names (String nodes) as a text[]; an empty one for NIL.
+ */
+static Datum
+names_array(List *names)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(names), 1));
+	int			n = 0;
+	ListCell   *lc;
+
+	foreach(lc, names)
+		elems[n++] = CStringGetTextDatum(strVal(lfirst(lc)));
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * create_dag's on_assets: asset names, no nulls, no duplicates, no
+ * templates (an asset-triggered DAG waits for fixed names).
+ */
+static Datum
+on_assets_array(FunctionCallInfo fcinfo, int argno)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	List	   *names = NIL;
+
+	if (PG_ARGISNULL(argno))
+		return names_array(NIL);
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("on_assets must be a one-dimensional array of asset names")));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		char	   *name;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("on_assets must not contain nulls")));
+		name = TextDatumGetCString(elems[i]);
+		asset_check_name(name);
+		if (!list_member(names, makeString(name)))
+			names = lappend(names, makeString(name));
+	}
+	return names_array(names);
+}
 
 static Oid
 catalog_owner(void)
@@ -92,6 +150,14 @@ catalog_write_end(CatalogWrite *cw)
  * values (our statements' plans do not depend on them: the conditions
  * that pick partial indexes are constants).  Bounded, for statements
  * built at run time.
+ *
+ * A plan made when the tables were small can be ruinous once they are
+ * not (a nested loop that rescans a table for each row of another: a
+ * scheduler pass of minutes, once 10,000 DAGs were created in one
+ * transaction), and PostgreSQL plans again only when ANALYZE or DDL
+ * invalidates the tables, which may be a minute or more away.  So the
+ * plans are also dropped, once per transaction at most, when the size of
+ * one of the busy tables has crossed a power of two since they were made.
  */
 typedef struct KeptPlan
 {
@@ -104,6 +170,58 @@ typedef struct KeptPlan
 #define MAX_KEPT_PLANS	256
 
 static HTAB *kept_plans = NULL;
+static MemoryContext kept_cxt = NULL;	/* the hash and its keys */
+
+/* the busy tables, and the log2 of their sizes in blocks when planned */
+static const char *const sized_tables[] = {"dag", "task", "dag_run", "task_instance"};
+static int	planned_sizes[lengthof(sized_tables)];
+static LocalTransactionId sizes_checked = InvalidLocalTransactionId;
+
+static void
+forget_kept_plans(void)
+{
+	HASH_SEQ_STATUS seq;
+	KeptPlan   *entry;
+
+	if (kept_plans == NULL)
+		return;
+	hash_seq_init(&seq, kept_plans);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		SPI_freeplan(entry->plan);
+	MemoryContextDelete(kept_cxt);
+	kept_plans = NULL;
+	kept_cxt = NULL;
+}
+
+static void
+check_table_sizes(void)
+{
+	Oid			nsp;
+	bool		changed = false;
+
+	if (MyProc->lxid == sizes_checked)
+		return;
+	sizes_checked = MyProc->lxid;
+	nsp = get_namespace_oid("orchestrator", true);
+	if (!OidIsValid(nsp))
+		return;
+	for (int i = 0; i < lengthof(sized_tables); i++)
+	{
+		Oid			relid = get_relname_relid(sized_tables[i], nsp);
+		Relation	rel;
+		int			size;
+
+		if (!OidIsValid(relid) || (rel = try_relation_open(relid, AccessShareLock)) == NULL)
+			continue;
+		size = pg_leftmost_one_pos32(RelationGetNumberOfBlocks(rel) + 1);
+		relation_close(rel, NoLock);
+		if (size != planned_sizes[i])
+			changed = true;
+		planned_sizes[i] = size;
+	}
+	if (changed)
+		forget_kept_plans();
+}
 
 /* the key is a pointer to the query text: hashed and compared as text */
 static uint32
@@ -128,6 +246,7 @@ kept_plan(const char *query, int nargs, Oid *types)
 
 	if (!IsBackgroundWorker || nargs > FUNC_MAX_ARGS)
 		return NULL;
+	check_table_sizes();
 	if (kept_plans == NULL)
 	{
 		HASHCTL		ctl;
@@ -136,7 +255,9 @@ kept_plan(const char *query, int nargs, Oid *types)
 		ctl.entrysize = sizeof(KeptPlan);
 		ctl.hash = kept_plan_hash;
 		ctl.match = kept_plan_match;
-		ctl.hcxt = TopMemoryContext;
+		kept_cxt = AllocSetContextCreate(TopMemoryContext, "orchestrator kept plans",
+										 ALLOCSET_SMALL_SIZES);
+		ctl.hcxt = kept_cxt;
 		kept_plans = hash_create("orchestrator kept plans", 64, &ctl,
 								 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
 	}
@@ -160,7 +281,7 @@ kept_plan(const char *query, int nargs, Oid *types)
 				 SPI_result_code_string(SPI_result), query);
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "could not keep the plan of: %s", query);
-		key = MemoryContextStrdup(TopMemoryContext, query);
+		key = MemoryContextStrdup(kept_cxt, query);
 		entry = hash_search(kept_plans, &key, HASH_ENTER, &found);
 		entry->query = key;
 		entry->nargs = nargs;
@@ -288,7 +409,8 @@ PG_FUNCTION_INFO_V1(orch_create_dag);
 /*
  * create_dag(dag_id, schedule, start_date, end_date, catchup,
  *			  max_active_runs, max_active_tasks, timezone, params,
- *			  dagrun_timeout, paused, description)
+ *			  dagrun_timeout, paused, description, on_failure_callback,
+ *			  on_success_callback, on_assets)
  */
 Datum
 orch_create_dag(PG_FUNCTION_ARGS)
@@ -296,11 +418,12 @@ orch_create_dag(PG_FUNCTION_ARGS)
 	char	   *dag_id;
 	const char *timezone;
 	CatalogWrite cw;
-	Oid			types[15] = {TEXTOID, OIDOID, TEXTOID, TIMESTAMPTZOID,
+	Oid			types[16] = {TEXTOID, OIDOID, TEXTOID, TIMESTAMPTZOID,
 		TIMESTAMPTZOID, BOOLOID, INT4OID, INT4OID, TEXTOID, JSONBOID,
-	INTERVALOID, BOOLOID, TEXTOID, JSONBOID, JSONBOID};
-	Datum		values[15];
-	char		nulls[15];
+	INTERVALOID, BOOLOID, TEXTOID, JSONBOID, JSONBOID, TEXTARRAYOID};
+	Datum		values[16];
+	char		nulls[16];
+	Datum		on_assets;
 
 	require_arg(fcinfo, 0, "dag_id");
 	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
@@ -351,6 +474,7 @@ orch_create_dag(PG_FUNCTION_ARGS)
 		callback_validate(PG_GETARG_JSONB_P(12), "on_failure_callback");
 	if (!PG_ARGISNULL(13))
 		callback_validate(PG_GETARG_JSONB_P(13), "on_success_callback");
+	on_assets = on_assets_array(fcinfo, 14);
 
 	catalog_write_begin(&cw);
 
@@ -368,16 +492,17 @@ orch_create_dag(PG_FUNCTION_ARGS)
 		else
 			values[i] = PG_GETARG_DATUM(i - 1);
 	}
+	values[15] = on_assets;
 
 	/* a new DAG, or the definition of one the caller owns */
 	run_query("INSERT INTO orchestrator.dag (dag_id, owner, schedule, start_date, end_date, "
 			  "catchup, max_active_runs, max_active_tasks, timezone, params, "
 			  "dagrun_timeout, paused, description, on_failure_callback, on_success_callback, "
-			  "owner_name) "
-			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+			  "on_assets, owner_name) "
+			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
 			  " (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $2)) "
 			  "ON CONFLICT (dag_id) DO NOTHING",
-			  15, types, values, nulls, SPI_OK_INSERT);
+			  16, types, values, nulls, SPI_OK_INSERT);
 	if (SPI_processed == 0)
 	{
 		lock_owned_dag(&cw, dag_id, false, true);
@@ -386,16 +511,86 @@ orch_create_dag(PG_FUNCTION_ARGS)
 				  "max_active_tasks = $8, timezone = $9, params = $10, "
 				  "dagrun_timeout = $11, paused = $12, description = $13, "
 				  "on_failure_callback = $14, on_success_callback = $15, "
-				  "updated_at = now() "
+				  "on_assets = $16, updated_at = now() "
 				  "WHERE dag_id = $1",
-				  15, types, values, nulls, SPI_OK_UPDATE);
+				  16, types, values, nulls, SPI_OK_UPDATE);
 		run_query("DELETE FROM orchestrator.task WHERE dag_id = $1",
 				  1, types, values, nulls, SPI_OK_DELETE);
+		/* events queued for assets it no longer waits for are dropped */
+		run_query("DELETE FROM orchestrator.asset_queue "
+				  "WHERE dag_id = $1 AND run_id IS NULL AND NOT (asset = ANY ($2))",
+				  2, (Oid[]) {TEXTOID, TEXTARRAYOID}, (Datum[]) {values[0], on_assets},
+				  NULL, SPI_OK_DELETE);
 	}
 
 	catalog_write_end(&cw);
 	orch_wake_scheduler_at_commit();
 	PG_RETURN_VOID();
+}
+
+/*
+ * A new task's pool and weights.  Its effective weight by its rule (it has
+ * no downstream task yet), and its weight added to its upstream tasks'
+ * whose rule counts their downstream tasks (each counted once, however
+ * many paths lead to it).
+ */
+static void
+set_priority(const char *dag_id, const char *task_id, Datum upstream, const char *pool,
+			 int pool_slots, int weight, WeightRule rule)
+{
+	int64		upstream_sum = 0;
+	Datum	   *raise;
+	int			nraise = 0;
+	uint64		n;
+	bool		isnull;
+
+	/* its upstream tasks, all the way up */
+	run_query("WITH RECURSIVE above(task_id) AS ( "
+			  "  SELECT unnest($2::text[]) "
+			  "  UNION "
+			  "  SELECT unnest(t.upstream) FROM orchestrator.task t "
+			  "  JOIN above a ON t.dag_id = $1 AND t.task_id = a.task_id) "
+			  "SELECT t.task_id, t.priority_weight, t.weight_rule "
+			  "FROM orchestrator.task t JOIN above a ON t.dag_id = $1 AND t.task_id = a.task_id",
+			  2, (Oid[]) {TEXTOID, TEXTARRAYOID},
+			  (Datum[]) {CStringGetTextDatum(dag_id), upstream}, NULL, SPI_OK_SELECT);
+	n = SPI_processed;
+	raise = palloc(sizeof(Datum) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		int32		up_weight = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+		WeightRule	up_rule;
+
+		upstream_sum += up_weight;
+		if (!rules_parse_weight_rule(SPI_getvalue(row, desc, 3), &up_rule))
+			continue;
+		if (rules_weight_to_ancestor(up_rule, weight) != 0)
+			raise[nraise++] = SPI_getbinval(row, desc, 1, &isnull);
+	}
+
+	run_query("UPDATE orchestrator.task SET pool = $3, pool_slots = $4, priority_weight = $5, "
+			  " weight_rule = $6, priority_weight_total = $7 "
+			  "WHERE dag_id = $1 AND task_id = $2",
+			  7, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, TEXTOID, INT8OID},
+			  (Datum[]) {CStringGetTextDatum(dag_id), CStringGetTextDatum(task_id),
+				  pool ? CStringGetTextDatum(pool) : (Datum) 0, Int32GetDatum(pool_slots),
+				  Int32GetDatum(weight),
+				  CStringGetTextDatum(rule == WR_UPSTREAM ? "upstream" :
+									  rule == WR_ABSOLUTE ? "absolute" : "downstream"),
+			  Int64GetDatum(rules_effective_weight(rule, weight, upstream_sum, 0))},
+			  pool ? "       " : "  n    ", SPI_OK_UPDATE);
+	if (nraise > 0)
+		run_query("UPDATE orchestrator.task SET priority_weight_total = "
+				  " LEAST(GREATEST(priority_weight_total + $3, $4), $5) "
+				  "WHERE dag_id = $1 AND task_id = ANY ($2)",
+				  5, (Oid[]) {TEXTOID, TEXTARRAYOID, INT8OID, INT8OID, INT8OID},
+				  (Datum[]) {CStringGetTextDatum(dag_id),
+					  PointerGetDatum(construct_array(raise, nraise, TEXTOID, -1, false, TYPALIGN_INT)),
+					  Int64GetDatum((int64) weight), Int64GetDatum(-RULES_MAX_WEIGHT),
+				  Int64GetDatum(RULES_MAX_WEIGHT)},
+				  NULL, SPI_OK_UPDATE);
 }
 
 PG_FUNCTION_INFO_V1(orch_add_task);
@@ -404,7 +599,8 @@ PG_FUNCTION_INFO_V1(orch_add_task);
  * add_task(dag_id, task_id, operator, upstream, retries, retry_delay,
  *			retry_exponential_backoff, max_retry_delay, execution_timeout,
  *			trigger_rule, on_failure_callback, on_success_callback,
- *			on_retry_callback, cache_expiration, expand, expand_query)
+ *			on_retry_callback, cache_expiration, outlets, expand, expand_query,
+ *			pool, pool_slots, priority_weight, weight_rule)
  */
 Datum
 orch_add_task(PG_FUNCTION_ARGS)
@@ -418,12 +614,19 @@ orch_add_task(PG_FUNCTION_ARGS)
 	List	   *upstream = NIL;
 	ArrayBuildState *astate = NULL;
 	CatalogWrite cw;
-	Oid			types[16] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
+	Oid			types[17] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
 		INTERVALOID, BOOLOID, INTERVALOID, INTERVALOID, TEXTOID, JSONBOID, JSONBOID, JSONBOID,
-	INTERVALOID, JSONBOID, TEXTOID};
-	Datum		values[16];
-	char		nulls[16];
+	INTERVALOID, TEXTARRAYOID, JSONBOID, TEXTOID};
+	Datum		values[17];
+	char		nulls[17];
 	ListCell   *lc;
+	int			pool_arg;
+	char	   *pool;
+	int			pool_slots;
+	int			priority_weight;
+	char	   *weight_rule_name;
+	WeightRule	weight_rule;
+	List	   *outlets = NIL;
 
 	require_arg(fcinfo, 0, "dag_id");
 	require_arg(fcinfo, 1, "task_id");
@@ -511,15 +714,41 @@ orch_add_task(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cache_expiration applies only to tasks that produce an artifact"),
 				 errhint("http_fetch and gunzip tasks can be cached.")));
+	if (!PG_ARGISNULL(14))
+		outlets = outlets_validate(PG_GETARG_ARRAYTYPE_P(14), task_id);
+
+	/*
+	 * pool, pool_slots, priority_weight and weight_rule are add_task's last
+	 * four arguments (whatever other arguments come before them)
+	 */
+	pool_arg = PG_NARGS() - 4;
+	pool = PG_ARGISNULL(pool_arg) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(pool_arg));
+	require_arg(fcinfo, pool_arg + 1, "pool_slots");
+	pool_slots = PG_GETARG_INT32(pool_arg + 1);
+	if (pool == NULL && pool_slots != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pool_slots applies only to a task in a pool")));
+	require_arg(fcinfo, pool_arg + 2, "priority_weight");
+	priority_weight = PG_GETARG_INT32(pool_arg + 2);
+	require_arg(fcinfo, pool_arg + 3, "weight_rule");
+	weight_rule_name = text_to_cstring(PG_GETARG_TEXT_PP(pool_arg + 3));
+	if (!rules_parse_weight_rule(weight_rule_name, &weight_rule))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown weight rule \"%s\"", weight_rule_name),
+				 errhint("Weight rules are downstream, upstream and absolute.")));
 
 	/* dynamic task mapping (mapping.c) */
-	mapping_check_definition(PG_NARGS() > 14 && !PG_ARGISNULL(14) ? PG_GETARG_JSONB_P(14) : NULL,
-							 PG_NARGS() > 15 && !PG_ARGISNULL(15) ?
-							 text_to_cstring(PG_GETARG_TEXT_PP(15)) : NULL,
+	mapping_check_definition(PG_NARGS() > 15 && !PG_ARGISNULL(15) ? PG_GETARG_JSONB_P(15) : NULL,
+							 PG_NARGS() > 16 && !PG_ARGISNULL(16) ?
+							 text_to_cstring(PG_GETARG_TEXT_PP(16)) : NULL,
 							 task_id);
 
 	catalog_write_begin(&cw);
 	lock_owned_dag(&cw, dag_id, false, false);
+	if (pool != NULL)
+		pool_check_task(cw.caller, dag_id, pool, pool_slots);
 
 	values[0] = CStringGetTextDatum(dag_id);
 	values[1] = CStringGetTextDatum(task_id);
@@ -595,20 +824,23 @@ orch_add_task(PG_FUNCTION_ARGS)
 			values[i] = PG_GETARG_DATUM(i);
 	}
 	values[9] = CStringGetTextDatum(rule);
-	for (int i = 10; i <= 15; i++)
+	for (int i = 10; i <= 16; i++)
 	{
 		if (i >= PG_NARGS() || PG_ARGISNULL(i))
 			nulls[i] = 'n';
 		else
 			values[i] = PG_GETARG_DATUM(i);
 	}
+	values[14] = names_array(outlets);
+	nulls[14] = ' ';
 	run_query("INSERT INTO orchestrator.task (dag_id, task_id, spec, upstream, retries, "
 			  "retry_delay, retry_exponential_backoff, max_retry_delay, "
 			  "execution_timeout, trigger_rule, on_failure_callback, on_success_callback, "
-			  "on_retry_callback, cache_expiration, expand, expand_query, position) "
-			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
+			  "on_retry_callback, cache_expiration, outlets, expand, expand_query, position) "
+			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
 			  "coalesce(max(position), 0) + 1 FROM orchestrator.task WHERE dag_id = $1",
-			  16, types, values, nulls, SPI_OK_INSERT);
+			  17, types, values, nulls, SPI_OK_INSERT);
+	set_priority(dag_id, task_id, values[3], pool, pool_slots, priority_weight, weight_rule);
 
 	catalog_write_end(&cw);
 	orch_wake_scheduler_at_commit();

@@ -72,6 +72,7 @@ typedef struct HttpState
 	char	   *etag;
 	char	   *last_modified;
 	bool		conditional;	/* a 304 is an answer, not an error */
+	bool		any_status;		/* so is any final status (a sensor's poke) */
 
 	/* the request, for each hop */
 	List	   *req_headers;	/* "Name: value" strings */
@@ -519,6 +520,8 @@ http_read(Stream *stream, char *buf, size_t len)
 		st->out->not_modified = true;
 		return 0;
 	}
+	if (st->any_status)
+		return 0;
 	if (st->out->status < 200 || st->out->status >= 300)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_EXCEPTION),
@@ -587,6 +590,7 @@ http_source(const HttpRequest *req, HttpResult *result)
 	if (req->if_modified_since)
 		st->req_headers = lappend(st->req_headers, psprintf("If-Modified-Since: %s", req->if_modified_since));
 	st->conditional = (req->if_none_match != NULL || req->if_modified_since != NULL);
+	st->any_status = req->any_status;
 
 	st->multi = curl_multi_init();
 	st->easy = h = curl_easy_init();
@@ -602,7 +606,7 @@ http_source(const HttpRequest *req, HttpResult *result)
 	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
 	/* redirects are followed by http_follow(), which checks each hop */
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(h, CURLOPT_FAILONERROR, 1L);
+	curl_easy_setopt(h, CURLOPT_FAILONERROR, req->any_status ? 0L : 1L);
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, st->errbuf);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 30000L);

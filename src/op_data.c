@@ -52,8 +52,8 @@ spec_bool(TaskRun *task, const char *key, bool dflt)
 	return (v != NULL && v->type == jbvBool) ? v->val.boolean : dflt;
 }
 
-static int64
-interval_ms(const char *text)
+int64
+op_interval_ms(const char *text)
 {
 	Interval   *iv = DatumGetIntervalP(DirectFunctionCall3(interval_in,
 														   CStringGetDatum(text),
@@ -64,8 +64,8 @@ interval_ms(const char *text)
 }
 
 /* The request a spec describes, its templates rendered. */
-static void
-http_request_from_spec(TaskRun *task, HttpRequest *out)
+void
+op_http_request(TaskRun *task, HttpRequest *out)
 {
 	HttpRequest req;
 	JsonbValue *v;
@@ -78,7 +78,7 @@ http_request_from_spec(TaskRun *task, HttpRequest *out)
 		req.method = "GET";
 	req.body = spec_string(task, "body", true);
 	timeout = spec_string(task, "timeout", false);
-	req.timeout_ms = timeout ? interval_ms(timeout) : 10 * 60 * 1000;
+	req.timeout_ms = timeout ? op_interval_ms(timeout) : 10 * 60 * 1000;
 	v = jsonb_get_key(task->spec, "max_bytes");
 	if (v != NULL && v->type == jbvNumeric)
 		req.max_bytes = DatumGetInt64(DirectFunctionCall1(numeric_int8,
@@ -117,7 +117,7 @@ http_from_spec(TaskRun *task, HttpResult *result)
 {
 	HttpRequest req;
 
-	http_request_from_spec(task, &req);
+	op_http_request(task, &req);
 	task->url = pstrdup(req.url);
 	return http_source(&req, result);
 }
@@ -138,7 +138,7 @@ op_cache_key(TaskRun *task)
 		HttpRequest req;
 		ListCell   *lc;
 
-		http_request_from_spec(task, &req);
+		op_http_request(task, &req);
 		appendStringInfo(&key, "http_fetch %s %s", req.method, req.url);
 		foreach(lc, req.headers)
 			appendStringInfo(&key, "\n%s", (char *) lfirst(lc));
@@ -181,7 +181,7 @@ op_http_fetch_run(TaskRun *task)
 	Stream	   *body;
 	const char *head;
 
-	http_request_from_spec(task, &req);
+	op_http_request(task, &req);
 	/* revalidate an expired cache entry, where the server gave validators */
 	if (task->has_entry)
 	{
@@ -313,6 +313,7 @@ op_copy_into_run(TaskRun *task)
 
 	task->rows_loaded = copy_sink(source, &target);
 	task->has_rows = true;
+	task->asset_table = target.asset;
 	if (target.skip)
 		task_log("loaded " UINT64_FORMAT " rows into %s, " UINT64_FORMAT " bad rows set aside in orchestrator.rejects (" UINT64_FORMAT " bytes read%s) in %.3f s",
 				 task->rows_loaded, target.loaded, target.rejected, input->bytes,

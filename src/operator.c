@@ -14,8 +14,11 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
 #include "nodes/parsenodes.h"
+#include "nodes/value.h"
 #include "parser/parser.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
@@ -58,6 +61,7 @@ typedef struct OperatorDef
 static const char *const http_methods[] = {
 	"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", NULL
 };
+static const char *const sensor_methods[] = {"HEAD", "GET", NULL};
 static const char *const copy_formats[] = {"csv", "text", "binary", NULL};
 static const char *const copy_compressions[] = {"auto", "gzip", "none", NULL};
 static const char *const copy_modes[] = {"append", "replace", "partition", NULL};
@@ -103,12 +107,38 @@ static const OperatorArg copy_into_args[] = {
 	{NULL}
 };
 
+/* sensors: poked until true, between pokes up_for_reschedule (sensor.c) */
+static const OperatorArg sql_sensor_args[] = {
+	{"query", ARG_TEMPLATE, true, NULL},
+	{"poke_interval", ARG_INTERVAL, false, NULL},
+	{"timeout", ARG_INTERVAL, false, NULL},
+	{"soft_fail", ARG_BOOL, false, NULL},
+	{NULL}
+};
+
+static const OperatorArg http_sensor_args[] = {
+	{"url", ARG_URL, true, NULL},
+	{"poke_interval", ARG_INTERVAL, false, NULL},
+	{"timeout", ARG_INTERVAL, false, NULL},
+	{"soft_fail", ARG_BOOL, false, NULL},
+	{"method", ARG_TEXT, false, sensor_methods},
+	{"headers", ARG_HEADERS, false, NULL},
+	{NULL}
+};
+
 static const OperatorDef operator_defs[] = {
 	{"sql", false, sql_args},
 	{"http_fetch", true, http_fetch_args},
 	{"gunzip", true, gunzip_args},
 	{"copy_into", false, copy_into_args},
+	{"sql_sensor", false, sql_sensor_args},
+	{"http_sensor", false, http_sensor_args},
 };
+
+#define OPERATORS_HINT \
+	"The operators are sql, http_fetch, gunzip, copy_into, sql_sensor and http_sensor."
+#define BUILD_HINT \
+	"Build one with orchestrator.sql(), http_fetch(), gunzip(), copy_into(), sql_sensor() or http_sensor()."
 
 JsonbValue *
 jsonb_get_key(Jsonb *obj, const char *key)
@@ -160,7 +190,7 @@ find_operator(Jsonb *spec, bool missing_ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("an operator must be a jsonb object"),
-				 errhint("Build one with orchestrator.sql(), http_fetch(), gunzip() or copy_into().")));
+				 errhint(BUILD_HINT)));
 	}
 	name = jsonb_get_key(spec, "operator");
 	if (name == NULL || name->type != jbvString)
@@ -170,7 +200,7 @@ find_operator(Jsonb *spec, bool missing_ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("an operator needs an \"operator\" key naming its kind"),
-				 errhint("Build one with orchestrator.sql(), http_fetch(), gunzip() or copy_into().")));
+				 errhint(BUILD_HINT)));
 	}
 	str = jbv_cstring(name);
 	for (int i = 0; i < lengthof(operator_defs); i++)
@@ -181,7 +211,7 @@ find_operator(Jsonb *spec, bool missing_ok)
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unknown operator \"%s\"", str),
-			 errhint("The operators are sql, http_fetch, gunzip and copy_into.")));
+			 errhint(OPERATORS_HINT)));
 	return NULL;				/* keep compiler quiet */
 }
 
@@ -584,6 +614,47 @@ operator_name(Jsonb *spec)
 	const OperatorDef *def = find_operator(spec, true);
 
 	return def != NULL ? def->name : NULL;
+}
+
+bool
+operator_is_sensor(const char *name)
+{
+	return name != NULL &&
+		(strcmp(name, "sql_sensor") == 0 || strcmp(name, "http_sensor") == 0);
+}
+
+/*
+ * Checks a task's outlets: asset names (see asset_check_name), templated,
+ * no nulls.  Returns them as a list of String nodes, duplicates left out.
+ */
+List *
+outlets_validate(ArrayType *outlets, const char *task_id)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	List	   *names = NIL;
+
+	if (ARR_NDIM(outlets) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("outlets must be a one-dimensional array of asset names")));
+	deconstruct_array(outlets, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		char	   *name;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("outlets must not contain nulls")));
+		name = TextDatumGetCString(elems[i]);
+		asset_check_name(name);
+		template_validate(name, psprintf("the outlet \"%s\" of task \"%s\"", name, task_id));
+		if (!list_member(names, makeString(name)))
+			names = lappend(names, makeString(name));
+	}
+	return names;
 }
 
 bool

@@ -22,6 +22,7 @@
 #include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
+#include "commands/trigger.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
@@ -52,6 +53,7 @@ char	   *orch_history_retention = NULL;
 char	   *orch_events = NULL;
 int			orch_callback_timeout_ms = 5 * 60 * 1000;
 int			orch_worker_idle_timeout_ms = 5000;
+int			orch_priority_weight_age_ms = 60 * 1000;
 
 /* set when loaded through shared_preload_libraries */
 bool		orch_preloaded = false;
@@ -80,6 +82,8 @@ static bool wake_at_commit = false;
 
 /* set by CREATE EXTENSION and CREATE DATABASE; acted on at commit */
 static bool poke_at_commit = false;
+/* this transaction changed a row of orchestrator.dag or orchestrator.task */
+static bool definitions_changed = false;
 static Oid	poke_database = InvalidOid;
 
 void		_PG_init(void);
@@ -210,6 +214,41 @@ orch_wake_scheduler_at_commit(void)
 	wake_at_commit = true;
 }
 
+PG_FUNCTION_INFO_V1(orch_definitions_changed);
+
+/*
+ * definitions_changed() RETURNS trigger, AFTER ... FOR EACH STATEMENT on
+ * orchestrator.dag and orchestrator.task: whatever changed them (the API, a
+ * superuser's own UPDATE, a restore), the schedulers look at every DAG
+ * again once it commits.  Between such changes a scheduler looks only at
+ * the DAGs it knows to be due (scheduler.c).
+ */
+Datum
+orch_definitions_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("definitions_changed() may only be called as a trigger")));
+	definitions_changed = true;
+	wake_at_commit = true;
+	return PointerGetDatum(NULL);
+}
+
+/* (read before a listing of the DAGs: a change committed during it bumps it after) */
+uint64
+orch_definitions_generation(void)
+{
+	uint64		generation;
+
+	if (orch_shared == NULL)
+		return 0;
+	LWLockAcquire(orch_shared->lock, LW_SHARED);
+	generation = orch_shared->definitions_generation;
+	LWLockRelease(orch_shared->lock);
+	return generation;
+}
+
 /*
  * Tells the launcher, when (and only if) the current transaction commits,
  * to look at the databases again, and that database dboid (if valid) has
@@ -230,6 +269,13 @@ orch_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			if (definitions_changed && orch_shared != NULL)
+			{
+				LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
+				orch_shared->definitions_generation++;
+				LWLockRelease(orch_shared->lock);
+			}
+			definitions_changed = false;
 			if (wake_at_commit)
 			{
 				orch_request_evaluation();
@@ -242,7 +288,7 @@ orch_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			wake_at_commit = poke_at_commit = false;
+			wake_at_commit = poke_at_commit = definitions_changed = false;
 			poke_database = InvalidOid;
 			break;
 		default:
@@ -416,6 +462,16 @@ _PG_init(void)
 							&orch_worker_idle_timeout_ms,
 							5000,
 							0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("orchestrator.priority_weight_age",
+							"How much waiting one unit of a task's effective priority weight is worth.",
+							"A ready task is claimed in the order of the time it became ready less its effective weight times this: weight first, then age; a task waits behind later ones only while they are younger by less than their weight's advance, so none waits forever.",
+							&orch_priority_weight_age_ms,
+							60 * 1000,
+							1, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

@@ -32,6 +32,7 @@ extern char *orch_history_retention;
 extern char *orch_events;
 extern int	orch_callback_timeout_ms;
 extern int	orch_worker_idle_timeout_ms;
+extern int	orch_priority_weight_age_ms;
 
 /*
  * Shared memory (orchestrator.c): the scheduler's latch, and one slot per
@@ -109,6 +110,7 @@ typedef struct OrchShared
 	int			nschedulers;
 	OrchSchedulerSlot *schedulers;
 	uint64		owners_generation;	/* bumped when owners may need mapping */
+	uint64		definitions_generation; /* bumped when a dag or task row changed */
 	int			nslots;
 	OrchWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } OrchShared;
@@ -131,6 +133,7 @@ extern void orch_wake_scheduler(void);
 extern void orch_request_evaluation(void);
 extern bool orch_take_evaluation_request(void);
 extern void orch_wake_scheduler_at_commit(void);
+extern uint64 orch_definitions_generation(void);
 extern void orch_poke_launcher_at_commit(Oid dboid);
 extern TimestampTz orch_now(void);
 
@@ -200,6 +203,19 @@ extern void callback_validate(Jsonb *spec, const char *what);
 extern char *operator_input_task(Jsonb *spec);
 extern const char *operator_name(Jsonb *spec);
 extern bool operator_produces_artifact(const char *name);
+extern bool operator_is_sensor(const char *name);
+struct ArrayType;
+extern List *outlets_validate(struct ArrayType *outlets, const char *task_id);
+
+/* assets (assets.c) */
+#define ORCH_MAX_ASSET_LEN 1000
+extern void asset_check_name(const char *name);
+extern bool asset_record(const char *name, Jsonb *extra, Oid recorded_by,
+						 int64 source_run_id, const char *source_task_id,
+						 int source_map_index, TimestampTz at);
+extern List *assets_due_dags(void);
+extern bool assets_start_run(const char *dag_id, TimestampTz now);
+extern int64 assets_purge(TimestampTz cutoff, int limit);
 extern JsonbValue *jsonb_get_key(Jsonb *obj, const char *key);
 
 /* definitions (dag.c), also used by the run API (runs.c) */

@@ -9,12 +9,13 @@
  * role only its own DAGs.
  *
  * A mapped task is one node and one line, its state the most telling of
- * its instances' (running first, then queued, up_for_retry, scheduled,
- * failed, upstream_failed, success, skipped), with "[k/n]": k of its n
- * instances succeeded (in the run drawn, or the grid's newest); without a
- * run, the graph marks it "[ ]".  The grid then shows each instance of the
- * newest run on a line of its own, up to GRID_MAX_INSTANCES of them; the
- * view task_instances has them all.
+ * its instances' (running first, then queued, up_for_retry,
+ * up_for_reschedule, scheduled, failed, upstream_failed, success,
+ * skipped), with "[k/n]": k of its n instances succeeded (in the run
+ * drawn, or the grid's newest); without a run, the graph marks it "[ ]".
+ * The grid then shows each instance of the newest run on a line of its
+ * own, up to GRID_MAX_INSTANCES of them; the view task_instances has them
+ * all.
  *
  *-------------------------------------------------------------------------
  */
@@ -25,7 +26,12 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "catalog/namespace.h"
+#include "nodes/makefuncs.h"
+#include "nodes/value.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
 
 #include "orchestrator.h"
 
@@ -43,13 +49,14 @@ static const struct
 	{"queued", "#d7c3f1", '~'},
 	{"scheduled", "#fff3b0", '.'},
 	{"up_for_retry", "#fdd663", 'R'},
+	{"up_for_reschedule", "#40e0d0", '@'},
 };
 
 /* a task's state over its instances, and its counts, in a run */
 #define TASK_STATE_SQL(task, run) \
 	"SELECT (array_agg(state ORDER BY array_position(" \
-	"          ARRAY['running', 'queued', 'up_for_retry', 'scheduled', 'failed', " \
-	"                'upstream_failed', 'success', 'skipped'], state)))[1], " \
+	"          ARRAY['running', 'queued', 'up_for_retry', 'up_for_reschedule', 'scheduled', " \
+	"                'failed', 'upstream_failed', 'success', 'skipped'], state)))[1], " \
 	"       count(*) FILTER (WHERE map_index IS NOT NULL), " \
 	"       count(*) FILTER (WHERE map_index IS NOT NULL AND state = 'success') " \
 	"FROM orchestrator.task_instances WHERE task_id = " task " AND run_id = " run
@@ -78,6 +85,150 @@ check_dag_visible(const char *dag_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("DAG \"%s\" does not exist", dag_id)));
+}
+
+/* A free text (an asset's name, a DAG id) as a label in quotes. */
+static void
+append_label(StringInfo out, const char *text, bool mermaid)
+{
+	appendStringInfoChar(out, '"');
+	for (const char *c = text; *c; c++)
+	{
+		if (*c == '"')
+			appendStringInfoString(out, mermaid ? "#quot;" : "\\\"");
+		else if (*c == '\\' && !mermaid)
+			appendStringInfoString(out, "\\\\");
+		else
+			appendStringInfoChar(out, *c);
+	}
+	appendStringInfoChar(out, '"');
+}
+
+/* the index of name in names (added if absent), for node names */
+static int
+name_index(List **names, const char *name)
+{
+	int			i = 0;
+	ListCell   *lc;
+
+	foreach(lc, *names)
+	{
+		if (strcmp(strVal(lfirst(lc)), name) == 0)
+			return i;
+		i++;
+	}
+	*names = lappend(*names, makeString(pstrdup(name)));
+	return i;
+}
+
+/*
+ * The asset a copy_into target records: the table it names, as
+ * schema.table, if it has no template and exists now; else the target as
+ * written.
+ */
+static char *
+target_asset(const char *target)
+{
+	Oid			relid;
+
+	if (strstr(target, "{{") != NULL)
+		return pstrdup(target);
+	relid = RangeVarGetRelid(makeRangeVarFromNameList(stringToQualifiedNameList(target)),
+							 NoLock, true);
+	if (!OidIsValid(relid))
+		return pstrdup(target);
+	return pstrdup(quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+											  get_rel_name(relid)));
+}
+
+/*
+ * The DAG's assets around its tasks: those it waits for (on_assets) into
+ * its first tasks, those its tasks produce (outlets, a copy_into's table)
+ * out of them; and between DAGs, the caller's other DAGs that
+ * produce what it waits for or wait for what it produces (row-level
+ * security shows no one else's).  Nothing for a DAG without assets.
+ */
+static void
+append_assets(StringInfo out, bool mermaid, Datum dag_id, SPITupleTable *tasks,
+			  uint64 ntasks)
+{
+	List	   *assets = NIL;
+	List	   *dags = NIL;
+	List	   *consumed = NIL;
+	StringInfoData edges;
+	ListCell   *lc;
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	const char *dotted = mermaid ? "    %s%d -.-> %s%d\n" : "    %s%d -> %s%d [style=dashed];\n";
+
+	initStringInfo(&edges);
+	run_query("SELECT unnest(on_assets) FROM orchestrator.dags WHERE dag_id = $1",
+			  1, types, &dag_id, NULL, SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		consumed = lappend(consumed, makeString(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1)));
+	foreach(lc, consumed)
+	{
+		int			a = name_index(&assets, strVal(lfirst(lc)));
+
+		/* into the tasks that start the run */
+		for (uint64 t = 0; t < ntasks; t++)
+			if (SPI_getvalue(tasks->vals[t], tasks->tupdesc, 4) == NULL)
+				appendStringInfo(&edges, mermaid ? "    a%d --> t%s\n" : "    a%d -> t%s;\n", a,
+								 SPI_getvalue(tasks->vals[t], tasks->tupdesc, 2));
+	}
+	run_query("SELECT t.position, a.name, a.target FROM orchestrator.tasks t "
+			  "CROSS JOIN LATERAL (SELECT u.x, false FROM unnest(t.outlets) u(x) "
+			  "                    UNION ALL "
+			  "                    SELECT t.spec ->> 'target', true WHERE t.operator = 'copy_into') a(name, target) "
+			  "WHERE t.dag_id = $1 ORDER BY t.position",
+			  1, types, &dag_id, NULL, SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+		if (strcmp(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3), "t") == 0)
+			name = target_asset(name);
+		appendStringInfo(&edges, mermaid ? "    t%s --> a%d\n" : "    t%s -> a%d;\n",
+						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
+						 name_index(&assets, name));
+	}
+	if (assets == NIL)
+		return;
+
+	/* the caller's other DAGs at either end of these assets */
+	foreach(lc, assets)
+	{
+		Datum		values[2] = {dag_id, CStringGetTextDatum(strVal(lfirst(lc)))};
+		int			a = foreach_current_index(lc);
+
+		run_query("SELECT dag_id FROM orchestrator.dags "
+				  "WHERE dag_id <> $1 AND on_assets @> ARRAY[$2] ORDER BY dag_id",
+				  2, types, values, NULL, SPI_OK_SELECT);
+		for (uint64 i = 0; i < SPI_processed; i++)
+			appendStringInfo(&edges, dotted, "a", a, "d",
+							 name_index(&dags, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1)));
+		run_query("SELECT DISTINCT dag_id FROM orchestrator.tasks "
+				  "WHERE dag_id <> $1 AND outlets @> ARRAY[$2] ORDER BY dag_id",
+				  2, types, values, NULL, SPI_OK_SELECT);
+		for (uint64 i = 0; i < SPI_processed; i++)
+			appendStringInfo(&edges, dotted, "d",
+							 name_index(&dags, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1)),
+							 "a", a);
+	}
+	foreach(lc, assets)
+	{
+		appendStringInfo(out, mermaid ? "    a%d[(" : "    a%d [shape=cylinder, label=",
+						 foreach_current_index(lc));
+		append_label(out, strVal(lfirst(lc)), mermaid);
+		appendStringInfoString(out, mermaid ? ")]\n" : "];\n");
+	}
+	foreach(lc, dags)
+	{
+		appendStringInfo(out, mermaid ? "    d%d[[" : "    d%d [shape=component, label=",
+						 foreach_current_index(lc));
+		append_label(out, psprintf("DAG %s", strVal(lfirst(lc))), mermaid);
+		appendStringInfoString(out, mermaid ? "]]\n" : "];\n");
+	}
+	appendStringInfoString(out, edges.data);
 }
 
 PG_FUNCTION_INFO_V1(orch_dag_graph);
@@ -183,6 +334,7 @@ orch_dag_graph(PG_FUNCTION_ARGS)
 		for (tok = strtok_r(ups, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
 			appendStringInfo(&out, mermaid ? "    t%s --> t%s\n" : "    t%s -> t%s;\n", tok, pos);
 	}
+	append_assets(&out, mermaid, values[0], tasks, ntasks);
 	/* the states' colours, for Mermaid */
 	if (mermaid && with_run)
 	{

@@ -25,6 +25,7 @@ static const char *const state_names[TI_NSTATES] = {
 	[TI_UP_FOR_RETRY] = "up_for_retry",
 	[TI_UPSTREAM_FAILED] = "upstream_failed",
 	[TI_SKIPPED] = "skipped",
+	[TI_UP_FOR_RESCHEDULE] = "up_for_reschedule",
 };
 
 static const char *const rule_names[TR_NRULES] = {
@@ -90,6 +91,12 @@ bool
 rules_state_active(TiState state)
 {
 	return state == TI_QUEUED || state == TI_RUNNING;
+}
+
+bool
+rules_state_waiting(TiState state)
+{
+	return state == TI_UP_FOR_RETRY || state == TI_UP_FOR_RESCHEDULE;
 }
 
 void
@@ -189,7 +196,7 @@ rules_evaluate_run(RuleTask *tasks, int n, int *budget)
 					decision = rules_decide(ti->rule, &tally);
 				}
 			}
-			else if (ti->state == TI_UP_FOR_RETRY && ti->retry_due)
+			else if (rules_state_waiting(ti->state) && ti->retry_due)
 				decision = DECIDE_READY;
 
 			switch (decision)
@@ -244,4 +251,67 @@ rules_expansion(long nelements, int max_map_length)
 	if (nelements == 0)
 		return EXPAND_SKIPPED;
 	return EXPAND_INSTANCES;
+}
+
+static const char *const weight_rule_names[WR_NRULES] = {
+	"downstream", "upstream", "absolute"
+};
+
+bool
+rules_parse_weight_rule(const char *name, WeightRule *rule)
+{
+	for (int i = 0; i < WR_NRULES; i++)
+	{
+		if (strcmp(name, weight_rule_names[i]) == 0)
+		{
+			*rule = (WeightRule) i;
+			return true;
+		}
+	}
+	return false;
+}
+
+static int64
+clamp64(int64 v, int64 limit)
+{
+	return v > limit ? limit : (v < -limit ? -limit : v);
+}
+
+int64
+rules_effective_weight(WeightRule rule, int64 own, int64 upstream_sum,
+					   int64 downstream_sum)
+{
+	/* (each term is clamped, so that the sum cannot overflow) */
+	own = clamp64(own, RULES_MAX_WEIGHT);
+	switch (rule)
+	{
+		case WR_DOWNSTREAM:
+			return clamp64(own + clamp64(downstream_sum, RULES_MAX_WEIGHT), RULES_MAX_WEIGHT);
+		case WR_UPSTREAM:
+			return clamp64(own + clamp64(upstream_sum, RULES_MAX_WEIGHT), RULES_MAX_WEIGHT);
+		case WR_ABSOLUTE:
+		case WR_NRULES:
+			break;
+	}
+	return own;
+}
+
+int64
+rules_weight_to_ancestor(WeightRule ancestor_rule, int64 weight)
+{
+	return ancestor_rule == WR_DOWNSTREAM ? weight : 0;
+}
+
+int64
+rules_claim_offset_ms(int64 weight, int age_unit_ms)
+{
+	weight = clamp64(weight, RULES_MAX_WEIGHT);
+	if (age_unit_ms <= 0)
+		return 0;
+	/* |weight| <= 1e12 and age_unit_ms < 2^31: no overflow before the clamp */
+	if (weight > RULES_MAX_CLAIM_OFFSET_MS / age_unit_ms)
+		return RULES_MAX_CLAIM_OFFSET_MS;
+	if (weight < -RULES_MAX_CLAIM_OFFSET_MS / age_unit_ms)
+		return -RULES_MAX_CLAIM_OFFSET_MS;
+	return weight * age_unit_ms;
 }

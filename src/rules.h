@@ -25,6 +25,7 @@ typedef enum TiState
 	TI_UP_FOR_RETRY,
 	TI_UPSTREAM_FAILED,
 	TI_SKIPPED,
+	TI_UP_FOR_RESCHEDULE,		/* a sensor between pokes: holds no worker */
 	TI_NSTATES
 } TiState;
 
@@ -70,8 +71,14 @@ extern const char *rules_trigger_rule_name(TriggerRule rule);
 /* success, failed, upstream_failed or skipped: the instance will not run again */
 extern bool rules_state_done(TiState state);
 
-/* queued or running: counts against max_active_tasks */
+/*
+ * queued or running: counts against max_active_tasks (a sensor between
+ * pokes, up_for_reschedule, does not: it holds no worker)
+ */
 extern bool rules_state_active(TiState state);
+
+/* up_for_retry or up_for_reschedule: queued again at its next_try_at */
+extern bool rules_state_waiting(TiState state);
 
 extern void rules_tally(UpstreamTally *tally, TiState upstream);
 extern Decision rules_decide(TriggerRule rule, const UpstreamTally *tally);
@@ -80,7 +87,8 @@ extern Decision rules_decide(TriggerRule rule, const UpstreamTally *tally);
  * A run's task instances, as the evaluation of a run sees them.  upstream
  * holds indexes into the same array.  "removed" is an instance whose task
  * is no longer in the DAG; "retry_due" an up_for_retry instance whose next
- * try time has come.
+ * try time has come, or an up_for_reschedule one (a sensor) whose next
+ * poke has.
  */
 typedef struct RuleTask
 {
@@ -128,5 +136,44 @@ typedef enum Expansion
 } Expansion;
 
 extern Expansion rules_expansion(long nelements, int max_map_length);
+
+/* a task's weight rule (task.weight_rule), Airflow's three */
+typedef enum WeightRule
+{
+	WR_DOWNSTREAM,				/* its own weight and all its downstream tasks' */
+	WR_UPSTREAM,				/* its own weight and all its upstream tasks' */
+	WR_ABSOLUTE,				/* its own weight */
+	WR_NRULES
+} WeightRule;
+
+extern bool rules_parse_weight_rule(const char *name, WeightRule *rule);
+
+/*
+ * A task's effective weight, from its own weight and the sums of the
+ * weights of its distinct upstream (ancestors) and downstream
+ * (descendants) tasks; clamped to +-RULES_MAX_WEIGHT.
+ */
+#define RULES_MAX_WEIGHT	((int64) 1000000000000)
+extern int64 rules_effective_weight(WeightRule rule, int64 own, int64 upstream_sum,
+									int64 downstream_sum);
+
+/*
+ * What a new task adds to the effective weight of one of its upstream
+ * tasks (a task is added after its upstream tasks, with no downstream
+ * of its own yet): its own weight to a downstream-rule ancestor, nothing to
+ * the others.
+ */
+extern int64 rules_weight_to_ancestor(WeightRule ancestor_rule, int64 weight);
+
+/*
+ * How far ahead of its age a ready instance is claimed: its effective
+ * weight times age_unit_ms (orchestrator.priority_weight_age), in
+ * milliseconds, clamped to +-RULES_MAX_CLAIM_OFFSET_MS (about 31 years).
+ * Claimed in order of (ready time - offset): weight first, then age, and
+ * an instance waits behind later ones only while they are younger by less
+ * than their weight's advance, so no flood starves it.
+ */
+#define RULES_MAX_CLAIM_OFFSET_MS	((int64) 1000000000000)
+extern int64 rules_claim_offset_ms(int64 weight, int age_unit_ms);
 
 #endif							/* ORCHESTRATOR_RULES_H */

@@ -65,6 +65,7 @@
 
 #include "cron.h"
 #include "orchestrator.h"
+#include "pool.h"
 #include "sandbox.h"
 #include "state.h"
 
@@ -173,6 +174,12 @@ begin_sched_xact(void)
 	orch_begin_xact();
 	set_config_option("lock_timeout", SCHED_LOCK_TIMEOUT, PGC_SUSET, PGC_S_SESSION,
 					  GUC_ACTION_LOCAL, true, 0, false);
+}
+
+static void
+hand_out_pools(void *arg)
+{
+	pool_hand_out_all();
 }
 
 static XactResult
@@ -331,7 +338,7 @@ recover_lost(void)
 		if (state_try_failed(run_id, task_id, map_index, pid, try_number,
 								psprintf("the worker (pid %d) stopped without recording an outcome (killed, crashed, or the server restarted)",
 										 pid),
-								tick_now, false, NULL))
+								tick_now, false, false, NULL))
 		{
 			StringInfoData live;
 
@@ -470,7 +477,7 @@ record_timeout(const OrchWorkerSlot *slot, TimestampTz now)
 	return state_try_failed(slot->run_id, slot->task_id, slot->map_index, slot->pid, try_number,
 							   psprintf("execution_timeout exceeded: the task went on after it was cancelled at its timeout, so its worker was terminated after %.3f s",
 										(double) (now - started_at) / USECS_PER_SEC),
-							   tick_now, false, NULL);
+							   tick_now, false, false, NULL);
 }
 
 /* lappend_int() in a memory context that outlives the transaction */
@@ -643,10 +650,27 @@ typedef struct DagCacheEntry
 	TransactionId xmin;
 	int64		active;
 	TimestampTz next_check;
+	bool		blocked;		/* at max_active_runs: looked at each pass */
+	uint64		listed;			/* the listing that last returned it */
 } DagCacheEntry;
 
 static HTAB *dag_cache = NULL;
-static uint64 dags_seen = 0;	/* with a schedule, at the last pass */
+static uint64 dags_seen = 0;	/* with a schedule, at the last full listing */
+
+/*
+ * Every DAG is listed when definitions changed (a trigger on dag and task
+ * bumps a generation at commit, orchestrator.c), at the first pass, after
+ * a reload, and at a pass a minute after the last full listing at the
+ * latest (should a change have come by a way that fires no trigger: a
+ * restore with triggers disabled).  Other passes list only the DAGs the
+ * cache says are due, and those blocked at max_active_runs: a trigger_dag
+ * or a finished run costs no look at 10,000 DAGs.
+ */
+static uint64 definitions_listed = PG_UINT64_MAX;
+static uint64 listings = 0;
+static TimestampTz last_full_listing = 0;	/* real time */
+
+#define FULL_LISTING_EVERY	(60 * USECS_PER_SEC)
 
 /* after an error, a DAG is tried again this much later (or when changed) */
 #define DAG_RETRY_AFTER_ERROR	(60 * USECS_PER_SEC)
@@ -776,12 +800,39 @@ schedule_dag(void *arg)
 	}
 }
 
-/* The DAGs with a schedule, those due first read in the first transaction. */
+/*
+ * The DAGs the cache says need a look (due, blocked at max_active_runs),
+ * as a text[], or 0 if none; the scheduler wakes by the others' times.
+ */
+static Datum
+due_ids(void)
+{
+	HASH_SEQ_STATUS seq;
+	DagCacheEntry *entry;
+	ArrayBuildState *ids = NULL;
+
+	hash_seq_init(&seq, dag_cache);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->next_check <= tick_now || entry->blocked)
+			ids = accumArrayResult(ids, CStringGetTextDatum(entry->dag_id), false,
+								   TEXTOID, CurrentMemoryContext);
+		else
+			wake_by(entry->next_check);
+	}
+	return ids == NULL ? (Datum) 0 : makeArrayResult(ids, CurrentMemoryContext);
+}
+
+/*
+ * The DAGs with a schedule that need a look, read in the pass's first
+ * transaction: all of them, or those the cache says are due.
+ */
 static List *
 due_dags(void)
 {
 	List	   *dags = NIL;
 	MemoryContext old;
+	bool		full;
 
 	if (dag_cache == NULL)
 	{
@@ -790,6 +841,7 @@ due_dags(void)
 		ctl.keysize = ORCH_MAX_ID_LEN + 1;
 		ctl.entrysize = sizeof(DagCacheEntry);
 		dag_cache = hash_create("orchestrator DAGs", 1024, &ctl, HASH_ELEM | HASH_STRINGS);
+		definitions_listed = PG_UINT64_MAX;
 	}
 
 	/* forget DAGs dropped since (rarely worth a look: rebuilt when twice the size) */
@@ -801,17 +853,40 @@ due_dags(void)
 		return due_dags();
 	}
 
-	/* the active runs counted from the few active ones, not per DAG */
-	run_query("SELECT d.dag_id, d.schedule, coalesce(d.start_date, d.created_at), d.end_date, "
-			  "       d.catchup, d.max_active_runs, d.timezone, d.xmin::text::int8, "
-			  "       coalesce(a.n, 0) "
-			  "FROM orchestrator.dag d "
-			  "LEFT JOIN (SELECT r.dag_id, count(*) AS n FROM orchestrator.dag_run r "
-			  "           WHERE r.state IN ('queued', 'running') GROUP BY r.dag_id) a "
-			  "       ON a.dag_id = d.dag_id "
-			  "WHERE NOT d.paused AND d.schedule IS NOT NULL "
-			  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id)",
-			  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	listings++;
+	full = definitions_listed != orch_definitions_generation() ||
+		GetCurrentTimestamp() - last_full_listing >= FULL_LISTING_EVERY;
+	if (full)
+	{
+		definitions_listed = orch_definitions_generation();
+		last_full_listing = GetCurrentTimestamp();
+		/* the active runs counted from the few active ones, not per DAG */
+		run_query("SELECT d.dag_id, d.schedule, coalesce(d.start_date, d.created_at), d.end_date, "
+				  "       d.catchup, d.max_active_runs, d.timezone, d.xmin::text::int8, "
+				  "       coalesce(a.n, 0) "
+				  "FROM orchestrator.dag d "
+				  "LEFT JOIN (SELECT r.dag_id, count(*) AS n FROM orchestrator.dag_run r "
+				  "           WHERE r.state IN ('queued', 'running') GROUP BY r.dag_id) a "
+				  "       ON a.dag_id = d.dag_id "
+				  "WHERE NOT d.paused AND d.schedule IS NOT NULL "
+				  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id)",
+				  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	}
+	else
+	{
+		Datum		ids = due_ids();
+
+		if (ids == (Datum) 0)
+			return NIL;
+		run_query("SELECT d.dag_id, d.schedule, coalesce(d.start_date, d.created_at), d.end_date, "
+				  "       d.catchup, d.max_active_runs, d.timezone, d.xmin::text::int8, "
+				  "       (SELECT count(*) FROM orchestrator.dag_run r "
+				  "        WHERE r.dag_id = d.dag_id AND r.state IN ('queued', 'running')) "
+				  "FROM orchestrator.dag d "
+				  "WHERE d.dag_id = ANY ($1) AND NOT d.paused AND d.schedule IS NOT NULL "
+				  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id)",
+				  1, (Oid[]) {TEXTARRAYOID}, &ids, NULL, SPI_OK_SELECT);
+	}
 	old = MemoryContextSwitchTo(tick_cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -826,6 +901,8 @@ due_dags(void)
 		if (strlen(dag_id) > ORCH_MAX_ID_LEN)
 			continue;
 		entry = hash_search(dag_cache, dag_id, HASH_FIND, NULL);
+		if (entry != NULL)
+			entry->listed = listings;
 		if (entry != NULL && entry->xmin == xmin && entry->active == active &&
 			entry->next_check > tick_now)
 		{
@@ -848,7 +925,20 @@ due_dags(void)
 		dags = lappend(dags, dag);
 	}
 	MemoryContextSwitchTo(old);
-	dags_seen = SPI_processed;
+	if (full)
+		dags_seen = SPI_processed;
+
+	/* due but no longer listed (paused, dropped, unscheduled): forgotten */
+	{
+		HASH_SEQ_STATUS seq;
+		DagCacheEntry *entry;
+
+		hash_seq_init(&seq, dag_cache);
+		while ((entry = hash_seq_search(&seq)) != NULL)
+			if ((entry->next_check <= tick_now || entry->blocked) &&
+				entry->listed != listings)
+				hash_search(dag_cache, entry->dag_id, HASH_REMOVE, NULL);
+	}
 	return dags;
 }
 
@@ -901,16 +991,58 @@ schedule_dags(List *dags)
 		TimestampTz next_check = dag->next_check;
 		DagCacheEntry *entry;
 
-		/* locked by another transaction: again in a second */
-		if (dag->skipped || results[i] == XACT_LOCKED)
-			continue;
-		if (results[i] == XACT_FAILED)
-			next_check = tick_now + DAG_RETRY_AFTER_ERROR;
 		entry = hash_search(dag_cache, dag->dag_id, HASH_ENTER, NULL);
 		entry->xmin = dag->xmin;
 		entry->active = dag->active;
+		entry->blocked = dag->active >= dag->max_active_runs;
+		entry->listed = listings;
+		/* locked by another transaction: at the next pass (in a second) */
+		if (dag->skipped || results[i] == XACT_LOCKED)
+		{
+			entry->xmin = InvalidTransactionId;
+			next_check = tick_now;
+		}
+		else if (results[i] == XACT_FAILED)
+			next_check = tick_now + DAG_RETRY_AFTER_ERROR;
 		entry->next_check = next_check;
 	}
+}
+
+/*
+ * 2b. Asset-triggered runs (assets.c): a DAG each of whose assets has had
+ * an event since its last such run gets one, consuming those events.  A
+ * DAG another transaction holds is looked at again in a second.
+ */
+static void
+start_asset_run(void *arg)
+{
+	if (!assets_start_run((const char *) arg, tick_now))
+		wake_by(tick_now + USECS_PER_SEC);
+}
+
+static const char *
+asset_run_what(void *arg)
+{
+	return psprintf("cannot start an asset-triggered run of DAG \"%s\"", (const char *) arg);
+}
+
+static void
+start_asset_runs(List *dags)
+{
+	int			n = list_length(dags);
+	void	  **items = palloc(sizeof(void *) * Max(n, 1));
+	XactResult *results = palloc(sizeof(XactResult) * Max(n, 1));
+	int			i = 0;
+	ListCell   *lc;
+
+	if (n == 0)
+		return;
+	foreach(lc, dags)
+		items[i++] = lfirst(lc);
+	in_batches(start_asset_run, items, n, results, asset_run_what);
+	for (i = 0; i < n; i++)
+		if (results[i] != XACT_COMMITTED)
+			wake_by(tick_now + USECS_PER_SEC);
 }
 
 /*
@@ -1168,7 +1300,7 @@ start_workers(int64 queued, int cap)
  * long.  Runs still going are never touched.
  */
 static void
-apply_retention(void)
+apply_retention(bool installed)
 {
 	TimestampTz cutoff;
 	int64		n;
@@ -1198,6 +1330,17 @@ apply_retention(void)
 		total += n;
 		CHECK_FOR_INTERRUPTS();
 	} while (n > 0);
+	/* then the asset events no run kept and no DAG waits for (catalog 0.2) */
+	do
+	{
+		if (!installed)
+			break;
+		orch_begin_xact();
+		n = OidIsValid(get_extension_oid("orchestrator", true)) ?
+			assets_purge(cutoff, 1000) : 0;
+		orch_end_xact();
+		CHECK_FOR_INTERRUPTS();
+	} while (n > 0);
 	if (total > 0)
 		ereport(LOG,
 				(errmsg("orchestrator: removed " INT64_FORMAT " runs that ended before %s (orchestrator.history_retention = '%s')",
@@ -1218,6 +1361,7 @@ scheduler_tick(void)
 
 	bool		installed;
 	List	   *dags = NIL;
+	List	   *asset_dags = NIL;
 	TimestampTz pass_start = GetCurrentTimestamp();
 
 	orch_begin_xact();
@@ -1248,8 +1392,13 @@ scheduler_tick(void)
 		}
 		if (orch_enabled)
 		{
+			MemoryContext old;
+
 			orch_begin_xact();
 			dags = due_dags();
+			old = MemoryContextSwitchTo(tick_cxt);
+			asset_dags = assets_due_dags();
+			MemoryContextSwitchTo(old);
 			orch_end_xact();
 		}
 	}
@@ -1257,8 +1406,11 @@ scheduler_tick(void)
 	if (installed && orch_enabled)
 	{
 		schedule_dags(dags);
+		start_asset_runs(asset_dags);
 		in_xact(start_runs, NULL, "cannot start queued runs");
 		evaluate_runs();
+		/* pool slots freed by what no worker hands out (cancel, lost tries) */
+		in_xact(hand_out_pools, NULL, "cannot queue the waiters of pools");
 
 		orch_begin_xact();
 		run_query("SELECT (SELECT count(*) FROM orchestrator.task_instance ti "
@@ -1301,7 +1453,7 @@ scheduler_tick(void)
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 
-	apply_retention();
+	apply_retention(installed);
 
 	if (queued > 0)
 		queued = start_workers(queued, cap);
@@ -1417,7 +1569,10 @@ orch_scheduler_main(Datum arg)
 				hash_destroy(dag_cache);
 				dag_cache = NULL;
 			}
-			/* and owners are mapped again, should anything have been missed */
+			/*
+			 * and owners mapped again, should anything have been missed (the
+			 * DAGs are listed again a minute after the last listing anyway)
+			 */
 			owners_mapped = PG_UINT64_MAX;
 			evaluate_everything = true;
 		}

@@ -11,13 +11,19 @@
  *	  changes the states of its task instances;
  * 2. the DAG's row (FOR NO KEY UPDATE), by whatever queues task instances,
  *	  so that the count of its active instances is exact under
- *	  max_active_tasks when workers of several runs queue at once;
- * 3. the task instances' rows.
+ *	  max_active_tasks when workers of several runs queue at once (one
+ *	  DAG's row per transaction);
+ * 3. the rows of the pools its tasks use (FOR NO KEY UPDATE, all in one
+ *	  statement, in name order: pool.c), so that the slots taken in each
+ *	  are exact across DAGs and owners;
+ * 4. the task instances' rows.
  *
- * A task instance that is ready but finds no room under max_active_tasks
- * stays scheduled, with ready_at set; whoever frees room (a worker whose
- * task ends) queues the oldest such instances of the DAG, through a small
- * index, without evaluating whole runs.
+ * A task instance that is ready but finds no room under max_active_tasks,
+ * or in its pool, stays scheduled, with ready_at set (it holds no worker);
+ * whoever frees room (a worker whose task ends) queues the first such
+ * instances of the DAG in claim order, through a small index, without
+ * evaluating whole runs, and the worker of a pooled task then queues the
+ * pool's first waiters of other DAGs (pool.c, state_pool_hand_out).
  *
  *-------------------------------------------------------------------------
  */
@@ -35,6 +41,7 @@
 
 #include "mapping.h"
 #include "orchestrator.h"
+#include "pool.h"
 #include "rules.h"
 #include "state.h"
 
@@ -146,23 +153,27 @@ set_done(int64 run_id, const char *task_id, int map_index, TiState state, Timest
 
 /*
  * Room under the DAG's max_active_tasks, with the DAG's row locked (see
- * the order of locks above) until the end of the transaction.  With
- * skip_locked (the scheduler), a row another transaction holds (an API
- * call, perhaps in a long transaction of its author's) gives no room, and
- * the scheduler tries again at its next pass instead of waiting.
+ * the order of locks above) until the end of the transaction, and then the
+ * pools its tasks use (and extra_pool), with their free slots (pool.c).
+ * With skip_locked (the scheduler), a row another transaction holds (an
+ * API call, perhaps in a long transaction of its author's) gives no room,
+ * and the scheduler tries again at its next pass instead of waiting.
  */
 static int
-dag_room(const char *dag_id, int max_active_tasks, bool skip_locked, Advance *adv)
+dag_room(const char *dag_id, int max_active_tasks, bool skip_locked,
+		 const char *extra_pool, PoolRoom *pools, Advance *adv)
 {
 	Datum		value = CStringGetTextDatum(dag_id);
 	bool		isnull;
 	int64		active;
 
+	pools->n = 0;
 	run_query(skip_locked ?
 			  "SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 FOR NO KEY UPDATE SKIP LOCKED" :
 			  "SELECT 1 FROM orchestrator.dag WHERE dag_id = $1 FOR NO KEY UPDATE",
 			  1, (Oid[]) {TEXTOID}, &value, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)
+	if (SPI_processed == 0 ||
+		!pool_lock(dag_id, extra_pool, skip_locked, pools))
 	{
 		/* (the scheduler's: held by an API call; no room this time) */
 		adv->dag_locked = true;
@@ -178,19 +189,72 @@ dag_room(const char *dag_id, int max_active_tasks, bool skip_locked, Advance *ad
 	return (int) Max(Min((int64) max_active_tasks - active, INT_MAX), 0);
 }
 
-/* A ready task instance is queued (if it still waits); returns 1 if it was. */
+/* what queueing a task instance needs of its task's definition */
+typedef struct QueueInfo
+{
+	char		task_id[ORCH_MAX_ID_LEN + 1];	/* the key */
+	char	   *pool;			/* NULL: none */
+	int			pool_slots;
+	int64		offset_ms;		/* its claim's advance for its weight */
+} QueueInfo;
+
+/*
+ * A ready task instance is queued (if it still waits), in claim order:
+ * the time it became ready (ready_at if it waited for room) less its
+ * weight's advance; returns 1 if it was.
+ */
 static int
-queue_one(int64 run_id, const char *task_id, int map_index, TimestampTz now)
+queue_one(int64 run_id, const char *task_id, int map_index, const QueueInfo *info,
+		  TimestampTz now)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'queued', queued_at = $3, "
-			  " next_try_at = NULL, ready_at = NULL "
-			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $4 "
-			  "  AND state IN ('scheduled', 'up_for_retry')",
-			  4, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT4OID},
+			  " claim_at = coalesce(ready_at, $3) - $4 * interval '1 millisecond', "
+			  " pool = $5, pool_slots = $6, next_try_at = NULL, ready_at = NULL "
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $7 "
+			  "  AND state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
+			  7, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
-				  TimestampTzGetDatum(now), Int32GetDatum(map_index)},
-			  NULL, SPI_OK_UPDATE);
+				  TimestampTzGetDatum(now), Int64GetDatum(info->offset_ms),
+				  info->pool ? CStringGetTextDatum(info->pool) : (Datum) 0,
+			  Int32GetDatum(info->pool_slots), Int32GetDatum(map_index)},
+			  info->pool ? "       " : "    n  ", SPI_OK_UPDATE);
 	return (int) SPI_processed;
+}
+
+/*
+ * A ready task instance finds no room (under max_active_tasks, or in its
+ * pool): it waits, scheduled with ready_at set, in claim order.
+ */
+static void
+mark_waiting(int64 run_id, const char *task_id, int map_index, const QueueInfo *info,
+			 TimestampTz now)
+{
+	/* (already marked by an earlier pass: not written again) */
+	run_query("UPDATE orchestrator.task_instance SET ready_at = $3, "
+			  " claim_at = $3 - $4 * interval '1 millisecond', pool = $5, pool_slots = $6 "
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $7 AND ready_at IS NULL "
+			  "  AND state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
+			  7, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID, INT4OID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  TimestampTzGetDatum(now), Int64GetDatum(info->offset_ms),
+				  info->pool ? CStringGetTextDatum(info->pool) : (Datum) 0,
+			  Int32GetDatum(info->pool_slots), Int32GetDatum(map_index)},
+			  info->pool ? "       " : "    n  ", SPI_OK_UPDATE);
+}
+
+/* a QueueInfo from columns pool, pool_slots, priority_weight_total at col */
+static void
+read_queue_info(int row, int column, QueueInfo *info)
+{
+	bool		isnull;
+	Datum		d;
+
+	info->pool = col_text(row, column);
+	d = col(row, column + 1, &isnull);
+	info->pool_slots = isnull ? 1 : DatumGetInt32(d);
+	d = col(row, column + 2, &isnull);
+	info->offset_ms = rules_claim_offset_ms(isnull ? 1 : DatumGetInt64(d),
+											orch_priority_weight_age_ms);
 }
 
 /* a ready task instance, to queue (or to expand first: mapping.c) */
@@ -215,55 +279,93 @@ add_ready(List *ready, int64 run_id, char *task_id, int map_index, bool expand)
 }
 
 /*
- * Queues the ready instances in order while the DAG has room; marks the
- * rest ready_at, for whoever frees room.  A mapped task's unmapped
- * instance expands first, room or not (mapping.c), and its instances take
- * its place in the order.  Returns the tasks whose expansion ended them
- * (skipped or failed): their downstream is to be decided.
+ * Queues the ready instances in order while the DAG has room, and each its
+ * pool (each mapped instance takes its own slots); marks the rest ready_at,
+ * for whoever frees room.  A mapped task's unmapped instance expands first,
+ * room or not (mapping.c), and its instances take its place in the order.
+ * Returns the tasks whose expansion ended them (skipped or failed): their
+ * downstream is to be decided.
  */
 static List *
-queue_ready(const RunRef *run, List *ready, TimestampTz now, Advance *adv)
+queue_ready(const RunRef *run, List *ready, const char *extra_pool, TimestampTz now,
+			Advance *adv)
 {
 	int			room;
-	int			i = 0;
+	PoolRoom	pools;
+	HASHCTL		ctl;
+	HTAB	   *infos;
+	Datum	   *elems;
+	int			n = 0;
+	QueueInfo	none = {0};
 	List	   *ended = NIL;
 	ListCell   *lc;
 
 	if (ready == NIL)
 		return NIL;
-	/* the DAG's lock before any instance is written (the order of locks) */
-	room = dag_room(run->dag_id, run->max_active_tasks, run->skip_locked_dag, adv);
+	/* the DAG's lock, then its pools', before any instance is written */
+	room = dag_room(run->dag_id, run->max_active_tasks, run->skip_locked_dag,
+					extra_pool, &pools, adv);
+
+	/* their tasks' pools and weights */
+	ctl.keysize = ORCH_MAX_ID_LEN + 1;
+	ctl.entrysize = sizeof(QueueInfo);
+	ctl.hcxt = CurrentMemoryContext;
+	infos = hash_create("orchestrator ready tasks", Max(list_length(ready), 16), &ctl,
+						HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	elems = palloc(sizeof(Datum) * list_length(ready));
+	foreach(lc, ready)
+		elems[n++] = CStringGetTextDatum(((ReadyRef *) lfirst(lc))->task_id);
+	run_query("SELECT t.task_id, t.pool, t.pool_slots, t.priority_weight_total "
+			  "FROM orchestrator.task t WHERE t.dag_id = $1 AND t.task_id = ANY ($2)",
+			  2, (Oid[]) {TEXTOID, TEXTARRAYOID},
+			  (Datum[]) {CStringGetTextDatum(run->dag_id),
+				  PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT))},
+			  NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		char	   *name = col_text(r, 1);
+		QueueInfo  *info;
+
+		if (strlen(name) > ORCH_MAX_ID_LEN)
+			continue;
+		info = hash_search(infos, name, HASH_ENTER, NULL);
+		read_queue_info(r, 2, info);
+	}
+	none.pool_slots = 1;
+
 	foreach(lc, ready)
 	{
 		ReadyRef   *r = lfirst(lc);
-		int			n = 1;
+		QueueInfo  *info = strlen(r->task_id) > ORCH_MAX_ID_LEN ? NULL :
+			hash_search(infos, r->task_id, HASH_FIND, NULL);
+		int			ninstances = 1;
 
+		if (info == NULL)
+			info = &none;
 		if (r->expand)
 		{
-			n = mapping_expand(r->run_id, run->dag_id, r->task_id, now);
-			if (n <= 0)
+			ninstances = mapping_expand(r->run_id, run->dag_id, r->task_id, now);
+			if (ninstances <= 0)
 			{
 				ended = lappend(ended, r->task_id);
 				continue;
 			}
 		}
-		for (int k = 0; k < n; k++, i++)
+		for (int k = 0; k < ninstances; k++)
 		{
 			int			map_index = r->expand ? k : r->map_index;
 
-			if (i < room)
-				adv->queued += queue_one(r->run_id, r->task_id, map_index, now);
-			else
+			if (room <= 0)
 			{
-				/* (already marked by an earlier pass: not written again) */
-				run_query("UPDATE orchestrator.task_instance SET ready_at = $3 "
-						  "WHERE run_id = $1 AND task_id = $2 AND map_index = $4 "
-						  "  AND ready_at IS NULL AND state IN ('scheduled', 'up_for_retry')",
-						  4, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT4OID},
-						  (Datum[]) {Int64GetDatum(r->run_id), CStringGetTextDatum(r->task_id),
-							  TimestampTzGetDatum(now), Int32GetDatum(map_index)},
-						  NULL, SPI_OK_UPDATE);
+				mark_waiting(r->run_id, r->task_id, map_index, info, now);
 				adv->held = true;
+			}
+			else if (info->pool != NULL && !pool_take(&pools, info->pool, info->pool_slots))
+				mark_waiting(r->run_id, r->task_id, map_index, info, now);	/* its pool's */
+			else if (queue_one(r->run_id, r->task_id, map_index, info, now) == 1)
+			{
+				adv->queued++;
+				room--;
 			}
 		}
 	}
@@ -358,7 +460,7 @@ again:
 		names[i] = col_text(i, 1);
 		tasks[i].state = parse_state(col_text(i, 2));
 		d = col(i, 3, &isnull);
-		if (tasks[i].state == TI_UP_FOR_RETRY)
+		if (rules_state_waiting(tasks[i].state))
 		{
 			TimestampTz at = isnull ? 0 : DatumGetTimestampTz(d);
 
@@ -441,7 +543,7 @@ again:
 			ready = add_ready(ready, run->run_id, names[i], map_indexes[i], to_expand[i]);
 	}
 	/* an expansion that skipped or failed its task: its downstream next */
-	if (queue_ready(run, ready, now, adv) != NIL)
+	if (queue_ready(run, ready, NULL, now, adv) != NIL)
 		goto again;
 
 	/* the run ends when all its tasks are done; its leaves decide how */
@@ -474,48 +576,154 @@ again:
 }
 
 /*
- * Queues the oldest ready instances of the DAG that earlier found no room,
- * as far as there is room now.  Every worker whose task ends comes here
- * after taking the DAG's lock (dag_room), so an instance held back by a
- * transaction that counted its task as active is seen once that commits.
+ * Queues the first ready instances (in claim order) of the DAG that
+ * earlier found no room, as far as there is room now, under
+ * max_active_tasks and in their pools.  Every worker whose task ends comes
+ * here after taking the DAG's lock (dag_room), so an instance held back by
+ * a transaction that counted its task as active is seen once that commits.
  */
 static void
-queue_held(const RunRef *run, TimestampTz now, Advance *adv)
+queue_held(const RunRef *run, const char *extra_pool, TimestampTz now, Advance *adv)
 {
-	int			room = dag_room(run->dag_id, run->max_active_tasks, run->skip_locked_dag, adv);
+	PoolRoom	pools;
+	int			room = dag_room(run->dag_id, run->max_active_tasks, run->skip_locked_dag,
+								extra_pool, &pools, adv);
 	uint64		n;
 	SPITupleTable *rows;
 	bool		isnull;
+	Datum	   *open;
+	int			nopen = 0;
 
 	if (room == 0)
 		return;
-	run_query("SELECT ti.run_id, ti.task_id, ti.map_index FROM orchestrator.dag_run r "
+	/* (waiters of a pool that has no free slot are left out) */
+	open = palloc(sizeof(Datum) * Max(pools.n, 1));
+	for (int i = 0; i < pools.n; i++)
+		if (pools.free[i] > 0)
+			open[nopen++] = CStringGetTextDatum(pools.names[i]);
+	run_query("SELECT ti.run_id, ti.task_id, ti.map_index, t.pool, t.pool_slots, "
+			  "       t.priority_weight_total "
+			  "FROM orchestrator.dag_run r "
 			  "JOIN orchestrator.task_instance ti ON ti.run_id = r.run_id "
+			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
 			  "WHERE r.dag_id = $1 AND r.state = 'running' "
-			  "  AND ti.ready_at IS NOT NULL AND ti.state IN ('scheduled', 'up_for_retry') "
-			  "ORDER BY ti.ready_at, ti.run_id, ti.task_id, ti.map_index LIMIT $2",
-			  2, (Oid[]) {TEXTOID, INT4OID},
-			  (Datum[]) {CStringGetTextDatum(run->dag_id), Int32GetDatum(room)},
+			  "  AND ti.ready_at IS NOT NULL AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule') "
+			  "  AND (t.pool IS NULL OR t.pool = ANY ($3)) "
+			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id, ti.map_index LIMIT $2",
+			  3, (Oid[]) {TEXTOID, INT4OID, TEXTARRAYOID},
+			  (Datum[]) {CStringGetTextDatum(run->dag_id), Int32GetDatum(room),
+				  PointerGetDatum(construct_array(open, nopen, TEXTOID, -1, false, TYPALIGN_INT))},
 			  NULL, SPI_OK_SELECT);
 	n = SPI_processed;
 	rows = SPI_tuptable;
 	for (uint64 i = 0; i < n; i++)
 	{
 		int64		run_id;
+		char	   *task_id;
+		int			map_index;
+		QueueInfo	info;
 
 		SPI_tuptable = rows;
 		run_id = DatumGetInt64(col(i, 1, &isnull));
-		adv->queued += queue_one(run_id, col_text(i, 2),
-								 DatumGetInt32(col(i, 3, &isnull)), now);
+		task_id = col_text(i, 2);
+		map_index = DatumGetInt32(col(i, 3, &isnull));
+		read_queue_info(i, 4, &info);
+		if (info.pool != NULL && !pool_take(&pools, info.pool, info.pool_slots))
+			continue;
+		adv->queued += queue_one(run_id, task_id, map_index, &info, now);
 	}
 }
 
+/*
+ * One waiter of a pool queued, for whoever freed room in it (pool.c): its
+ * DAG's row, then the pools, locked in state.c's order.
+ */
+PoolHandOut
+state_pool_hand_out(const char *pool, List *excluded, bool skip_locked,
+					TimestampTz now, char *dag_out, bool *locked)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(excluded), 1));
+	int			nexcluded = 0;
+	ListCell   *lc;
+	char	   *dag_id;
+	int			max_active_tasks;
+	int64		run_id;
+	char	   *task_id;
+	int			map_index;
+	bool		isnull;
+	PoolRoom	pools;
+	Advance		adv = {0};
+	int			room;
+	QueueInfo	info;
+
+	foreach(lc, excluded)
+		elems[nexcluded++] = CStringGetTextDatum(lfirst(lc));
+	run_query("SELECT ti.run_id, ti.task_id, r.dag_id, d.max_active_tasks, ti.map_index "
+			  "FROM orchestrator.task_instance ti "
+			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
+			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "WHERE ti.pool = $1 AND ti.ready_at IS NOT NULL "
+			  "  AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule') AND r.state = 'running' "
+			  "  AND r.dag_id <> ALL ($2) "
+			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id, ti.map_index LIMIT 1",
+			  2, (Oid[]) {TEXTOID, TEXTARRAYOID},
+			  (Datum[]) {CStringGetTextDatum(pool),
+				  PointerGetDatum(construct_array(elems, nexcluded, TEXTOID, -1, false, TYPALIGN_INT))},
+			  NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return HAND_DONE;
+	run_id = DatumGetInt64(col(0, 1, &isnull));
+	task_id = col_text(0, 2);
+	dag_id = col_text(0, 3);
+	max_active_tasks = DatumGetInt32(col(0, 4, &isnull));
+	map_index = DatumGetInt32(col(0, 5, &isnull));
+	strlcpy(dag_out, dag_id, ORCH_MAX_ID_LEN + 1);
+
+	room = dag_room(dag_id, max_active_tasks, skip_locked, pool, &pools, &adv);
+	if (adv.dag_locked)
+		*locked = true;
+	if (room == 0)
+		return HAND_NEXT_DAG;
+
+	/* still waiting, now that its DAG and pools are locked */
+	run_query("SELECT t.pool, t.pool_slots, t.priority_weight_total "
+			  "FROM orchestrator.task_instance ti "
+			  "JOIN orchestrator.task t ON t.dag_id = $3 AND t.task_id = ti.task_id "
+			  "WHERE ti.run_id = $1 AND ti.task_id = $2 AND ti.map_index = $4 "
+			  "  AND ti.ready_at IS NOT NULL "
+			  "  AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
+			  4, (Oid[]) {INT8OID, TEXTOID, TEXTOID, INT4OID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  CStringGetTextDatum(dag_id), Int32GetDatum(map_index)},
+			  NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return HAND_AGAIN;
+	read_queue_info(0, 1, &info);
+	/* the first in claim order does not fit: the pool waits for more room */
+	if (info.pool != NULL && !pool_take(&pools, info.pool, info.pool_slots))
+		return HAND_DONE;
+	return queue_one(run_id, task_id, map_index, &info, now) == 1 ? HAND_QUEUED : HAND_AGAIN;
+}
+
 void
-state_advance_after(const RunRef *run, const char *task_id, TimestampTz now,
-					Advance *adv)
+state_advance_after(const RunRef *run, const char *task_id, int map_index,
+					TimestampTz now, Advance *adv)
 {
 	List	   *frontier = list_make1(makeString(pstrdup(task_id)));	/* String nodes */
+	char	   *pool;
 	bool		isnull;
+
+	/* its pool: locked below with its DAG's, handed out after the commit */
+	StaticAssertStmt(sizeof(adv->pool) == ORCH_MAX_ID_LEN + 1, "Advance.pool");
+	run_query("SELECT pool FROM orchestrator.task_instance "
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $3",
+			  3, (Oid[]) {INT8OID, TEXTOID, INT4OID},
+			  (Datum[]) {Int64GetDatum(run->run_id), CStringGetTextDatum(task_id),
+			  Int32GetDatum(map_index)},
+			  NULL, SPI_OK_SELECT);
+	pool = SPI_processed == 1 ? col_text(0, 1) : NULL;
+	if (pool != NULL)
+		strlcpy(adv->pool, pool, sizeof(adv->pool));
 
 	/*
 	 * Its downstream, and theirs as long as skipped and upstream_failed
@@ -595,7 +803,7 @@ state_advance_after(const RunRef *run, const char *task_id, TimestampTz now,
 		}
 		/* tasks an expansion ended: their downstream next */
 		{
-			List	   *ended = queue_ready(run, ready, now, adv);
+			List	   *ended = queue_ready(run, ready, pool, now, adv);
 			ListCell   *lc;
 
 			foreach(lc, ended)
@@ -605,22 +813,28 @@ state_advance_after(const RunRef *run, const char *task_id, TimestampTz now,
 
 	/* the room this task left, for instances that found none */
 	if (!adv->held)
-		queue_held(run, now, adv);
+		queue_held(run, pool, now, adv);
 
 	/* the last one ends the run (decided over the whole run, leaves and all) */
 	run_query("SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 "
-			  "  AND state IN ('scheduled', 'queued', 'running', 'up_for_retry') LIMIT 1",
+			  "  AND state IN ('scheduled', 'queued', 'running', 'up_for_retry', 'up_for_reschedule') "
+			  "LIMIT 1",
 			  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(run->run_id)}, NULL,
 			  SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		state_evaluate_run(run, now, adv);
 }
 
+/*
+ * A try is claimed: a new try, or the next poke of a sensor's try (its
+ * first_poke_at set), which keeps its try number and its start.
+ */
 void
 state_try_claimed(int64 run_id, const char *task_id, int map_index, TimestampTz now)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'running', "
-			  " try_number = try_number + 1, worker_pid = $3, started_at = $4, "
+			  " try_number = try_number + CASE WHEN first_poke_at IS NULL THEN 1 ELSE 0 END, "
+			  " worker_pid = $3, started_at = coalesce(first_poke_at, $4), "
 			  " finished_at = NULL, next_try_at = NULL, error = NULL, ready_at = NULL "
 			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $5",
 			  5, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT4OID},
@@ -639,7 +853,7 @@ state_try_succeeded(int64 run_id, const char *task_id, int map_index, int try_nu
 					TimestampTz now, bool has_rows, int64 rows_loaded, bool cached)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
-			  " rows_loaded = $5, cached = $6 "
+			  " rows_loaded = $5, cached = $6, first_poke_at = NULL "
 			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $7 AND state = 'running' "
 			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
 			  7, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, BOOLOID, INT4OID},
@@ -652,19 +866,63 @@ state_try_succeeded(int64 run_id, const char *task_id, int map_index, int try_nu
 }
 
 /*
+ * A sensor's poke found its condition false: the instance waits for its
+ * next poke, up_for_reschedule, holding no worker, with its try number,
+ * and its timeout counted from first_poke_at.  Only while it is still
+ * this worker's running try, as for a success.
+ */
+bool
+state_try_rescheduled(int64 run_id, const char *task_id, int map_index, int try_number,
+					  TimestampTz next_poke_at, TimestampTz first_poke_at)
+{
+	run_query("UPDATE orchestrator.task_instance SET state = 'up_for_reschedule', "
+			  " next_try_at = $4, first_poke_at = $5, finished_at = NULL, ready_at = NULL "
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $6 AND state = 'running' "
+			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
+			  6, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  Int32GetDatum(try_number), TimestampTzGetDatum(next_poke_at),
+			  TimestampTzGetDatum(first_poke_at), Int32GetDatum(map_index)},
+			  NULL, SPI_OK_UPDATE);
+	return SPI_processed == 1;
+}
+
+/*
+ * A sensor past its timeout with soft_fail: skipped, the reason kept as
+ * its error.  Only while it is still this worker's running try.
+ */
+bool
+state_try_skipped(int64 run_id, const char *task_id, int map_index, int try_number,
+				  TimestampTz now, const char *why)
+{
+	run_query("UPDATE orchestrator.task_instance SET state = 'skipped', finished_at = $4, "
+			  " error = $5, first_poke_at = NULL, next_try_at = NULL, ready_at = NULL "
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $6 AND state = 'running' "
+			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
+			  6, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID, INT4OID},
+			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
+				  Int32GetDatum(try_number), TimestampTzGetDatum(now),
+			  CStringGetTextDatum(why), Int32GetDatum(map_index)},
+			  NULL, SPI_OK_UPDATE);
+	return SPI_processed == 1;
+}
+
+/*
  * Records a failed try: up_for_retry with its next try time, or failed when
- * no tries remain (*final), and with it the callback due and the error as
- * the try's last log line (unless only_state).  Only applies to the given
+ * no tries remain or no_retry says so (a sensor's timeout) (*final), and
+ * with it the callback due and the error as the try's last log line
+ * (unless only_state).  Only applies to the given
  * running try, so that a try already cancelled, timed out or recovered is
  * left as it is.  Returns whether it applied.
  */
 bool
 state_try_failed(int64 run_id, const char *task_id, int map_index, int pid,
 				 int try_number, const char *error, TimestampTz now, bool only_state,
-				 bool *final)
+				 bool no_retry, bool *final)
 {
-	Oid			types[7] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID};
-	Datum		values[7];
+	Oid			types[8] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID,
+	BOOLOID};
+	Datum		values[8];
 	bool		isnull;
 
 	values[0] = Int64GetDatum(run_id);
@@ -674,22 +932,23 @@ state_try_failed(int64 run_id, const char *task_id, int map_index, int pid,
 	values[4] = CStringGetTextDatum(error);
 	values[5] = TimestampTzGetDatum(now);
 	values[6] = Int32GetDatum(map_index);
+	values[7] = BoolGetDatum(no_retry);
 	run_query("UPDATE orchestrator.task_instance ti SET "
-			  " state = CASE WHEN ti.try_number < ti.max_tries THEN 'up_for_retry' ELSE 'failed' END, "
-			  " next_try_at = CASE WHEN ti.try_number < ti.max_tries THEN $6 + "
+			  " state = CASE WHEN ti.try_number < ti.max_tries AND NOT $8 THEN 'up_for_retry' ELSE 'failed' END, "
+			  " next_try_at = CASE WHEN ti.try_number < ti.max_tries AND NOT $8 THEN $6 + "
 			  "   CASE WHEN t.retry_exponential_backoff "
 			  "        THEN LEAST(coalesce(t.retry_delay, '5 minutes') * power(2, LEAST(ti.try_number - 1, 30)), "
 			  "                   coalesce(t.max_retry_delay, '1 day')) "
 			  "        ELSE LEAST(coalesce(t.retry_delay, '5 minutes'), coalesce(t.max_retry_delay, coalesce(t.retry_delay, '5 minutes'))) END "
 			  "   END, "
-			  " finished_at = $6, error = $5, ready_at = NULL "
+			  " finished_at = $6, error = $5, ready_at = NULL, first_poke_at = NULL "
 			  "FROM orchestrator.dag_run r "
 			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
 			  "WHERE r.run_id = ti.run_id AND ti.run_id = $1 AND ti.task_id = $2 "
 			  "  AND ti.map_index = $7 "
 			  "  AND ti.state = 'running' AND ti.worker_pid = $3 AND ti.try_number = $4 "
 			  "RETURNING ti.state = 'failed'",
-			  7, types, values, NULL, SPI_OK_UPDATE_RETURNING);
+			  8, types, values, NULL, SPI_OK_UPDATE_RETURNING);
 	if (SPI_processed == 0)
 		return false;
 	if (final)
@@ -735,11 +994,13 @@ state_fail_run(int64 run_id, const char *error, TimestampTz now, bool callback)
 	Datum		values[3] = {Int64GetDatum(run_id), CStringGetTextDatum(error),
 	TimestampTzGetDatum(now)};
 
+	/* a sensor between pokes is in the middle of its try too */
 	run_query("UPDATE orchestrator.task_instance SET "
-			  " state = CASE WHEN state = 'running' THEN 'failed' ELSE 'skipped' END, "
-			  " error = CASE WHEN state = 'running' THEN $2 ELSE error END, "
-			  " finished_at = $3, next_try_at = NULL, ready_at = NULL "
-			  "WHERE run_id = $1 AND state IN ('scheduled', 'queued', 'running', 'up_for_retry')",
+			  " state = CASE WHEN state IN ('running', 'up_for_reschedule') THEN 'failed' ELSE 'skipped' END, "
+			  " error = CASE WHEN state IN ('running', 'up_for_reschedule') THEN $2 ELSE error END, "
+			  " finished_at = $3, next_try_at = NULL, ready_at = NULL, first_poke_at = NULL "
+			  "WHERE run_id = $1 "
+			  "  AND state IN ('scheduled', 'queued', 'running', 'up_for_retry', 'up_for_reschedule')",
 			  3, types, values, NULL, SPI_OK_UPDATE);
 	run_query("UPDATE orchestrator.dag_run SET state = 'failed', finished_at = $3 WHERE run_id = $1",
 			  3, types, values, NULL, SPI_OK_UPDATE);
@@ -794,7 +1055,8 @@ state_clear_tasks(int64 run_id, const char *dag_id, const char *task_id,
 			  "UPDATE orchestrator.task_instance ti SET state = 'scheduled', "
 			  " max_tries = ti.try_number + coalesce(t.retries, 0) + 1, "
 			  " queued_at = NULL, started_at = NULL, finished_at = NULL, "
-			  " next_try_at = NULL, error = NULL, worker_pid = NULL, ready_at = NULL "
+			  " next_try_at = NULL, error = NULL, worker_pid = NULL, ready_at = NULL, "
+			  " first_poke_at = NULL "
 			  "FROM cleared LEFT JOIN orchestrator.task t ON t.dag_id = $3 AND t.task_id = cleared.task_id "
 			  "WHERE ti.run_id = $1 AND ti.task_id = cleared.task_id AND " CLEAR_INSTANCE,
 			  5, types, values, NULL, SPI_OK_UPDATE);

@@ -12,6 +12,7 @@
 #define ORCHESTRATOR_STATE_H
 
 #include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
 
 /* a running run, locked by state_lock_run */
 typedef struct RunRef
@@ -34,6 +35,8 @@ typedef struct Advance
 	bool		ended;			/* the run ended */
 	bool		dag_locked;		/* queueing skipped: the DAG's row was locked */
 	TimestampTz retry_at;		/* the run's next retry time, 0: none */
+	/* the pool of the task instance that ended ("": none), for pool.c */
+	char		pool[251];
 } Advance;
 
 /* queued runs start, up to each DAG's max_active_runs */
@@ -51,14 +54,34 @@ extern bool state_lock_run(int64 run_id, bool skip_locked, RunRef *run);
 extern void state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv);
 
 /*
- * After task_id reached a final state in its worker's transaction: its
+ * After task_id (its instance map_index) reached a final state in its worker's transaction: its
  * downstream instances decided (skipped and upstream_failed propagate),
  * ready ones queued as max_active_tasks allows, ready instances of the DAG
  * held back earlier queued in the room it left, and the run ended if it
  * was the last.
  */
 extern void state_advance_after(const RunRef *run, const char *task_id,
-								TimestampTz now, Advance *adv);
+								int map_index, TimestampTz now, Advance *adv);
+
+/*
+ * One waiter of pool (ready, held back) queued, in claim order, within the
+ * caller's transaction: the first whose DAG is not in excluded (a List of
+ * dag ids).  HAND_NEXT_DAG: its DAG had no room (or, with skip_locked, was
+ * locked: *locked set), its id is copied to dag_out (ORCH_MAX_ID_LEN + 1),
+ * and the caller tries again without it; HAND_DONE: no waiter, or no room
+ * in the pool for the first.
+ */
+typedef enum PoolHandOut
+{
+	HAND_QUEUED,
+	HAND_NEXT_DAG,
+	HAND_AGAIN,					/* the waiter went meanwhile */
+	HAND_DONE
+} PoolHandOut;
+
+extern PoolHandOut state_pool_hand_out(const char *pool, List *excluded,
+									   bool skip_locked, TimestampTz now,
+									   char *dag_out, bool *locked);
 
 /* claim, success and failure of a try */
 /* (a task instance is (run_id, task_id, map_index); map_index -1: not mapped) */
@@ -67,9 +90,15 @@ extern void state_try_claimed(int64 run_id, const char *task_id, int map_index,
 extern bool state_try_succeeded(int64 run_id, const char *task_id, int map_index,
 								int try_number, TimestampTz now, bool has_rows,
 								int64 rows_loaded, bool cached);
+extern bool state_try_rescheduled(int64 run_id, const char *task_id, int map_index,
+								  int try_number, TimestampTz next_poke_at,
+								  TimestampTz first_poke_at);
+extern bool state_try_skipped(int64 run_id, const char *task_id, int map_index,
+							  int try_number, TimestampTz now, const char *why);
 extern bool state_try_failed(int64 run_id, const char *task_id, int map_index,
 							 int pid, int try_number, const char *error,
-							 TimestampTz now, bool only_state, bool *final);
+							 TimestampTz now, bool only_state, bool no_retry,
+							 bool *final);
 extern void state_fail_unclaimable(int64 run_id, const char *task_id, int map_index,
 								   const char *error, TimestampTz now);
 

@@ -57,6 +57,8 @@ typedef struct HttpRequest
 	int64		max_bytes;		/* 0: no limit */
 	const char *if_none_match;	/* to revalidate a cached response, or NULL */
 	const char *if_modified_since;
+	bool		any_status;		/* a final status other than 2xx is an answer
+								 * (in the result), not an error: sensors */
 } HttpRequest;
 
 typedef struct HttpResult
@@ -117,6 +119,7 @@ typedef struct CopyTarget
 	/* out */
 	uint64		rejected;		/* rows set aside */
 	char	   *loaded;			/* what was loaded, for the task's log */
+	char	   *asset;			/* the target table, schema-qualified: an asset */
 } CopyTarget;
 
 extern uint64 copy_sink(Stream *input, CopyTarget *target);

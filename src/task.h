@@ -55,6 +55,16 @@ typedef struct TaskRun
 	char	   *etag;			/* validators of the output */
 	char	   *last_modified;
 	TimestampTz artifact_created_at;	/* 0: now */
+
+	/* sensors (sensor.c) */
+	bool		poke_ok;		/* the poke found its condition true */
+	TimestampTz first_poke_at;	/* when the try's first poke started */
+	bool		continuing;		/* a later poke of the same try */
+	bool		no_retry;		/* the failure is final: a sensor's timeout */
+
+	/* assets, recorded with the success: outlets, a copy_into's table */
+	List	   *outlets;		/* templates, as defined */
+	char	   *asset_table;
 } TaskRun;
 
 /* operators (op_sql.c, op_data.c) */
@@ -63,6 +73,9 @@ extern void op_http_fetch_run(TaskRun *task);
 extern void op_gunzip_run(TaskRun *task);
 extern void op_copy_into_run(TaskRun *task);
 extern void op_webhook_run(TaskRun *task);
+extern void op_sensor_poke(TaskRun *task);
+extern int64 op_interval_ms(const char *text);
+extern void op_http_request(TaskRun *task, HttpRequest *out);
 extern char *op_cache_key(TaskRun *task);
 extern void op_use_cache_entry(TaskRun *task, const char *why);
 

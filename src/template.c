@@ -63,7 +63,8 @@ typedef enum TemplateVar
 	TV_TASK_ID,
 	TV_ERROR,
 	TV_ITEM,					/* item, item.NAME (a mapped instance's element) */
-	TV_MAP_INDEX
+	TV_MAP_INDEX,
+	TV_ASSET_EVENTS				/* triggering_asset_events[.NAME] */
 } TemplateVar;
 
 typedef enum TemplateFilterKind
@@ -141,7 +142,7 @@ static const struct
 };
 
 #define TEMPLATE_VARIABLES_HINT \
-	"Templates can use ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz, logical_date, execution_date, data_interval_start, data_interval_end (the last four with .strftime('FORMAT')), run_id, dag_id, task_id, params.NAME, error (in callbacks), and item, item.NAME and map_index (in mapped tasks)."
+	"Templates can use ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz, logical_date, execution_date, data_interval_start, data_interval_end (the last four with .strftime('FORMAT')), run_id, dag_id, task_id, params.NAME, triggering_asset_events, error (in callbacks), and item, item.NAME and map_index (in mapped tasks)."
 
 static void template_syntax_error(const char *tmpl, const char *what,
 								  const char *detail) pg_attribute_noreturn();
@@ -265,6 +266,14 @@ parse_primary(const char **pp, const char *end, const char *tmpl,
 	{
 		/* the element; item.NAME: a member of an object element */
 		part->var = TV_ITEM;
+		part->text = member;
+		member = NULL;
+		found = true;
+	}
+	else if (strcmp(name, "triggering_asset_events") == 0)
+	{
+		/* the whole object, or one asset's events: ['NAME'] */
+		part->var = TV_ASSET_EVENTS;
 		part->text = member;
 		member = NULL;
 		found = true;
@@ -685,6 +694,45 @@ item_value(const TemplateContext *ctx, const char *member)
 	return v;
 }
 
+/*
+ * triggering_asset_events: an asset-triggered run's events by asset, as a
+ * JSON object ({} for another run); with a name, that asset's events, a
+ * JSON array, or undefined.
+ */
+static TemplateValue
+asset_events_value(Jsonb *events, const char *name)
+{
+	TemplateValue v;
+	JsonbValue	key;
+	JsonbValue *value;
+
+	memset(&v, 0, sizeof(v));
+	if (events == NULL)
+		events = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	if (name == NULL)
+	{
+		value = palloc0(sizeof(JsonbValue));
+		value->type = jbvBinary;
+		value->val.binary.data = &events->root;
+		value->val.binary.len = VARSIZE(events) - VARHDRSZ;
+		v.defined = true;
+		v.json = value;
+		return v;
+	}
+	key.type = jbvString;
+	key.val.string.val = (char *) name;
+	key.val.string.len = strlen(name);
+	value = findJsonbValueFromContainer(&events->root, JB_FOBJECT, &key);
+	if (value == NULL)
+	{
+		v.name = psprintf("triggering_asset_events['%s']", name);
+		return v;
+	}
+	v.defined = true;
+	v.json = value;
+	return v;
+}
+
 static TemplateValue
 param_value(Jsonb *params, const char *name)
 {
@@ -835,6 +883,9 @@ eval_expression(const TemplatePart *part, const char *what,
 		case TV_MAP_INDEX:
 			v = ctx->mapped ? string_value(psprintf("%d", ctx->map_index)) :
 				context_value(NULL, "map_index");
+			break;
+		case TV_ASSET_EVENTS:
+			v = asset_events_value(ctx->asset_events, part->text);
 			break;
 		case TV_ERROR:
 			/* empty outside a failure */

@@ -26,6 +26,8 @@ typedef struct TemplateContext
 	bool		mapped;			/* a mapped instance: item and map_index */
 	int			map_index;
 	Jsonb	   *item;			/* its element */
+	Jsonb	   *asset_events;	/* an asset-triggered run's events by asset,
+								 * NULL for none */
 } TemplateContext;
 
 /*

@@ -6,8 +6,8 @@
  *
  * A task instance's try, from the worker's side:
  *
- * 1. Claim, in a short transaction of its own: the oldest queued instance
- *	  becomes running, with its try number, this worker's pid and the start
+ * 1. Claim, in a short transaction of its own: the first queued instance
+ *	  in claim order (weight, then age) becomes running, with its try number, this worker's pid and the start
  *	  time, so a SELECT shows it at once.  The worker's shared-memory slot
  *	  names the instance, which is how the scheduler tells a live try from a
  *	  lost one.
@@ -22,10 +22,11 @@
  *	  (up_for_retry, or failed when no tries remain, then its downstream as
  *	  after a success) in a new transaction.
  *
- * Then the instances it queued go to workers waiting for work, and it
- * claims the next queued instance itself.  With none, it waits on its
- * latch for orchestrator.worker_idle_timeout, for the scheduler or another
- * worker to hand it work, and exits when none came.  It serves the one
+ * Then, if its task was in a pool, it queues the pool's waiters of other
+ * DAGs in the room it left (pool.c); the instances it queued go to workers
+ * waiting for work, and it claims the next queued instance itself.  With
+ * none, it waits on its latch for orchestrator.worker_idle_timeout, for the
+ * scheduler or another worker to hand it work, and exits when none came.  It serves the one
  * database its scheduler serves, and exits between tasks, or while it
  * waits, when another database wants its share of orchestrator.max_workers
  * (registry.c).
@@ -48,6 +49,7 @@
 #include "storage/large_object.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
@@ -59,6 +61,7 @@
 #include "funcapi.h"
 
 #include "orchestrator.h"
+#include "pool.h"
 #include "sandbox.h"
 #include "state.h"
 #include "tasklog.h"
@@ -168,10 +171,11 @@ worker_getstr(HeapTuple tuple, TupleDesc desc, int col, MemoryContext cxt)
 }
 
 /*
- * The run's context, from nine consecutive columns starting at col (see
+ * The run's context, from ten consecutive columns starting at col (see
  * RUN_CONTEXT_COLUMNS): dag_id, run_type, logical_date,
  * data_interval_start, data_interval_end, the DAG's owner, its params
- * merged with the run's conf, the owner's name and cluster.
+ * merged with the run's conf, the owner's name and cluster, and an
+ * asset-triggered run's events.
  */
 void
 worker_read_run_context(TaskRun *task, HeapTuple tuple, TupleDesc desc, int col,
@@ -196,11 +200,31 @@ worker_read_run_context(TaskRun *task, HeapTuple tuple, TupleDesc desc, int col,
 	d = SPI_getbinval(tuple, desc, col + 6, &isnull);
 	old = MemoryContextSwitchTo(cxt);
 	task->ctx.params = isnull ? NULL : DatumGetJsonbPCopy(d);
+	d = SPI_getbinval(tuple, desc, col + 9, &isnull);
+	task->ctx.asset_events = isnull ? NULL : DatumGetJsonbPCopy(d);
 	task->ctx.dag_id = task->dag_id;
 	/* Airflow's run id: "scheduled__2021-01-02T06:00:00+00:00" */
 	task->ctx.run_id = psprintf("%s__%s", task->run_type,
 								template_render("{{ ts }}", "ts", &task->ctx));
 	MemoryContextSwitchTo(old);
+}
+
+/* A task's outlets (text[]), as a list of C strings in cxt. */
+static List *
+read_outlets(Datum d, MemoryContext cxt)
+{
+	Datum	   *elems;
+	int			n;
+	List	   *names = NIL;
+	MemoryContext old;
+
+	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, NULL, &n);
+	old = MemoryContextSwitchTo(cxt);
+	for (int i = 0; i < n; i++)
+		names = lappend(names, TextDatumGetCString(elems[i]));
+	MemoryContextSwitchTo(old);
+	return names;
 }
 
 typedef enum ClaimResult
@@ -223,7 +247,8 @@ fail_unclaimable(int64 run_id, const char *task_id, int map_index, const char *e
 }
 
 /*
- * Claims the oldest queued task instance of a running run.  An instance
+ * Claims the first queued task instance of a running run in claim order
+ * (weight, then age: state.c's queue_one), walking an index.  An instance
  * whose row cannot be read fails instead of killing every worker that
  * picks it.
  */
@@ -236,20 +261,24 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	volatile int64 run_id;
 	char	   *volatile task_id;
 	volatile int map_index;
+	TimestampTz now;
 
 	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING, "claiming a task");
 
-	run_query("SELECT ti.run_id, ti.task_id, ti.try_number + 1, "
+	/* (a sensor's next poke goes on with its try: same number, same start) */
+	run_query("SELECT ti.run_id, ti.task_id, "
+			  "       ti.try_number + CASE WHEN ti.first_poke_at IS NULL THEN 1 ELSE 0 END, "
 			  "       " RUN_CONTEXT_COLUMNS ", t.spec, "
 			  "       (extract(epoch FROM t.execution_timeout) * 1000)::int8, "
-			  "       t.cache_expiration IS NOT NULL, ti.map_index, ti.map_item "
+			  "       t.cache_expiration IS NOT NULL, ti.first_poke_at, t.outlets, "
+			  "       ti.map_index, ti.map_item "
 			  "FROM orchestrator.task_instance ti "
 			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
 			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
 			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
 			  "WHERE ti.state = 'queued' AND r.state = 'running' "
-			  "ORDER BY ti.queued_at, ti.run_id, ti.task_id, ti.map_index "
+			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id, ti.map_index "
 			  "LIMIT 1 FOR UPDATE OF ti SKIP LOCKED",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
@@ -263,7 +292,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	memset(task, 0, sizeof(TaskRun));
 	run_id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
 	task_id = worker_getstr(tuple, desc, 2, cxt);
-	map_index = DatumGetInt32(SPI_getbinval(tuple, desc, 16, &isnull));
+	map_index = DatumGetInt32(SPI_getbinval(tuple, desc, 19, &isnull));
 
 	PG_TRY();
 	{
@@ -274,7 +303,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 		task->map_index = map_index;
 		task->try_number = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
 		worker_read_run_context(task, tuple, desc, 4, cxt);
-		d = SPI_getbinval(tuple, desc, 13, &isnull);
+		d = SPI_getbinval(tuple, desc, 14, &isnull);
 		if (!isnull)
 		{
 			MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -282,23 +311,32 @@ claim_next(TaskRun *task, MemoryContext cxt)
 			task->spec = DatumGetJsonbPCopy(d);
 			MemoryContextSwitchTo(old);
 		}
-		d = SPI_getbinval(tuple, desc, 14, &isnull);
-		task->timeout_ms = isnull ? 0 : DatumGetInt64(d);
 		d = SPI_getbinval(tuple, desc, 15, &isnull);
+		task->timeout_ms = isnull ? 0 : DatumGetInt64(d);
+		d = SPI_getbinval(tuple, desc, 16, &isnull);
 		task->cache = !isnull && DatumGetBool(d);
+		d = SPI_getbinval(tuple, desc, 17, &isnull);
+		task->first_poke_at = isnull ? 0 : DatumGetTimestampTz(d);
+		d = SPI_getbinval(tuple, desc, 18, &isnull);
+		task->outlets = isnull ? NIL : read_outlets(d, cxt);
 		task->ctx.task_id = task->task_id;
 		if (task->map_index >= 0)
 		{
 			MemoryContext old = MemoryContextSwitchTo(cxt);
 
-			d = SPI_getbinval(tuple, desc, 17, &isnull);
+			d = SPI_getbinval(tuple, desc, 20, &isnull);
 			task->ctx.mapped = true;
 			task->ctx.map_index = task->map_index;
 			task->ctx.item = isnull ? NULL : DatumGetJsonbPCopy(d);
 			MemoryContextSwitchTo(old);
 		}
 
-		state_try_claimed(task->run_id, task->task_id, task->map_index, orch_now());
+		now = orch_now();
+		state_try_claimed(task->run_id, task->task_id, task->map_index, now);
+		/* a new try: a sensor's first poke starts it */
+		task->continuing = (task->first_poke_at != 0);
+		if (!task->continuing)
+			task->first_poke_at = now;
 
 		/* the slot names the try before the claim is visible */
 		progress_set(SLOT_CLAIMING, task->run_id, task->task_id, task->map_index, task->owner, "task", 0);
@@ -482,6 +520,8 @@ run_operator(TaskRun *task)
 		op_gunzip_run(task);
 	else if (strcmp(opname, "copy_into") == 0)
 		op_copy_into_run(task);
+	else if (operator_is_sensor(opname))
+		op_sensor_poke(task);
 	else
 		elog(ERROR, "unknown operator \"%s\"", opname);
 	artifact_done();
@@ -502,7 +542,7 @@ advance(RunRef *run, TaskRun *task, Advance *adv)
 	BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
-		state_advance_after(run, task->task_id, orch_now(), adv);
+		state_advance_after(run, task->task_id, task->map_index, orch_now(), adv);
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
@@ -524,7 +564,99 @@ advance(RunRef *run, TaskRun *task, Advance *adv)
 	CurrentResourceOwner = owner;
 }
 
-/* The work and the success row, in one transaction. */
+typedef enum TryOutcome
+{
+	OUTCOME_SUCCESS,
+	OUTCOME_RESCHEDULE,			/* a sensor not yet true: up_for_reschedule */
+	OUTCOME_SKIPPED				/* a sensor past its timeout, with soft_fail */
+} TryOutcome;
+
+static int64
+spec_interval_us(TaskRun *task, const char *key, const char *dflt)
+{
+	JsonbValue *v = jsonb_get_key(task->spec, key);
+
+	if (v != NULL && v->type == jbvString)
+		return op_interval_ms(pnstrdup(v->val.string.val, v->val.string.len)) * 1000;
+	return op_interval_ms(dflt) * 1000;
+}
+
+/*
+ * A sensor whose poke found its condition false: its next poke, or at its
+ * timeout (counted from the try's first poke) a final failure, raised
+ * here, or with soft_fail a skip.
+ */
+static TryOutcome
+sensor_outcome(TaskRun *task, TimestampTz *next_poke_at, char **why)
+{
+	JsonbValue *v = jsonb_get_key(task->spec, "timeout");
+	int64		interval = spec_interval_us(task, "poke_interval", "1 minute");
+	int64		timeout = spec_interval_us(task, "timeout", "1 day");
+	TimestampTz now = orch_now();
+	TimestampTz deadline = task->first_poke_at + timeout;
+
+	if (now < deadline)
+	{
+		*next_poke_at = Min(now + interval, deadline);
+		return OUTCOME_RESCHEDULE;
+	}
+	*why = psprintf("sensor \"%s\" timed out: its condition was not met within %s of its first poke",
+					task->task_id,
+					v != NULL && v->type == jbvString ?
+					pnstrdup(v->val.string.val, v->val.string.len) : "1 day");
+	v = jsonb_get_key(task->spec, "soft_fail");
+	if (v != NULL && v->type == jbvBool && v->val.boolean)
+	{
+		task_log("%s: skipped (soft_fail)", *why);
+		return OUTCOME_SKIPPED;
+	}
+	/* a sensor's timeout is final, as in Airflow: no retry would change it */
+	task->no_retry = true;
+	ereport(ERROR,
+			(errcode(ERRCODE_QUERY_CANCELED),
+			 errmsg("%s", *why)));
+	return OUTCOME_SKIPPED;		/* keep the compiler quiet */
+}
+
+/*
+ * The assets a successful try produced: its outlets, rendered, and a
+ * copy_into's table.  Each event publishes the run's data interval, and
+ * nothing else of the DAG's (see assets.c).
+ */
+static void
+record_assets(TaskRun *task, TimestampTz now)
+{
+	List	   *names = NIL;
+	ListCell   *lc;
+	Jsonb	   *extra;
+	bool		consumed = false;
+
+	foreach(lc, task->outlets)
+	{
+		char	   *name = template_render(lfirst(lc),
+										   psprintf("an outlet of task \"%s\"", task->task_id),
+										   &task->ctx);
+
+		asset_check_name(name);
+		if (!list_member(names, makeString(name)))
+			names = lappend(names, makeString(name));
+	}
+	if (task->asset_table != NULL && !list_member(names, makeString(task->asset_table)))
+		names = lappend(names, makeString(task->asset_table));
+	if (names == NIL)
+		return;
+	extra = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
+		psprintf("{\"data_interval_start\": \"%s\", \"data_interval_end\": \"%s\"}",
+				 template_render("{{ data_interval_start }}", "data_interval_start", &task->ctx),
+				 template_render("{{ data_interval_end }}", "data_interval_end", &task->ctx)))));
+	foreach(lc, names)
+		consumed |= asset_record(strVal(lfirst(lc)), extra, task->owner,
+								 task->run_id, task->task_id, task->map_index, now);
+	if (consumed)
+		orch_wake_scheduler_at_commit();
+}
+
+/* The work and its outcome's row, in one transaction. */
 static void
 run_task(TaskRun *task, Advance *adv)
 {
@@ -532,6 +664,10 @@ run_task(TaskRun *task, Advance *adv)
 	Oid			types[4] = {INT8OID, TEXTOID, INT4OID, INT4OID};
 	Datum		values[4];
 	RunRef		run;
+	TryOutcome	outcome;
+	TimestampTz next_poke_at = 0;
+	TimestampTz now;
+	char	   *why = NULL;
 
 	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING,
@@ -577,13 +713,16 @@ run_task(TaskRun *task, Advance *adv)
 	worker_set_run_context(task);
 
 	task_log_begin();
-	task_log("try %d of task %s.%s, run " INT64_FORMAT ", logical date %s",
-			 task->try_number, task->dag_id, task->task_id, task->run_id,
-			 template_render("{{ ts }}", "ts", &task->ctx));
-	if (task->map_index >= 0)
-		task_log("mapped instance %d, item %s", task->map_index,
-				 task->ctx.item ? JsonbToCString(NULL, &task->ctx.item->root,
-												 VARSIZE(task->ctx.item)) : "null");
+	if (!task->continuing)
+	{
+		task_log("try %d of task %s.%s, run " INT64_FORMAT ", logical date %s",
+				 task->try_number, task->dag_id, task->task_id, task->run_id,
+				 template_render("{{ ts }}", "ts", &task->ctx));
+		if (task->map_index >= 0)
+			task_log("mapped instance %d, item %s", task->map_index,
+					 task->ctx.item ? JsonbToCString(NULL, &task->ctx.item->root,
+													 VARSIZE(task->ctx.item)) : "null");
+	}
 
 	worker_timeout_start(task->timeout_ms);
 
@@ -593,6 +732,9 @@ run_task(TaskRun *task, Advance *adv)
 	sandbox_leave(&scope);
 
 	worker_timeout_stop();
+
+	outcome = operator_is_sensor(operator_name(task->spec)) && !task->poke_ok ?
+		sensor_outcome(task, &next_poke_at, &why) : OUTCOME_SUCCESS;
 
 	/* from here on the scheduler leaves this worker be */
 	progress_set(SLOT_FINISHING, task->run_id, task->task_id, task->map_index, task->owner, "task", 0);
@@ -604,10 +746,17 @@ run_task(TaskRun *task, Advance *adv)
 	values[3] = Int32GetDatum(task->map_index);
 
 	/* the run first (state.c's order of locks): a sibling's join waits */
+	now = orch_now();
 	if (!state_lock_run(task->run_id, false, &run) ||
-		!state_try_succeeded(task->run_id, task->task_id, task->map_index,
-							 task->try_number, orch_now(),
-							 task->has_rows, (int64) task->rows_loaded, task->cached))
+		!(outcome == OUTCOME_SUCCESS ?
+		  state_try_succeeded(task->run_id, task->task_id, task->map_index,
+							  task->try_number, now, task->has_rows,
+							  (int64) task->rows_loaded, task->cached) :
+		  outcome == OUTCOME_RESCHEDULE ?
+		  state_try_rescheduled(task->run_id, task->task_id, task->map_index,
+								task->try_number, next_poke_at, task->first_poke_at) :
+		  state_try_skipped(task->run_id, task->task_id, task->map_index,
+							task->try_number, now, why)))
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("task \"%s\" of run " INT64_FORMAT " was cancelled while it ran; its work is rolled back",
@@ -615,12 +764,25 @@ run_task(TaskRun *task, Advance *adv)
 	if (task->has_artifact)
 		record_artifact(task);
 	task_log_write(task->run_id, task->task_id, task->map_index, task->try_number);
-	run_query("INSERT INTO orchestrator.callback (run_id, task_id, map_index, kind, spec, try_number) "
-			  "SELECT r.run_id, t.task_id, $4, 'on_success_callback', t.on_success_callback, $3 "
-			  "FROM orchestrator.dag_run r "
-			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
-			  "WHERE r.run_id = $1 AND t.on_success_callback IS NOT NULL",
-			  4, types, values, NULL, SPI_OK_INSERT);
+	if (outcome == OUTCOME_RESCHEDULE)
+	{
+		/* its next poke is the scheduler's, as a retry is */
+		adv->undecided = true;
+		sandbox_reset_session();
+		orch_end_xact();
+		return;
+	}
+	if (outcome == OUTCOME_SUCCESS)
+	{
+		run_query("INSERT INTO orchestrator.callback (run_id, task_id, map_index, kind, spec, try_number) "
+				  "SELECT r.run_id, t.task_id, $4, 'on_success_callback', t.on_success_callback, $3 "
+				  "FROM orchestrator.dag_run r "
+				  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
+				  "WHERE r.run_id = $1 AND t.on_success_callback IS NOT NULL",
+				  4, types, values, NULL, SPI_OK_INSERT);
+		/* what it produced: an event each, committed with its success */
+		record_assets(task, now);
+	}
 	advance(&run, task, adv);
 	sandbox_reset_session();
 	orch_end_xact();
@@ -670,8 +832,8 @@ record_failure(TaskRun *task, const char *text, bool only_state, Advance *adv)
 	if (!only_state)
 		task_log_write(task->run_id, task->task_id, task->map_index, task->try_number);
 	if (state_try_failed(task->run_id, task->task_id, task->map_index, MyProcPid,
-						 task->try_number,
-						 text, orch_now(), only_state, &final) && locked)
+						 task->try_number, text, orch_now(), only_state, task->no_retry,
+						 &final) && locked)
 	{
 		if (final)
 			advance(&run, task, adv);
@@ -841,6 +1003,9 @@ orch_worker_main(Datum arg)
 		progress_set(SLOT_IDLE, 0, NULL, -1, InvalidOid, NULL, 0);
 		/* a cancel meant for the finished task is not for the next one */
 		QueryCancelPending = false;
+		/* the slots it freed in its pool, to waiters of any DAG */
+		if (adv.pool[0] != '\0')
+			adv.queued += pool_hand_out(adv.pool);
 		hand_out(&adv);
 	}
 

@@ -15,10 +15,21 @@
 
 #include "task.h"
 
-/* the columns worker_read_run_context() reads, from dag_run r and dag d */
+/*
+ * the columns worker_read_run_context() reads, from dag_run r and dag d;
+ * the last, an asset-triggered run's events by asset, for templates
+ */
 #define RUN_CONTEXT_COLUMNS \
 	"r.dag_id, r.run_type, r.logical_date, r.data_interval_start, " \
-	"r.data_interval_end, d.owner, d.params || r.conf, d.owner_name::text, d.owner_sysid"
+	"r.data_interval_end, d.owner, d.params || r.conf, d.owner_name::text, d.owner_sysid, " \
+	"CASE WHEN r.run_type = 'asset_triggered' THEN " \
+	" (SELECT pg_catalog.jsonb_object_agg(x.asset, x.events) FROM " \
+	"  (SELECT q.asset, pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(" \
+	"     'asset', e.asset, " \
+	"     'time', pg_catalog.to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), " \
+	"     'extra', e.extra) ORDER BY e.id) AS events " \
+	"   FROM orchestrator.asset_queue q JOIN orchestrator.asset_event e ON e.id = q.event_id " \
+	"   WHERE q.run_id = r.run_id GROUP BY q.asset) x) END"
 
 extern char *worker_getstr(HeapTuple tuple, TupleDesc desc, int col,
 						   MemoryContext cxt);

@@ -1,5 +1,6 @@
-# The examples work as written: examples/yellow_taxi.sql (download, unzip,
-# ingest), examples/yellow_taxi_stream.sql (streamed ingest and a daily
+# The examples work as written: examples/yellow_taxi.sql (a sensor for the
+# month's file, download, unzip, ingest, and a monthly summary DAG on the
+# loaded month's asset), examples/yellow_taxi_stream.sql (streamed ingest and a daily
 # summary), examples/yellow_taxi_partitioned.sql (a partition per month,
 # bad rows set aside) and examples/taxi_colours.sql (yellow and green through
 # one mapped pipeline), on generated months served by the local HTTP server.
@@ -62,6 +63,15 @@ is( query($node,
 	'the tables are created from the data: its 18 columns, with fitting types');
 cmp_ok(query($node, 'SELECT count(*) FROM yellow_taxi_2021_01 WHERE "VendorID" IS NULL'), '>', 0,
 	'empty fields load as NULL');
+is(query($node, "SELECT string_agg(state || ' ' || try_number, ', ' ORDER BY run_id) FROM orchestrator.task_instances WHERE dag_id = 'yellow_taxi' AND task_id = 'wait_for_file'"),
+	'success 1, success 1, success 1', 'each run began with a sensor that found its month\'s file');
+# the summary DAG runs on the asset of each loaded month
+wait_for($node, "SELECT string_agg(to_char(month, 'YYYY-MM') || ' ' || trips, ', ' ORDER BY month) FROM yellow_taxi_monthly",
+	'2021-01 3000, 2021-02 2000, 2021-03 2500', 'yellow_taxi_monthly: a line per loaded month, built on its asset');
+is(query($node, "SELECT count(*) > 0 AND bool_and(run_type = 'asset_triggered') FROM orchestrator.dag_runs WHERE dag_id = 'yellow_taxi_monthly'"),
+	't', 'in asset-triggered runs');
+is(query($node, "SELECT name || ' ' || events || ' ' || consumers::text FROM orchestrator.assets WHERE name = 'yellow_taxi.loaded_month'"),
+	'yellow_taxi.loaded_month 3 {yellow_taxi_monthly}', 'three events of the asset, and its consumer');
 
 # --- examples/yellow_taxi_stream.sql
 run_example('yellow_taxi_stream.sql', $port);

@@ -302,6 +302,17 @@ test_names(void)
 	check(!rules_state_done(TI_UP_FOR_RETRY) && !rules_state_done(TI_SCHEDULED) &&
 		  rules_state_done(TI_UPSTREAM_FAILED) && rules_state_done(TI_SKIPPED),
 		  "done states", NULL);
+	/* a sensor between pokes: not done, holds no worker, comes back by itself */
+	check(!rules_state_done(TI_UP_FOR_RESCHEDULE) && !rules_state_active(TI_UP_FOR_RESCHEDULE) &&
+		  rules_state_waiting(TI_UP_FOR_RESCHEDULE) && rules_state_waiting(TI_UP_FOR_RETRY) &&
+		  !rules_state_waiting(TI_SCHEDULED) && !rules_state_waiting(TI_RUNNING),
+		  "up_for_reschedule: waiting, neither done nor active", NULL);
+	{
+		TiState		s;
+
+		check(rules_parse_state("up_for_reschedule", &s) && s == TI_UP_FOR_RESCHEDULE,
+			  "up_for_reschedule is Airflow's name", NULL);
+	}
 }
 
 #define T(state_, rule_) {.state = (state_), .rule = (rule_)}
@@ -385,6 +396,35 @@ test_runs(void)
 		check(t[2].state == TI_SKIPPED && t[3].state == TI_SKIPPED,
 			  "removed: skipped, and its downstream follows its rule", NULL);
 	}
+	/*
+	 * sensors: a rescheduled instance is queued at its next poke only, within
+	 * the budget like any other; meanwhile its downstream waits and the run
+	 * goes on
+	 */
+	{
+		static const int up[] = {0}, up2[] = {1};
+		RuleTask	t[3] = {T(TI_UP_FOR_RESCHEDULE, TR_ALL_SUCCESS), T(TI_UP_FOR_RESCHEDULE, TR_ALL_SUCCESS),
+		T(TI_SCHEDULED, TR_ALL_DONE)};
+		int			budget = 10;
+
+		t[1].nupstream = 1, t[1].upstream = up;
+		t[2].nupstream = 1, t[2].upstream = up2;
+		t[2].is_leaf = true;
+		check(rules_evaluate_run(t, 3, &budget) == 0 && t[0].state == TI_UP_FOR_RESCHEDULE &&
+			  t[1].state == TI_UP_FOR_RESCHEDULE && t[2].state == TI_SCHEDULED && budget == 10 &&
+			  !t[0].changed, "reschedule: nothing before the next poke", NULL);
+		check(rules_run_outcome(t, 3) == RUN_GOING, "reschedule: the run goes on", NULL);
+		t[0].retry_due = t[1].retry_due = true;
+		budget = 1;
+		check(rules_evaluate_run(t, 3, &budget) == 1 && t[0].state == TI_QUEUED &&
+			  t[1].state == TI_UP_FOR_RESCHEDULE && t[1].ready && budget == 0,
+			  "reschedule: a due poke is queued, within the budget", NULL);
+		t[0].state = TI_SKIPPED;	/* soft_fail: its downstream follows its rule */
+		t[1].state = TI_SKIPPED;
+		budget = 1;
+		check(rules_evaluate_run(t, 3, &budget) == 0 && t[2].state == TI_QUEUED,
+			  "reschedule: a soft-failed sensor is skipped, all_done runs after it", NULL);
+	}
 	/* outcome: a failed leaf fails the run, a skipped one does not */
 	{
 		RuleTask	t[2] = {T(TI_SUCCESS, TR_ALL_SUCCESS), T(TI_UPSTREAM_FAILED, TR_ALL_SUCCESS)};
@@ -459,9 +499,44 @@ test_mapping(void)
 	}
 }
 
+static void
+test_weights(void)
+{
+	WeightRule	r;
+
+	check(rules_parse_weight_rule("downstream", &r) && r == WR_DOWNSTREAM, "weight rule downstream", NULL);
+	check(rules_parse_weight_rule("upstream", &r) && r == WR_UPSTREAM, "weight rule upstream", NULL);
+	check(rules_parse_weight_rule("absolute", &r) && r == WR_ABSOLUTE, "weight rule absolute", NULL);
+	check(!rules_parse_weight_rule("Downstream", &r), "weight rule: exact names", NULL);
+	check(!rules_parse_weight_rule("", &r), "weight rule: empty", NULL);
+
+	/* Airflow's: downstream sums below, upstream sums above, absolute alone */
+	check(rules_effective_weight(WR_DOWNSTREAM, 2, 10, 5) == 7, "downstream weight", NULL);
+	check(rules_effective_weight(WR_UPSTREAM, 2, 10, 5) == 12, "upstream weight", NULL);
+	check(rules_effective_weight(WR_ABSOLUTE, 2, 10, 5) == 2, "absolute weight", NULL);
+	check(rules_effective_weight(WR_DOWNSTREAM, INT64_MAX, 0, INT64_MAX) == RULES_MAX_WEIGHT,
+		  "weight: clamped, no overflow", NULL);
+	check(rules_effective_weight(WR_UPSTREAM, -5, INT64_MIN, 0) == -RULES_MAX_WEIGHT,
+		  "weight: clamped below", NULL);
+
+	check(rules_weight_to_ancestor(WR_DOWNSTREAM, 3) == 3, "a downstream ancestor counts a new task", NULL);
+	check(rules_weight_to_ancestor(WR_UPSTREAM, 3) == 0, "an upstream ancestor does not", NULL);
+	check(rules_weight_to_ancestor(WR_ABSOLUTE, 3) == 0, "an absolute ancestor does not", NULL);
+
+	/* ageing: weight w goes ahead of instances up to w units younger */
+	check(rules_claim_offset_ms(10, 1000) == 10000, "claim offset", NULL);
+	check(rules_claim_offset_ms(-2, 1000) == -2000, "claim offset of a negative weight", NULL);
+	check(rules_claim_offset_ms(RULES_MAX_WEIGHT, INT32_MAX) == RULES_MAX_CLAIM_OFFSET_MS,
+		  "claim offset: clamped, no overflow", NULL);
+	check(rules_claim_offset_ms(-RULES_MAX_WEIGHT, INT32_MAX) == -RULES_MAX_CLAIM_OFFSET_MS,
+		  "claim offset: clamped below", NULL);
+	check(rules_claim_offset_ms(5, 0) == 0, "claim offset: no unit, no offset", NULL);
+}
+
 int
 main(void)
 {
+	test_weights();
 	test_names();
 	test_trigger_rules();
 	test_early_decisions();
