@@ -5,7 +5,9 @@
 # alone; trigger rules counting instances one by one; clear_task of one
 # instance; max_map_length; a hostile author's expand_query (writes,
 # errors, a million rows, a sleep, another role's data); the grid and the
-# graph of a mapped task.
+# graph of a mapped task; a mapped task in a pool (a slot per instance, an
+# asset event per instance) and a mapped sensor (instances poking and
+# waiting one by one).
 use strict;
 use warnings;
 use FindBin;
@@ -254,5 +256,58 @@ like($run_graph, qr/t1\[\["m \[2\/3\]"\]\]/, 'the graph of a run counts its inst
 like($run_graph, qr/class t1 failed/, 'and colours the task by its most telling state');
 is(alice("SELECT count(*) FROM orchestrator.task_instances WHERE dag_id = 'rules_map' AND task_id = 'm'"), '3',
 	'each instance is a row of task_instances');
+
+# --- 10. with pools, sensors and assets: each mapped instance takes its own
+# pool slot, pokes and waits on its own, and records its own asset events
+query($node, q{
+SELECT orchestrator.create_pool('two', 2);
+CREATE TABLE public.flags (f text);
+SELECT orchestrator.create_dag('mapped_pool', max_active_tasks => 16);
+SELECT orchestrator.add_task('mapped_pool', 'nap', orchestrator.sql('SELECT pg_sleep(0.3)'),
+    outlets => ARRAY['colour_{{ item }}'], expand => '["a", "b", "c", "d", "e", "f"]',
+    pool => 'two', priority_weight => 5);
+});
+my $prun = query($node, "SELECT orchestrator.trigger_dag('mapped_pool')");
+is(query($node, "SELECT orchestrator.wait_run($prun, '3 minutes')"), 'success',
+	'a mapped task in a pool runs all its instances');
+is(query($node, "SELECT count(*) || ' ' || count(*) FILTER (WHERE pool = 'two' AND pool_slots = 1) || ' ' || count(claim_at) "
+	  . "FROM orchestrator.task_instance WHERE run_id = $prun AND task_id = 'nap'"),
+	'6 6 6', 'each instance took its own slot of the pool, with its claim order');
+# a slot is taken from queueing to the commit of the outcome: a try that
+# started while another ran overlaps it, and never more than the slots do
+cmp_ok(query($node, "SELECT max((SELECT count(*) FROM orchestrator.task_instance o "
+	  . "  WHERE o.run_id = i.run_id AND o.task_id = i.task_id "
+	  . "    AND o.started_at <= i.started_at AND o.finished_at > i.started_at)) "
+	  . "FROM orchestrator.task_instance i WHERE i.run_id = $prun AND i.task_id = 'nap'"),
+	'<=', 2, 'never more instances running than the pool has slots');
+is(query($node, "SELECT string_agg(asset || ':' || source_map_index, ' ' ORDER BY source_map_index) "
+	  . "FROM orchestrator.asset_events WHERE source_run_id = $prun"),
+	'colour_a:0 colour_b:1 colour_c:2 colour_d:3 colour_e:4 colour_f:5',
+	'each instance recorded its own asset event, its outlet rendered with its item');
+
+# a mapped sensor (in a pool): each instance pokes and waits on its own
+query($node, q{
+SELECT orchestrator.create_dag('mapped_sensor');
+SELECT orchestrator.add_task('mapped_sensor', 'wait',
+    orchestrator.sql_sensor('SELECT EXISTS (SELECT 1 FROM public.flags WHERE f = {{ item | quote_literal }})',
+                            poke_interval => '1 second', timeout => '1 hour'),
+    expand => '["a", "b"]', pool => 'two');
+SELECT orchestrator.add_task('mapped_sensor', 'after', orchestrator.sql('SELECT 1'), upstream => '{wait}');
+});
+my $srun = query($node, "SELECT orchestrator.trigger_dag('mapped_sensor')");
+wait_for($node, "SELECT count(DISTINCT map_index) FROM orchestrator.task_log "
+	  . "WHERE run_id = $srun AND task_id = 'wait' AND message LIKE 'poke: false%'",
+	'2', 'both instances of a mapped sensor poke');
+query($node, "INSERT INTO public.flags VALUES ('a')");
+wait_for($node, "SELECT string_agg(map_index || ':' || state, ' ' ORDER BY map_index) "
+	  . "FROM orchestrator.task_instances WHERE run_id = $srun AND task_id = 'wait'",
+	'0:success 1:up_for_reschedule', 'the instance whose condition holds succeeds, the other waits for its next poke');
+is(query($node, "SELECT state FROM orchestrator.task_instances WHERE run_id = $srun AND task_id = 'after'"),
+	'scheduled', 'the downstream waits for every instance');
+query($node, "INSERT INTO public.flags VALUES ('b')");
+is(query($node, "SELECT orchestrator.wait_run($srun, '1 minute')"), 'success', 'then the run ends');
+is(query($node, "SELECT string_agg(map_index || ':' || try_number || ':' || (first_poke_at IS NULL), ' ' ORDER BY map_index) "
+	  . "FROM orchestrator.task_instance WHERE run_id = $srun AND task_id = 'wait'"),
+	'0:1:true 1:1:true', 'each in its first try, all its pokes in it');
 
 done_testing();
