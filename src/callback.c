@@ -118,7 +118,8 @@ run_next_callback(MemoryContext cxt)
 	kind = worker_getstr(tuple, desc, 4, cxt);
 	d = SPI_getbinval(tuple, desc, 5, &isnull);
 	task.try_number = isnull ? 0 : DatumGetInt32(d);
-	task.map_index = DatumGetInt32(SPI_getbinval(tuple, desc, 17, &isnull));
+	/* (after the run's context, columns 8 to 8 + RUN_CONTEXT_NCOLUMNS - 1) */
+	task.map_index = DatumGetInt32(SPI_getbinval(tuple, desc, 8 + RUN_CONTEXT_NCOLUMNS, &isnull));
 
 	PG_TRY();
 	{
@@ -135,7 +136,7 @@ run_next_callback(MemoryContext cxt)
 		task.ctx.task_id = task.task_id;
 		if (task.map_index >= 0)
 		{
-			d = SPI_getbinval(tuple, desc, 18, &isnull);
+			d = SPI_getbinval(tuple, desc, 9 + RUN_CONTEXT_NCOLUMNS, &isnull);
 			task.ctx.mapped = true;
 			task.ctx.map_index = task.map_index;
 			old = MemoryContextSwitchTo(cxt);

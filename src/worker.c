@@ -292,7 +292,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	memset(task, 0, sizeof(TaskRun));
 	run_id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
 	task_id = worker_getstr(tuple, desc, 2, cxt);
-	map_index = DatumGetInt32(SPI_getbinval(tuple, desc, 19, &isnull));
+	map_index = DatumGetInt32(SPI_getbinval(tuple, desc, 9 + RUN_CONTEXT_NCOLUMNS, &isnull));
 
 	PG_TRY();
 	{
@@ -303,7 +303,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 		task->map_index = map_index;
 		task->try_number = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
 		worker_read_run_context(task, tuple, desc, 4, cxt);
-		d = SPI_getbinval(tuple, desc, 14, &isnull);
+		d = SPI_getbinval(tuple, desc, 4 + RUN_CONTEXT_NCOLUMNS, &isnull);
 		if (!isnull)
 		{
 			MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -311,20 +311,20 @@ claim_next(TaskRun *task, MemoryContext cxt)
 			task->spec = DatumGetJsonbPCopy(d);
 			MemoryContextSwitchTo(old);
 		}
-		d = SPI_getbinval(tuple, desc, 15, &isnull);
+		d = SPI_getbinval(tuple, desc, 5 + RUN_CONTEXT_NCOLUMNS, &isnull);
 		task->timeout_ms = isnull ? 0 : DatumGetInt64(d);
-		d = SPI_getbinval(tuple, desc, 16, &isnull);
+		d = SPI_getbinval(tuple, desc, 6 + RUN_CONTEXT_NCOLUMNS, &isnull);
 		task->cache = !isnull && DatumGetBool(d);
-		d = SPI_getbinval(tuple, desc, 17, &isnull);
+		d = SPI_getbinval(tuple, desc, 7 + RUN_CONTEXT_NCOLUMNS, &isnull);
 		task->first_poke_at = isnull ? 0 : DatumGetTimestampTz(d);
-		d = SPI_getbinval(tuple, desc, 18, &isnull);
+		d = SPI_getbinval(tuple, desc, 8 + RUN_CONTEXT_NCOLUMNS, &isnull);
 		task->outlets = isnull ? NIL : read_outlets(d, cxt);
 		task->ctx.task_id = task->task_id;
 		if (task->map_index >= 0)
 		{
 			MemoryContext old = MemoryContextSwitchTo(cxt);
 
-			d = SPI_getbinval(tuple, desc, 20, &isnull);
+			d = SPI_getbinval(tuple, desc, 10 + RUN_CONTEXT_NCOLUMNS, &isnull);
 			task->ctx.mapped = true;
 			task->ctx.map_index = task->map_index;
 			task->ctx.item = isnull ? NULL : DatumGetJsonbPCopy(d);
