@@ -6,8 +6,8 @@
 # instance; max_map_length; a hostile author's expand_query (writes,
 # errors, a million rows, a sleep, another role's data); the grid and the
 # graph of a mapped task; a mapped task in a pool (a slot per instance, an
-# asset event per instance) and a mapped sensor (instances poking and
-# waiting one by one).
+# asset event per instance), a mapped sensor (instances poking and
+# waiting one by one), and callbacks per instance.
 use strict;
 use warnings;
 use FindBin;
@@ -309,5 +309,20 @@ is(query($node, "SELECT orchestrator.wait_run($srun, '1 minute')"), 'success', '
 is(query($node, "SELECT string_agg(map_index || ':' || try_number || ':' || (first_poke_at IS NULL), ' ' ORDER BY map_index) "
 	  . "FROM orchestrator.task_instance WHERE run_id = $srun AND task_id = 'wait'"),
 	'0:1:true 1:1:true', 'each in its first try, all its pokes in it');
+
+# callbacks follow each mapped instance, with its item and map_index
+query($node, q{
+CREATE TABLE public.cb_seen (kind text, map_index text, item text);
+SELECT orchestrator.create_dag('mapped_cb');
+SELECT orchestrator.add_task('mapped_cb', 'm',
+    orchestrator.sql($$SELECT 1 / (CASE WHEN {{ item | quote_literal }} = 'b' THEN 0 ELSE 1 END)$$),
+    expand => '["a", "b"]',
+    on_failure_callback => orchestrator.sql($$INSERT INTO public.cb_seen VALUES ('failure', '{{ map_index }}', {{ item | quote_literal }})$$),
+    on_success_callback => orchestrator.sql($$INSERT INTO public.cb_seen VALUES ('success', '{{ map_index }}', {{ item | quote_literal }})$$));
+});
+my $crun = query($node, "SELECT orchestrator.trigger_dag('mapped_cb')");
+is(query($node, "SELECT orchestrator.wait_run($crun, '1 minute')"), 'failed', 'a run whose mapped instance fails fails');
+wait_for($node, "SELECT string_agg(kind || ':' || map_index || ':' || item, ' ' ORDER BY map_index) FROM public.cb_seen",
+	'success:0:a failure:1:b', 'each instance\'s callback ran with its own map_index and item');
 
 done_testing();
