@@ -6,7 +6,7 @@ OBJS = src/orchestrator.o src/cron.o src/template.o src/operator.o src/dag.o \
 	src/stream.o src/http.o src/gunzip.o src/artifact.o src/copy.o src/copy_skip.o \
 	src/pictures.o src/tasklog.o src/events.o src/sandbox.o src/progress.o src/callback.o src/launcher.o \
 	src/registry.o src/dbhooks.o \
-	src/rules.o src/state.o src/owners.o src/pool.o src/sensor.o src/assets.o
+	src/rules.o src/state.o src/mapping.o src/owners.o src/pool.o src/sensor.o src/assets.o
 SHLIB_LINK = -lcurl -lz
 DATA = sql/orchestrator--0.1.sql sql/orchestrator--0.1--0.2.sql
 PGFILEDESC = "orchestrator - data pipelines inside PostgreSQL"

@@ -282,6 +282,157 @@ COMMENT ON VIEW orchestrator.schedulers IS
 GRANT SELECT ON orchestrator.schedulers TO PUBLIC;
 
 ------------------------------------------------------------------------
+-- Dynamic task mapping (issue 15): a task with "expand" (a JSON array) or
+-- "expand_query" (a query run as the DAG's owner when the task becomes
+-- ready) runs one instance per element; a task that reads a mapped
+-- task's artifact is mapped the same way.  Instances are keyed by
+-- (run_id, task_id, map_index).  Internally an unmapped instance has
+-- map_index -1, as in Airflow: a key column cannot be NULL, and -1 keeps
+-- "one unmapped instance per task" a unique key that NULL would not.
+-- Every view shows map_index as NULL when not mapped.  Rows written under
+-- 0.1 (instances and all that refers to them) take -1 by default.
+------------------------------------------------------------------------
+
+ALTER TABLE orchestrator.task
+	ADD COLUMN expand jsonb CHECK (jsonb_typeof(expand) = 'array'),
+	ADD COLUMN expand_query text,
+	ADD CONSTRAINT task_expand_one CHECK (expand IS NULL OR expand_query IS NULL);
+COMMENT ON COLUMN orchestrator.task.expand IS
+	'A JSON array: one task instance per element (dynamic task mapping)';
+COMMENT ON COLUMN orchestrator.task.expand_query IS
+	'A query run as the DAG''s owner when the task becomes ready: one task instance per row';
+
+ALTER TABLE orchestrator.artifact DROP CONSTRAINT artifact_run_id_task_id_fkey;
+ALTER TABLE orchestrator.log DROP CONSTRAINT log_run_id_task_id_fkey;
+ALTER TABLE orchestrator.rejects DROP CONSTRAINT rejects_run_id_task_id_fkey;
+
+ALTER TABLE orchestrator.task_instance
+	ADD COLUMN map_index integer NOT NULL DEFAULT -1 CHECK (map_index >= -1),
+	ADD COLUMN map_item jsonb,
+	DROP CONSTRAINT task_instance_pkey,
+	ADD PRIMARY KEY (run_id, task_id, map_index);
+COMMENT ON COLUMN orchestrator.task_instance.map_index IS
+	'The element of a mapped task this instance runs (0, 1, ...); -1: not mapped (NULL in the views)';
+COMMENT ON COLUMN orchestrator.task_instance.map_item IS
+	'The element of a mapped instance, {{ item }} in its templates';
+
+ALTER TABLE orchestrator.artifact
+	ADD COLUMN map_index integer NOT NULL DEFAULT -1,
+	DROP CONSTRAINT artifact_pkey,
+	ADD PRIMARY KEY (run_id, task_id, map_index),
+	ADD FOREIGN KEY (run_id, task_id, map_index) REFERENCES orchestrator.task_instance ON DELETE CASCADE;
+ALTER TABLE orchestrator.log
+	ADD COLUMN map_index integer NOT NULL DEFAULT -1,
+	ADD FOREIGN KEY (run_id, task_id, map_index) REFERENCES orchestrator.task_instance ON DELETE CASCADE;
+DROP INDEX orchestrator.log_run_task_idx;
+CREATE INDEX log_run_task_idx ON orchestrator.log (run_id, task_id, map_index, try_number);
+ALTER TABLE orchestrator.rejects
+	ADD COLUMN map_index integer NOT NULL DEFAULT -1,
+	DROP CONSTRAINT rejects_pkey,
+	ADD PRIMARY KEY (run_id, task_id, map_index, try_number, line_number),
+	ADD FOREIGN KEY (run_id, task_id, map_index) REFERENCES orchestrator.task_instance ON DELETE CASCADE;
+ALTER TABLE orchestrator.callback
+	ADD COLUMN map_index integer;
+COMMENT ON COLUMN orchestrator.callback.map_index IS
+	'The mapped instance the callback follows (-1: not mapped; NULL: the run''s own)';
+
+CREATE OR REPLACE VIEW orchestrator.task_instances WITH (security_invoker = true) AS
+SELECT ti.run_id,
+	   r.dag_id,
+	   ti.task_id,
+	   ti.state,
+	   ti.try_number,
+	   ti.max_tries,
+	   ti.queued_at,
+	   ti.started_at,
+	   ti.finished_at,
+	   ti.finished_at - ti.started_at AS duration,
+	   ti.error,
+	   ti.worker_pid,
+	   ti.rows_loaded,
+	   ti.cached,
+	   CASE WHEN ti.rows_loaded IS NOT NULL THEN
+		   (SELECT count(*) FROM orchestrator.rejects rj
+			 WHERE rj.run_id = ti.run_id AND rj.task_id = ti.task_id
+			   AND rj.map_index = ti.map_index
+			   AND rj.try_number = ti.try_number)
+	   END AS rows_rejected,
+	   nullif(ti.map_index, -1) AS map_index,
+	   ti.map_item
+  FROM orchestrator.task_instance ti
+  JOIN orchestrator.dag_run r USING (run_id);
+
+CREATE OR REPLACE VIEW orchestrator.artifacts WITH (security_invoker = true) AS
+SELECT a.run_id,
+	   r.dag_id,
+	   a.task_id,
+	   a.size,
+	   a.sha256,
+	   a.content_type,
+	   a.http_status,
+	   a.url,
+	   a.created_at,
+	   a.loid,
+	   nullif(a.map_index, -1) AS map_index
+  FROM orchestrator.artifact a
+  JOIN orchestrator.dag_run r USING (run_id);
+
+CREATE OR REPLACE VIEW orchestrator.task_log WITH (security_invoker = true) AS
+SELECT l.run_id,
+	   r.dag_id,
+	   l.task_id,
+	   l.try_number,
+	   l.logged_at,
+	   l.level,
+	   l.message,
+	   l.id,
+	   nullif(l.map_index, -1) AS map_index
+  FROM orchestrator.log l
+  JOIN orchestrator.dag_run r USING (run_id);
+
+-- the running try's instance: map_index (NULL when not mapped)
+DROP VIEW orchestrator.progress;
+DROP FUNCTION orchestrator.worker_progress();
+
+CREATE FUNCTION orchestrator.worker_progress(OUT pid integer, OUT run_id bigint,
+											 OUT task_id text, OUT what text,
+											 OUT started_at timestamptz,
+											 OUT bytes_read bigint, OUT rows_loaded bigint,
+											 OUT map_index integer)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'orch_worker_progress';
+
+CREATE VIEW orchestrator.progress WITH (security_invoker = true) AS
+SELECT p.run_id,
+	   r.dag_id,
+	   p.task_id,
+	   p.what,
+	   p.pid AS worker_pid,
+	   p.started_at,
+	   p.bytes_read,
+	   p.rows_loaded,
+	   round((p.bytes_read / nullif(extract(epoch FROM clock_timestamp() - p.started_at), 0))::numeric)
+		   AS bytes_per_second,
+	   round((p.rows_loaded / nullif(extract(epoch FROM clock_timestamp() - p.started_at), 0))::numeric)
+		   AS rows_per_second,
+	   p.map_index
+  FROM orchestrator.worker_progress() p
+  JOIN orchestrator.dag_runs r ON r.run_id = p.run_id;
+
+GRANT SELECT ON orchestrator.progress TO PUBLIC;
+
+DROP FUNCTION orchestrator.clear_task(bigint, text, boolean);
+CREATE FUNCTION orchestrator.clear_task(run_id bigint, task_id text, downstream boolean DEFAULT true,
+										map_index integer DEFAULT NULL)
+RETURNS integer
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'orch_clear_task';
+COMMENT ON FUNCTION orchestrator.clear_task(bigint, text, boolean, integer) IS
+	'Runs a task (one mapped instance of it, or all) and its downstream tasks of a run again, reopening the run; returns how many task instances were cleared';
+
+------------------------------------------------------------------------
 -- Pools and priorities (issue 15).
 --
 -- A pool bounds how many task instances run at once, across all DAGs and
@@ -357,7 +508,7 @@ UPDATE orchestrator.task_instance SET claim_at = queued_at WHERE state = 'queued
 
 -- the claim: the first queued instance in claim order, without a sort
 DROP INDEX orchestrator.task_instance_queue_idx;
-CREATE INDEX task_instance_claim_idx ON orchestrator.task_instance (claim_at, run_id, task_id)
+CREATE INDEX task_instance_claim_idx ON orchestrator.task_instance (claim_at, run_id, task_id, map_index)
 	WHERE state = 'queued';
 -- a pool's taken slots
 CREATE INDEX task_instance_pool_idx ON orchestrator.task_instance (pool, pool_slots)
@@ -414,7 +565,7 @@ SELECT p.pool,
 		 WHERE ti.pool = p.pool AND ti.state = 'queued')::integer AS queued,
 	   (SELECT count(*) FROM orchestrator.task_instance ti
 		 WHERE ti.pool = p.pool AND ti.ready_at IS NOT NULL
-		   AND ti.state IN ('scheduled', 'up_for_retry'))::integer AS waiting,
+		   AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule'))::integer AS waiting,
 	   p.description
   FROM orchestrator.pool p
  WHERE (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
@@ -473,9 +624,11 @@ CREATE TABLE orchestrator.asset_event (
 	-- who recorded it (a task's: its DAG's owner), in which cluster
 	recorded_by oid,
 	recorded_sysid bigint NOT NULL DEFAULT orchestrator.system_identifier(),
-	-- a task's event: its run and task (never shown to other roles)
+	-- a task's event: its run and task, and its mapped instance (NULL: not
+	-- mapped) (never shown to other roles)
 	source_run_id bigint,
-	source_task_id text
+	source_task_id text,
+	source_map_index integer
 );
 COMMENT ON TABLE orchestrator.asset_event IS
 	'Asset events; see the views orchestrator.asset_events and orchestrator.assets';
@@ -526,7 +679,8 @@ SELECT e.id,
 			  JOIN orchestrator.dag qd ON qd.dag_id = q.dag_id
 			  WHERE q.event_id = e.id AND q.run_id IS NOT NULL
 				AND (orchestrator.owned(qd.owner, qd.owner_sysid) OR orchestrator.sees_all())
-			  ORDER BY q.run_id) AS triggered_runs
+			  ORDER BY q.run_id) AS triggered_runs,
+	   CASE WHEN s.mine THEN e.source_map_index END AS source_map_index
   FROM orchestrator.asset_event e
   LEFT JOIN LATERAL (
 	SELECT r.dag_id, orchestrator.owned(d.owner, d.owner_sysid) OR orchestrator.sees_all() AS mine
@@ -602,6 +756,8 @@ SELECT t.dag_id,
 	   t.on_retry_callback,
 	   t.cache_expiration,
 	   t.outlets,
+	   t.expand,
+	   t.expand_query,
 	   t.pool,
 	   t.pool_slots,
 	   t.priority_weight,
@@ -648,7 +804,8 @@ AS 'MODULE_PATHNAME', 'orch_asset_updated';
 COMMENT ON FUNCTION orchestrator.asset_updated(text, jsonb) IS
 	'Records an event of an asset in this transaction (it counts if the transaction commits)';
 
--- create_dag(..., on_assets) and add_task(..., outlets)
+-- create_dag(..., on_assets) and add_task(..., outlets, expand, expand_query, pool,
+-- pool_slots, priority_weight, weight_rule)
 DROP FUNCTION orchestrator.create_dag(text, text, timestamptz, timestamptz, boolean, integer, integer, text, jsonb, interval, boolean, text, jsonb, jsonb);
 CREATE FUNCTION orchestrator.create_dag(dag_id text,
 										schedule text DEFAULT NULL,
@@ -688,6 +845,8 @@ CREATE FUNCTION orchestrator.add_task(dag_id text,
 									  on_retry_callback jsonb DEFAULT NULL,
 									  cache_expiration interval DEFAULT NULL,
 									  outlets text[] DEFAULT '{}',
+									  expand jsonb DEFAULT NULL,
+									  expand_query text DEFAULT NULL,
 									  pool text DEFAULT NULL,
 									  pool_slots integer DEFAULT 1,
 									  priority_weight integer DEFAULT 1,
@@ -696,5 +855,5 @@ RETURNS void
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'orch_add_task';
-COMMENT ON FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb, interval, text[], text, integer, integer, text) IS
+COMMENT ON FUNCTION orchestrator.add_task(text, text, jsonb, text[], integer, interval, boolean, interval, interval, text, jsonb, jsonb, jsonb, interval, text[], jsonb, text, text, integer, integer, text) IS
 	'Adds a task to a DAG you own; its upstream tasks must already exist';

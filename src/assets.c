@@ -84,15 +84,17 @@ asset_check_name(const char *name)
  * Records an event of asset "name" in the current transaction, queued for
  * each DAG that consumes the asset; returns whether one does (the
  * scheduler is to be woken at commit).  With SPI connected, as the
- * catalog's owner or a superuser.  source_run_id 0: not a task's.
+ * catalog's owner or a superuser.  source_run_id 0: not a task's;
+ * source_map_index -1: not a mapped instance's.
  */
 bool
 asset_record(const char *name, Jsonb *extra, Oid recorded_by,
-			 int64 source_run_id, const char *source_task_id, TimestampTz at)
+			 int64 source_run_id, const char *source_task_id, int source_map_index,
+			 TimestampTz at)
 {
-	Oid			types[6] = {TEXTOID, JSONBOID, TIMESTAMPTZOID, OIDOID, INT8OID, TEXTOID};
-	Datum		values[6];
-	char		nulls[6] = "      ";
+	Oid			types[7] = {TEXTOID, JSONBOID, TIMESTAMPTZOID, OIDOID, INT8OID, TEXTOID, INT4OID};
+	Datum		values[7];
+	char		nulls[7] = "       ";
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = JsonbPGetDatum(extra);
@@ -105,14 +107,18 @@ asset_record(const char *name, Jsonb *extra, Oid recorded_by,
 		values[5] = CStringGetTextDatum(source_task_id);
 	else
 		nulls[4] = nulls[5] = 'n';
+	values[6] = Int32GetDatum(source_map_index);
+	if (source_task_id == NULL || source_map_index < 0)
+		nulls[6] = 'n';
 	run_query("WITH e AS ( "
 			  "  INSERT INTO orchestrator.asset_event (asset, extra, recorded_at, recorded_by, "
-			  "                                        source_run_id, source_task_id) "
-			  "  VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, asset) "
+			  "                                        source_run_id, source_task_id, "
+			  "                                        source_map_index) "
+			  "  VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, asset) "
 			  "INSERT INTO orchestrator.asset_queue (dag_id, event_id, asset) "
 			  "SELECT d.dag_id, e.id, e.asset FROM e "
 			  "JOIN orchestrator.dag d ON d.on_assets @> ARRAY[e.asset]",
-			  6, types, values, nulls, SPI_OK_INSERT);
+			  7, types, values, nulls, SPI_OK_INSERT);
 	return SPI_processed > 0;
 }
 
@@ -149,7 +155,7 @@ orch_asset_updated(PG_FUNCTION_ARGS)
 	}
 
 	catalog_write_begin(&cw);
-	consumed = asset_record(name, extra, cw.caller, 0, NULL, orch_now());
+	consumed = asset_record(name, extra, cw.caller, 0, NULL, -1, orch_now());
 	catalog_write_end(&cw);
 	if (consumed)
 		orch_wake_scheduler_at_commit();

@@ -40,11 +40,11 @@
 
 /* A line in the triggering try's log (a run's own callbacks have none). */
 static void
-callback_log_line(int64 run_id, const char *task_id, int try_number,
+callback_log_line(int64 run_id, const char *task_id, int map_index, int try_number,
 				  const char *level, const char *message)
 {
-	Oid			types[5] = {INT8OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
-	Datum		values[5];
+	Oid			types[6] = {INT8OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, INT4OID};
+	Datum		values[6];
 
 	if (task_id == NULL || task_id[0] == '\0')
 		return;
@@ -53,21 +53,23 @@ callback_log_line(int64 run_id, const char *task_id, int try_number,
 	values[2] = Int32GetDatum(try_number);
 	values[3] = CStringGetTextDatum(level);
 	values[4] = CStringGetTextDatum(message);
-	run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
-			  "SELECT $1, $2, $3, clock_timestamp(), $4, $5 "
-			  "WHERE EXISTS (SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 AND task_id = $2)",
-			  5, types, values, NULL, SPI_OK_INSERT);
+	values[5] = Int32GetDatum(map_index);
+	run_query("INSERT INTO orchestrator.log (run_id, task_id, map_index, try_number, logged_at, level, message) "
+			  "SELECT $1, $2, $6, $3, clock_timestamp(), $4, $5 "
+			  "WHERE EXISTS (SELECT 1 FROM orchestrator.task_instance "
+			  "              WHERE run_id = $1 AND task_id = $2 AND map_index = $6)",
+			  6, types, values, NULL, SPI_OK_INSERT);
 }
 
 /* Deletes a callback with a line in its try's log, in a transaction of its own. */
 static void
-callback_drop(int64 id, int64 run_id, const char *task_id, int try_number,
-			  const char *level, const char *message)
+callback_drop(int64 id, int64 run_id, const char *task_id, int map_index,
+			  int try_number, const char *level, const char *message)
 {
 	orch_begin_xact();
 	run_query("DELETE FROM orchestrator.callback WHERE id = $1",
 			  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(id)}, NULL, SPI_OK_DELETE);
-	callback_log_line(run_id, task_id, try_number, level, message);
+	callback_log_line(run_id, task_id, map_index, try_number, level, message);
 	sandbox_reset_session();
 	orch_end_xact();
 }
@@ -91,10 +93,12 @@ run_next_callback(MemoryContext cxt)
 	memset(&task, 0, sizeof(task));
 	orch_begin_xact();
 	run_query("SELECT c.id, c.run_id, c.task_id, c.kind, c.try_number, c.spec, c.error, "
-			  "       " RUN_CONTEXT_COLUMNS " "
+			  "       " RUN_CONTEXT_COLUMNS ", coalesce(c.map_index, -1), ti.map_item "
 			  "FROM orchestrator.callback c "
 			  "JOIN orchestrator.dag_run r ON r.run_id = c.run_id "
 			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "LEFT JOIN orchestrator.task_instance ti ON ti.run_id = c.run_id "
+			  "  AND ti.task_id = c.task_id AND ti.map_index = c.map_index "
 			  "WHERE c.worker_pid IS NULL "
 			  "ORDER BY c.id LIMIT 1 FOR UPDATE OF c SKIP LOCKED",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
@@ -114,6 +118,8 @@ run_next_callback(MemoryContext cxt)
 	kind = worker_getstr(tuple, desc, 4, cxt);
 	d = SPI_getbinval(tuple, desc, 5, &isnull);
 	task.try_number = isnull ? 0 : DatumGetInt32(d);
+	/* (after the run's context, columns 8 to 8 + RUN_CONTEXT_NCOLUMNS - 1) */
+	task.map_index = DatumGetInt32(SPI_getbinval(tuple, desc, 8 + RUN_CONTEXT_NCOLUMNS, &isnull));
 
 	PG_TRY();
 	{
@@ -128,14 +134,23 @@ run_next_callback(MemoryContext cxt)
 		task.ctx.error = worker_getstr(tuple, desc, 7, cxt);
 		worker_read_run_context(&task, tuple, desc, 8, cxt);
 		task.ctx.task_id = task.task_id;
+		if (task.map_index >= 0)
+		{
+			d = SPI_getbinval(tuple, desc, 9 + RUN_CONTEXT_NCOLUMNS, &isnull);
+			task.ctx.mapped = true;
+			task.ctx.map_index = task.map_index;
+			old = MemoryContextSwitchTo(cxt);
+			task.ctx.item = isnull ? NULL : DatumGetJsonbPCopy(d);
+			MemoryContextSwitchTo(old);
+		}
 		run_query("UPDATE orchestrator.callback SET worker_pid = pg_backend_pid(), started_at = $2 "
 				  "WHERE id = $1",
 				  2, (Oid[]) {INT8OID, TIMESTAMPTZOID},
 				  (Datum[]) {Int64GetDatum(id), TimestampTzGetDatum(now)}, NULL, SPI_OK_UPDATE);
-		progress_set(SLOT_CLAIMING, task.run_id, task.task_id, task.owner, kind, id);
+		progress_set(SLOT_CLAIMING, task.run_id, task.task_id, task.map_index, task.owner, kind, id);
 		orch_end_xact();
 		claimed = true;
-		progress_set(SLOT_RUNNING, task.run_id, task.task_id, task.owner, kind, id);
+		progress_set(SLOT_RUNNING, task.run_id, task.task_id, task.map_index, task.owner, kind, id);
 
 		/* 2. run it, and delete it with its success */
 		orch_begin_xact();
@@ -153,10 +168,10 @@ run_next_callback(MemoryContext cxt)
 			op_webhook_run(&task);
 		sandbox_leave(&scope);
 		worker_timeout_stop();
-		progress_set(SLOT_FINISHING, task.run_id, task.task_id, task.owner, kind, id);
+		progress_set(SLOT_FINISHING, task.run_id, task.task_id, task.map_index, task.owner, kind, id);
 		run_query("DELETE FROM orchestrator.callback WHERE id = $1",
 				  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(id)}, NULL, SPI_OK_DELETE);
-		callback_log_line(task.run_id, task.task_id, task.try_number, "INFO",
+		callback_log_line(task.run_id, task.task_id, task.map_index, task.try_number, "INFO",
 						  psprintf("%s ran", kind));
 		sandbox_reset_session();
 		orch_end_xact();
@@ -167,7 +182,7 @@ run_next_callback(MemoryContext cxt)
 		char	   *message;
 		bool		timed_out = worker_timed_out();
 
-		progress_set(SLOT_FINISHING, task.run_id, task.task_id, task.owner, kind, id);
+		progress_set(SLOT_FINISHING, task.run_id, task.task_id, task.map_index, task.owner, kind, id);
 		if (timed_out)
 			message = psprintf("%s failed: orchestrator.callback_timeout (%d ms) exceeded",
 							   kind, orch_callback_timeout_ms);
@@ -179,10 +194,10 @@ run_next_callback(MemoryContext cxt)
 				(errmsg("orchestrator: %s of DAG \"%s\" (run " INT64_FORMAT "%s%s) %s",
 						kind, task.dag_id ? task.dag_id : "?", task.run_id,
 						task.task_id[0] ? ", task " : "", task.task_id, message)));
-		callback_drop(id, task.run_id, task.task_id, task.try_number, "WARNING", message);
+		callback_drop(id, task.run_id, task.task_id, task.map_index, task.try_number, "WARNING", message);
 	}
 	PG_END_TRY();
-	progress_set(SLOT_IDLE, 0, NULL, InvalidOid, NULL, 0);
+	progress_set(SLOT_IDLE, 0, NULL, -1, InvalidOid, NULL, 0);
 	return true;
 }
 
@@ -199,7 +214,7 @@ orch_drop_lost_callbacks(void)
 	OrchWorkerSlot *slots;
 	uint64		n;
 
-	run_query("SELECT id, worker_pid, run_id, task_id, try_number, kind "
+	run_query("SELECT id, worker_pid, run_id, task_id, try_number, kind, coalesce(map_index, -1) "
 			  "FROM orchestrator.callback WHERE worker_pid IS NOT NULL",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	n = SPI_processed;
@@ -220,9 +235,10 @@ orch_drop_lost_callbacks(void)
 		Datum		d = SPI_getbinval(tuple, desc, 5, &isnull);
 		int			try_number = isnull ? 0 : DatumGetInt32(d);
 		char	   *kind = SPI_getvalue(tuple, desc, 6);
+		int			map_index = DatumGetInt32(SPI_getbinval(tuple, desc, 7, &isnull));
 		char	   *message;
 
-		if (progress_slots_show(slots, pid, run_id, NULL, id))
+		if (progress_slots_show(slots, pid, run_id, -1, NULL, id))
 			continue;
 		run_query("DELETE FROM orchestrator.callback WHERE id = $1 AND worker_pid = $2",
 				  2, (Oid[]) {INT8OID, INT4OID},
@@ -235,6 +251,6 @@ orch_drop_lost_callbacks(void)
 				(errmsg("orchestrator: %s of run " INT64_FORMAT "%s%s", kind, run_id,
 						task_id ? ", task " : "", task_id ? task_id : ""),
 				 errdetail("%s", message)));
-		callback_log_line(run_id, task_id, try_number, "WARNING", message);
+		callback_log_line(run_id, task_id, map_index, try_number, "WARNING", message);
 	}
 }

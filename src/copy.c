@@ -783,6 +783,7 @@ copy_sink(Stream *input, CopyTarget *target)
 		skip.reject_limit = target->reject_limit;
 		skip.run_id = target->run_id;
 		skip.task_id = target->task_id;
+		skip.map_index = target->map_index;
 		skip.try_number = target->try_number;
 		if (partition)
 		{

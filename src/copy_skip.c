@@ -164,13 +164,13 @@ write_rejects(SkipState *ss)
 	SPI_connect();
 	if (reject_plan == NULL)
 	{
-		Oid			types[7] = {INT8OID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID};
+		Oid			types[8] = {INT8OID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, INT4OID};
 		SPIPlanPtr	plan;
 
 		plan = SPI_prepare("INSERT INTO orchestrator.rejects (run_id, task_id, try_number, "
-						   " line_number, raw_line, error, sqlstate) "
-						   "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-						   7, types);
+						   " line_number, raw_line, error, sqlstate, map_index) "
+						   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+						   8, types);
 		if (plan == NULL)
 			elog(ERROR, "could not prepare the statement writing rejects: %s",
 				 SPI_result_code_string(SPI_result));
@@ -180,7 +180,7 @@ write_rejects(SkipState *ss)
 	foreach(lc, ss->pending)
 	{
 		Reject	   *r = lfirst(lc);
-		Datum		values[7];
+		Datum		values[8];
 		int			rc;
 
 		values[0] = Int64GetDatum(ss->opts->run_id);
@@ -190,6 +190,7 @@ write_rejects(SkipState *ss)
 		values[4] = CStringGetTextDatum(r->raw_line);
 		values[5] = CStringGetTextDatum(r->error);
 		values[6] = CStringGetTextDatum(r->sqlstate);
+		values[7] = Int32GetDatum(ss->opts->map_index);
 		rc = SPI_execute_plan(reject_plan, values, NULL, false, 0);
 		if (rc != SPI_OK_INSERT)
 			elog(ERROR, "could not write a reject: %s", SPI_result_code_string(rc));

@@ -17,6 +17,7 @@ typedef struct CopySkip
 	/* whose rejects they are */
 	int64		run_id;
 	const char *task_id;
+	int			map_index;
 	int			try_number;
 
 	/* mode => 'partition': the column whose value must be in the interval */

@@ -42,6 +42,7 @@
 #include "utils/timestamp.h"
 
 #include "cron.h"
+#include "mapping.h"
 #include "orchestrator.h"
 #include "pool.h"
 #include "rules.h"
@@ -598,7 +599,8 @@ PG_FUNCTION_INFO_V1(orch_add_task);
  * add_task(dag_id, task_id, operator, upstream, retries, retry_delay,
  *			retry_exponential_backoff, max_retry_delay, execution_timeout,
  *			trigger_rule, on_failure_callback, on_success_callback,
- *			on_retry_callback, cache_expiration, outlets)
+ *			on_retry_callback, cache_expiration, outlets, expand, expand_query,
+ *			pool, pool_slots, priority_weight, weight_rule)
  */
 Datum
 orch_add_task(PG_FUNCTION_ARGS)
@@ -612,11 +614,11 @@ orch_add_task(PG_FUNCTION_ARGS)
 	List	   *upstream = NIL;
 	ArrayBuildState *astate = NULL;
 	CatalogWrite cw;
-	Oid			types[15] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
+	Oid			types[17] = {TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID,
 		INTERVALOID, BOOLOID, INTERVALOID, INTERVALOID, TEXTOID, JSONBOID, JSONBOID, JSONBOID,
-	INTERVALOID, TEXTARRAYOID};
-	Datum		values[15];
-	char		nulls[15];
+	INTERVALOID, TEXTARRAYOID, JSONBOID, TEXTOID};
+	Datum		values[17];
+	char		nulls[17];
 	ListCell   *lc;
 	int			pool_arg;
 	char	   *pool;
@@ -737,6 +739,12 @@ orch_add_task(PG_FUNCTION_ARGS)
 				 errmsg("unknown weight rule \"%s\"", weight_rule_name),
 				 errhint("Weight rules are downstream, upstream and absolute.")));
 
+	/* dynamic task mapping (mapping.c) */
+	mapping_check_definition(PG_NARGS() > 15 && !PG_ARGISNULL(15) ? PG_GETARG_JSONB_P(15) : NULL,
+							 PG_NARGS() > 16 && !PG_ARGISNULL(16) ?
+							 text_to_cstring(PG_GETARG_TEXT_PP(16)) : NULL,
+							 task_id);
+
 	catalog_write_begin(&cw);
 	lock_owned_dag(&cw, dag_id, false, false);
 	if (pool != NULL)
@@ -816,21 +824,22 @@ orch_add_task(PG_FUNCTION_ARGS)
 			values[i] = PG_GETARG_DATUM(i);
 	}
 	values[9] = CStringGetTextDatum(rule);
-	for (int i = 10; i <= 13; i++)
+	for (int i = 10; i <= 16; i++)
 	{
-		if (PG_ARGISNULL(i))
+		if (i >= PG_NARGS() || PG_ARGISNULL(i))
 			nulls[i] = 'n';
 		else
 			values[i] = PG_GETARG_DATUM(i);
 	}
 	values[14] = names_array(outlets);
+	nulls[14] = ' ';
 	run_query("INSERT INTO orchestrator.task (dag_id, task_id, spec, upstream, retries, "
 			  "retry_delay, retry_exponential_backoff, max_retry_delay, "
 			  "execution_timeout, trigger_rule, on_failure_callback, on_success_callback, "
-			  "on_retry_callback, cache_expiration, outlets, position) "
-			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+			  "on_retry_callback, cache_expiration, outlets, expand, expand_query, position) "
+			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
 			  "coalesce(max(position), 0) + 1 FROM orchestrator.task WHERE dag_id = $1",
-			  15, types, values, nulls, SPI_OK_INSERT);
+			  17, types, values, nulls, SPI_OK_INSERT);
 	set_priority(dag_id, task_id, values[3], pool, pool_slots, priority_weight, weight_rule);
 
 	catalog_write_end(&cw);

@@ -292,6 +292,7 @@ op_copy_into_run(TaskRun *task)
 																NumericGetDatum(v->val.numeric)));
 	target.run_id = task->run_id;
 	target.task_id = task->task_id;
+	target.map_index = task->map_index;
 	target.try_number = task->try_number;
 	if (strcmp(target.mode, "partition") == 0)
 	{

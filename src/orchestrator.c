@@ -45,6 +45,8 @@ char	   *orch_database = NULL;
 int			orch_max_workers = 4;
 int			orch_max_workers_per_database = 0;
 int			orch_max_tasks_per_dag = 10000;
+int			orch_max_map_length = 1024;
+int			orch_expand_query_timeout_ms = 10000;
 bool		orch_enabled = true;
 char	   *orch_http_allowed_hosts = NULL;
 char	   *orch_history_retention = NULL;
@@ -386,6 +388,26 @@ _PG_init(void)
 							1, INT_MAX,
 							PGC_SUSET,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("orchestrator.max_map_length",
+							"Maximum number of instances of one mapped task in a run.",
+							"A task whose expand array or expand_query has more elements fails instead of expanding.",
+							&orch_max_map_length,
+							1024,
+							1, 100000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("orchestrator.expand_query_timeout",
+							"How long a mapped task's expand_query may run.",
+							"It runs when the task becomes ready, in the scheduler or the worker that decides it; past this, the task fails.",
+							&orch_expand_query_timeout_ms,
+							10000,
+							1, 600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("orchestrator.enabled",

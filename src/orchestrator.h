@@ -23,6 +23,8 @@ extern char *orch_database;
 extern int	orch_max_workers;
 extern int	orch_max_workers_per_database;
 extern int	orch_max_tasks_per_dag;
+extern int	orch_max_map_length;
+extern int	orch_expand_query_timeout_ms;
 extern bool orch_enabled;
 extern bool orch_preloaded;
 extern char *orch_http_allowed_hosts;
@@ -56,6 +58,7 @@ typedef struct OrchWorkerSlot
 	int64		run_id;
 	Oid			owner;			/* the DAG's owner, for the progress view */
 	char		task_id[ORCH_MAX_ID_LEN + 1];	/* "" for a DAG's callback */
+	int			map_index;		/* the mapped instance, -1: not mapped */
 	char		what[NAMEDATALEN];	/* "task", or the callback's kind */
 	int64		callback_id;	/* the callback's row, 0 for a task */
 	/* when the try's execution_timeout ends (0: none), set by its worker */
@@ -170,10 +173,12 @@ extern void dbhooks_init(void);
 /* a worker's slot (progress.c) */
 extern bool progress_slot_acquire(void);
 extern void progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id,
+						 int map_index,
 						 Oid owner, const char *what, int64 callback_id);
 extern void progress_set_deadline(TimestampTz deadline);
 extern OrchWorkerSlot *progress_copy_slots(void);
 extern bool progress_slots_show(const OrchWorkerSlot *slots, pid_t pid, int64 run_id,
+								int map_index,
 								const char *task_id, int64 callback_id);
 extern int	progress_hand_out(int n);
 extern bool progress_leave_if_idle(void);
@@ -207,7 +212,7 @@ extern List *outlets_validate(struct ArrayType *outlets, const char *task_id);
 extern void asset_check_name(const char *name);
 extern bool asset_record(const char *name, Jsonb *extra, Oid recorded_by,
 						 int64 source_run_id, const char *source_task_id,
-						 TimestampTz at);
+						 int source_map_index, TimestampTz at);
 extern List *assets_due_dags(void);
 extern bool assets_start_run(const char *dag_id, TimestampTz now);
 extern int64 assets_purge(TimestampTz cutoff, int limit);

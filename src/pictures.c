@@ -8,6 +8,15 @@
  * Both read the views as the caller, so row-level security shows each
  * role only its own DAGs.
  *
+ * A mapped task is one node and one line, its state the most telling of
+ * its instances' (running first, then queued, up_for_retry,
+ * up_for_reschedule, scheduled, failed, upstream_failed, success,
+ * skipped), with "[k/n]": k of its n instances succeeded (in the run
+ * drawn, or the grid's newest); without a run, the graph marks it "[ ]".
+ * The grid then shows each instance of the newest run on a line of its
+ * own, up to GRID_MAX_INSTANCES of them; the view task_instances has them
+ * all.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -42,6 +51,18 @@ static const struct
 	{"up_for_retry", "#fdd663", 'R'},
 	{"up_for_reschedule", "#40e0d0", '@'},
 };
+
+/* a task's state over its instances, and its counts, in a run */
+#define TASK_STATE_SQL(task, run) \
+	"SELECT (array_agg(state ORDER BY array_position(" \
+	"          ARRAY['running', 'queued', 'up_for_retry', 'up_for_reschedule', 'scheduled', " \
+	"                'failed', 'upstream_failed', 'success', 'skipped'], state)))[1], " \
+	"       count(*) FILTER (WHERE map_index IS NOT NULL), " \
+	"       count(*) FILTER (WHERE map_index IS NOT NULL AND state = 'success') " \
+	"FROM orchestrator.task_instances WHERE task_id = " task " AND run_id = " run
+
+/* at most this many instances of a mapped task on lines of their own */
+#define GRID_MAX_INSTANCES 16
 
 static int
 state_style(const char *state)
@@ -251,11 +272,22 @@ orch_dag_graph(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("DAG \"%s\" has no run " INT64_FORMAT, dag_id, PG_GETARG_INT64(2))));
 	}
-	run_query("SELECT t.task_id, t.position, ti.state, "
+	/* (a task mapped by its input: the mapped tasks come before it) */
+	run_query("WITH RECURSIVE mapped(task_id) AS ( "
+			  "  SELECT task_id FROM orchestrator.tasks "
+			  "  WHERE dag_id = $1 AND (expand IS NOT NULL OR expand_query IS NOT NULL) "
+			  "  UNION "
+			  "  SELECT t.task_id FROM orchestrator.tasks t JOIN mapped m ON t.spec->>'input' = m.task_id "
+			  "  WHERE t.dag_id = $1) "
+			  "SELECT t.task_id, t.position, ti.state, "
 			  "       (SELECT string_agg(u.position::text, ',' ORDER BY u.position) "
-			  "          FROM orchestrator.tasks u WHERE u.dag_id = t.dag_id AND u.task_id = ANY (t.upstream)) "
+			  "          FROM orchestrator.tasks u WHERE u.dag_id = t.dag_id AND u.task_id = ANY (t.upstream)), "
+			  "       CASE WHEN ti.n > 0 THEN format('%s [%s/%s]', t.task_id, ti.ok, ti.n) "
+			  "            WHEN t.task_id IN (SELECT task_id FROM mapped) THEN t.task_id || ' [ ]' "
+			  "            ELSE t.task_id END, "
+			  "       ti.n > 0 OR t.task_id IN (SELECT task_id FROM mapped) "
 			  "FROM orchestrator.tasks t "
-			  "LEFT JOIN orchestrator.task_instances ti ON ti.run_id = $2 AND ti.task_id = t.task_id "
+			  "LEFT JOIN LATERAL (" TASK_STATE_SQL("t.task_id", "$2") ") ti(state, n, ok) ON $2 <> 0 "
 			  "WHERE t.dag_id = $1 ORDER BY t.position",
 			  2, types, values, NULL, SPI_OK_SELECT);
 	ntasks = SPI_processed;
@@ -273,14 +305,18 @@ orch_dag_graph(PG_FUNCTION_ARGS)
 	/* the nodes, named by position (task ids may hold '.' and '-') */
 	for (uint64 i = 0; i < ntasks; i++)
 	{
-		char	   *task_id = SPI_getvalue(tasks->vals[i], tasks->tupdesc, 1);
+		char	   *label = SPI_getvalue(tasks->vals[i], tasks->tupdesc, 5);
 		char	   *pos = SPI_getvalue(tasks->vals[i], tasks->tupdesc, 2);
 		int			style = state_style(SPI_getvalue(tasks->vals[i], tasks->tupdesc, 3));
+		bool		isnull;
+		bool		mapped = DatumGetBool(SPI_getbinval(tasks->vals[i], tasks->tupdesc, 6, &isnull));
 
+		/* a mapped task: a stack of boxes */
 		if (mermaid)
-			appendStringInfo(&out, "    t%s[\"%s\"]\n", pos, task_id);
+			appendStringInfo(&out, mapped ? "    t%s[[\"%s\"]]\n" : "    t%s[\"%s\"]\n", pos, label);
 		else
-			appendStringInfo(&out, "    t%s [label=\"%s\"%s%s%s];\n", pos, task_id,
+			appendStringInfo(&out, "    t%s [label=\"%s\"%s%s%s%s];\n", pos, label,
+							 mapped ? ", shape=box3d" : "",
 							 style >= 0 ? ", fillcolor=\"" : "",
 							 style >= 0 ? state_styles[style].color : "",
 							 style >= 0 ? "\"" : "");
@@ -384,9 +420,37 @@ orch_grid(PG_FUNCTION_ARGS)
 	{
 		SPITupleTable *tasks = SPI_tuptable;
 		uint64		ntasks = SPI_processed;
+		char	  **labels = palloc0(sizeof(char *) * Max(ntasks, 1));
+		StringInfoData *cells = palloc0(sizeof(StringInfoData) * Max(ntasks, 1));
+		int64	   *mapped = palloc0(sizeof(int64) * Max(ntasks, 1));
 
+		/* each task's cells first: a mapped task's label counts its instances */
 		for (uint64 t = 0; t < ntasks; t++)
-			width = Max(width, (int) strlen(SPI_getvalue(tasks->vals[t], tasks->tupdesc, 1)));
+		{
+			char	   *task_id = SPI_getvalue(tasks->vals[t], tasks->tupdesc, 1);
+			int64		ok = 0;
+
+			labels[t] = task_id;
+			initStringInfo(&cells[t]);
+			for (uint64 i = 0; i < n; i++)
+			{
+				Datum		tvalues[2] = {CStringGetTextDatum(task_id), Int64GetDatum(run_ids[i])};
+				bool		isnull;
+				int			s;
+
+				run_query(TASK_STATE_SQL("$1", "$2"), 2, (Oid[]) {TEXTOID, INT8OID}, tvalues, NULL, SPI_OK_SELECT);
+				s = state_style(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+				appendStringInfo(&cells[t], " %c", s >= 0 ? state_styles[s].symbol : ' ');
+				/* (the newest run's counts are kept) */
+				mapped[t] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+				ok = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+			}
+			if (mapped[t] > 0)
+				labels[t] = psprintf("%s [" INT64_FORMAT "/" INT64_FORMAT "]", task_id, ok, mapped[t]);
+			width = Max(width, (int) strlen(labels[t]));
+			if (mapped[t] > 0)
+				width = Max(width, (int) strlen(task_id) + 10);
+		}
 
 		initStringInfo(&line);
 		appendStringInfo(&line, "DAG %s: %s, oldest left", dag_id,
@@ -403,26 +467,42 @@ orch_grid(PG_FUNCTION_ARGS)
 			appendStringInfo(&line, " %c", s >= 0 ? state_styles[s].symbol : '?');
 		}
 		EMIT(line.data);
-
 		for (uint64 t = 0; t < ntasks; t++)
 		{
 			char	   *task_id = SPI_getvalue(tasks->vals[t], tasks->tupdesc, 1);
-			Oid			ttypes[2] = {TEXTOID, INT8OID};
+			int			shown = (int) Min(mapped[t], GRID_MAX_INSTANCES);
 
 			resetStringInfo(&line);
-			appendStringInfo(&line, "%-*s |", width, task_id);
-			for (uint64 i = 0; i < n; i++)
-			{
-				Datum		tvalues[2] = {CStringGetTextDatum(task_id), Int64GetDatum(run_ids[i])};
-				int			s = -1;
-
-				run_query("SELECT state FROM orchestrator.task_instances WHERE task_id = $1 AND run_id = $2",
-						  2, ttypes, tvalues, NULL, SPI_OK_SELECT);
-				if (SPI_processed > 0)
-					s = state_style(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
-				appendStringInfo(&line, " %c", s >= 0 ? state_styles[s].symbol : ' ');
-			}
+			appendStringInfo(&line, "%-*s |%s", width, labels[t], cells[t].data);
 			EMIT(line.data);
+
+			/* a mapped task: each instance of the newest run, a cell per run */
+			for (int m = 0; m < shown; m++)
+			{
+				resetStringInfo(&line);
+				appendStringInfo(&line, "%-*s |", width, psprintf("  %s[%d]", task_id, m));
+				for (uint64 i = 0; i < n; i++)
+				{
+					Datum		mvalues[3] = {CStringGetTextDatum(task_id), Int64GetDatum(run_ids[i]),
+					Int32GetDatum(m)};
+					int			s = -1;
+
+					run_query("SELECT state FROM orchestrator.task_instances "
+							  "WHERE task_id = $1 AND run_id = $2 AND map_index = $3",
+							  3, (Oid[]) {TEXTOID, INT8OID, INT4OID}, mvalues, NULL, SPI_OK_SELECT);
+					if (SPI_processed > 0)
+						s = state_style(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+					appendStringInfo(&line, " %c", s >= 0 ? state_styles[s].symbol : ' ');
+				}
+				EMIT(line.data);
+			}
+			if (mapped[t] > shown)
+			{
+				resetStringInfo(&line);
+				appendStringInfo(&line, "%-*s | (" INT64_FORMAT " more: see orchestrator.task_instances)",
+								 width, psprintf("  %s[...]", task_id), mapped[t] - shown);
+				EMIT(line.data);
+			}
 		}
 	}
 

@@ -72,7 +72,7 @@ progress_slot_acquire(void)
  * start afresh: no deadline, no stop request, no progress.
  */
 void
-progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id, Oid owner,
+progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id, int map_index, Oid owner,
 			 const char *what, int64 callback_id)
 {
 	LWLockAcquire(orch_shared->lock, LW_EXCLUSIVE);
@@ -91,6 +91,7 @@ progress_set(OrchSlotPhase phase, int64 run_id, const char *task_id, Oid owner,
 	my_slot->owner = owner;
 	my_slot->callback_id = callback_id;
 	strlcpy(my_slot->task_id, task_id ? task_id : "", sizeof(my_slot->task_id));
+	my_slot->map_index = map_index;
 	strlcpy(my_slot->what, what ? what : "", sizeof(my_slot->what));
 	LWLockRelease(orch_shared->lock);
 }
@@ -185,7 +186,7 @@ progress_told_to_leave(void)
  */
 bool
 progress_slots_show(const OrchWorkerSlot *slots, pid_t pid, int64 run_id,
-					const char *task_id, int64 callback_id)
+					int map_index, const char *task_id, int64 callback_id)
 {
 	for (int s = 0; s < orch_shared->nslots; s++)
 	{
@@ -195,7 +196,7 @@ progress_slots_show(const OrchWorkerSlot *slots, pid_t pid, int64 run_id,
 			continue;
 		if (callback_id != 0 ? slot->callback_id == callback_id :
 			(slot->callback_id == 0 && slot->run_id == run_id &&
-			 strcmp(slot->task_id, task_id) == 0))
+			 slot->map_index == map_index && strcmp(slot->task_id, task_id) == 0))
 			return true;
 	}
 	return false;
@@ -230,7 +231,7 @@ PG_FUNCTION_INFO_V1(orch_worker_progress);
 
 /*
  * worker_progress() RETURNS SETOF (pid, run_id, task_id, what, started_at,
- * bytes_read, rows_loaded): the tasks and callbacks of this database running
+ * bytes_read, rows_loaded, map_index): the tasks and callbacks of this database running
  * now, from shared memory: the calling role's own DAGs' (a superuser's: all), like
  * the catalog's row-level security.
  */
@@ -247,8 +248,8 @@ orch_worker_progress(PG_FUNCTION_ARGS)
 	for (int i = 0; i < orch_shared->nslots; i++)
 	{
 		OrchWorkerSlot slot;
-		Datum		values[7];
-		bool		nulls[7] = {0};
+		Datum		values[8];
+		bool		nulls[8] = {0};
 
 		LWLockAcquire(orch_shared->lock, LW_SHARED);
 		slot = orch_shared->slots[i];
@@ -264,6 +265,8 @@ orch_worker_progress(PG_FUNCTION_ARGS)
 		values[4] = TimestampTzGetDatum(slot.started_at);
 		values[5] = Int64GetDatum((int64) slot.bytes_read);
 		values[6] = Int64GetDatum((int64) slot.rows_loaded);
+		values[7] = Int32GetDatum(slot.map_index);
+		nulls[7] = (slot.map_index < 0);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

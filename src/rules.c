@@ -243,6 +243,16 @@ rules_run_outcome(const RuleTask *tasks, int n)
 	return failed ? RUN_FAILS : RUN_SUCCEEDS;
 }
 
+Expansion
+rules_expansion(long nelements, int max_map_length)
+{
+	if (nelements < 0 || nelements > max_map_length)
+		return EXPAND_FAILED;
+	if (nelements == 0)
+		return EXPAND_SKIPPED;
+	return EXPAND_INSTANCES;
+}
+
 static const char *const weight_rule_names[WR_NRULES] = {
 	"downstream", "upstream", "absolute"
 };

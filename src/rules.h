@@ -122,6 +122,21 @@ typedef enum RunOutcome
 
 extern RunOutcome rules_run_outcome(const RuleTask *tasks, int n);
 
+/*
+ * A mapped task that became ready, by the number of its elements (-1: they
+ * could not be had, its expand_query failed): one instance per element,
+ * skipped when there are none (Airflow's rule), failed when there are more
+ * than max_map_length or none could be had.
+ */
+typedef enum Expansion
+{
+	EXPAND_INSTANCES,
+	EXPAND_SKIPPED,
+	EXPAND_FAILED
+} Expansion;
+
+extern Expansion rules_expansion(long nelements, int max_map_length);
+
 /* a task's weight rule (task.weight_rule), Airflow's three */
 typedef enum WeightRule
 {

@@ -307,9 +307,12 @@ lock_owned_run(CatalogWrite *cw, int64 run_id, char **dag_id)
 PG_FUNCTION_INFO_V1(orch_clear_task);
 
 /*
- * clear_task(run_id bigint, task_id text, downstream boolean) RETURNS int:
- * the task (and its downstream tasks) run again, with their retries anew;
- * a finished run reopens.  Returns how many task instances were cleared.
+ * clear_task(run_id bigint, task_id text, downstream boolean, map_index
+ * integer) RETURNS int: the task (and its downstream tasks) run again, with
+ * their retries anew; a finished run reopens.  With map_index, only that
+ * instance of a mapped task (and of its downstream: the same instance of
+ * those mapped alike, and the unmapped ones).  Returns how many task
+ * instances were cleared.
  */
 Datum
 orch_clear_task(PG_FUNCTION_ARGS)
@@ -319,14 +322,20 @@ orch_clear_task(PG_FUNCTION_ARGS)
 	bool		downstream = PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2);
 	char	   *dag_id;
 	CatalogWrite cw;
-	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, BOOLOID};
-	Datum		values[4];
+	int			map_index = PG_ARGISNULL(3) ? -1 : PG_GETARG_INT32(3);
+	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, BOOLOID, INT4OID};
+	Datum		values[5];
 	int			cleared;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("run_id and task_id must not be null")));
+	if (!PG_ARGISNULL(3) && map_index < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("map_index must be zero or more, not %d", map_index),
+				 errhint("Leave map_index NULL to clear every instance of the task.")));
 	run_id = PG_GETARG_INT64(0);
 	task_id = text_to_cstring(PG_GETARG_TEXT_PP(1));
 
@@ -337,14 +346,26 @@ orch_clear_task(PG_FUNCTION_ARGS)
 	values[1] = CStringGetTextDatum(task_id);
 	values[2] = CStringGetTextDatum(dag_id);
 	values[3] = BoolGetDatum(downstream);
+	values[4] = Int32GetDatum(map_index);
 	run_query("SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 AND task_id = $2",
 			  2, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("run " INT64_FORMAT " has no task \"%s\"", run_id, task_id)));
+	if (map_index >= 0)
+	{
+		run_query("SELECT 1 FROM orchestrator.task_instance "
+				  "WHERE run_id = $1 AND task_id = $2 AND map_index = $5",
+				  5, types, values, NULL, SPI_OK_SELECT);
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("task \"%s\" of run " INT64_FORMAT " has no mapped instance %d",
+							task_id, run_id, map_index)));
+	}
 
-	cleared = state_clear_tasks(run_id, dag_id, task_id, downstream);
+	cleared = state_clear_tasks(run_id, dag_id, task_id, downstream, map_index);
 	catalog_write_end(&cw);
 
 	orch_wake_scheduler_at_commit();

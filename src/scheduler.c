@@ -302,7 +302,7 @@ recover_lost(void)
 	 * snapshot had its slot set before it committed, so the slots copied
 	 * next show it.
 	 */
-	run_query("SELECT run_id, task_id, worker_pid, try_number "
+	run_query("SELECT run_id, task_id, worker_pid, try_number, map_index "
 			  "FROM orchestrator.task_instance WHERE state = 'running'",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	n = SPI_processed;
@@ -321,12 +321,14 @@ recover_lost(void)
 		Datum		pidd = SPI_getbinval(tuple, desc, 3, &isnull);
 		int			pid = isnull ? 0 : DatumGetInt32(pidd);
 		int			try_number = DatumGetInt32(SPI_getbinval(tuple, desc, 4, &isnull));
-		if (progress_slots_show(slots, pid, run_id, task_id, 0))
+		int			map_index = DatumGetInt32(SPI_getbinval(tuple, desc, 5, &isnull));
+
+		if (progress_slots_show(slots, pid, run_id, map_index, task_id, 0))
 			continue;
 
 		/* applies only if it is still that running try */
 		evaluate_everything = true;
-		if (state_try_failed(run_id, task_id, pid, try_number,
+		if (state_try_failed(run_id, task_id, map_index, pid, try_number,
 								psprintf("the worker (pid %d) stopped without recording an outcome (killed, crashed, or the server restarted)",
 										 pid),
 								tick_now, false, false, NULL))
@@ -446,8 +448,8 @@ wake_by_real(TimestampTz when, TimestampTz real_now)
 static bool
 record_timeout(const OrchWorkerSlot *slot, TimestampTz now)
 {
-	Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
-	Datum		values[3];
+	Oid			types[4] = {INT8OID, TEXTOID, INT4OID, INT4OID};
+	Datum		values[4];
 	bool		isnull;
 	int			try_number;
 	TimestampTz started_at;
@@ -455,15 +457,17 @@ record_timeout(const OrchWorkerSlot *slot, TimestampTz now)
 	values[0] = Int64GetDatum(slot->run_id);
 	values[1] = CStringGetTextDatum(slot->task_id);
 	values[2] = Int32GetDatum(slot->pid);
+	values[3] = Int32GetDatum(slot->map_index);
 	run_query("SELECT try_number, started_at FROM orchestrator.task_instance "
-			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' AND worker_pid = $3",
-			  3, types, values, NULL, SPI_OK_SELECT);
+			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' AND worker_pid = $3 "
+			  "  AND map_index = $4",
+			  4, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return false;
 	try_number = DatumGetInt32(col_datum(0, 1, &isnull));
 	started_at = DatumGetTimestampTz(col_datum(0, 2, &isnull));
 	evaluate_everything = true;
-	return state_try_failed(slot->run_id, slot->task_id, slot->pid, try_number,
+	return state_try_failed(slot->run_id, slot->task_id, slot->map_index, slot->pid, try_number,
 							   psprintf("execution_timeout exceeded: the task went on after it was cancelled at its timeout, so its worker was terminated after %.3f s",
 										(double) (now - started_at) / USECS_PER_SEC),
 							   tick_now, false, false, NULL);
@@ -504,8 +508,8 @@ stop_workers(OrchWorkerSlot **slots_out, MemoryContext keep)
 	for (int s = 0; s < orch_shared->nslots; s++)
 	{
 		OrchWorkerSlot *slot = &slots[s];
-		Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
-		Datum		values[3];
+		Oid			types[4] = {INT8OID, TEXTOID, INT4OID, INT4OID};
+		Datum		values[4];
 		TimestampTz kill_at;
 
 		if (slot->pid == 0 || slot->phase != SLOT_RUNNING)
@@ -532,14 +536,16 @@ stop_workers(OrchWorkerSlot **slots_out, MemoryContext keep)
 		values[0] = Int64GetDatum(slot->run_id);
 		values[1] = CStringGetTextDatum(slot->task_id);
 		values[2] = Int32GetDatum(slot->pid);
+		values[3] = Int32GetDatum(slot->map_index);
 		if (slot->callback_id != 0)
 			run_query("SELECT 1 FROM orchestrator.callback WHERE id = $1",
 					  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(slot->callback_id)},
 					  NULL, SPI_OK_SELECT);
 		else
 			run_query("SELECT 1 FROM orchestrator.task_instance "
-					  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' AND worker_pid = $3",
-					  3, types, values, NULL, SPI_OK_SELECT);
+					  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' AND worker_pid = $3 "
+					  "  AND map_index = $4",
+					  4, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 			continue;
 

@@ -39,6 +39,7 @@
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
+#include "mapping.h"
 #include "orchestrator.h"
 #include "pool.h"
 #include "rules.h"
@@ -138,14 +139,15 @@ state_lock_run(int64 run_id, bool skip_locked, RunRef *run)
 
 /* a task instance becomes skipped or upstream_failed: it is done */
 static void
-set_done(int64 run_id, const char *task_id, TiState state, TimestampTz now)
+set_done(int64 run_id, const char *task_id, int map_index, TiState state, TimestampTz now)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = $3, finished_at = $4, "
 			  " next_try_at = NULL, ready_at = NULL "
-			  "WHERE run_id = $1 AND task_id = $2",
-			  4, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID},
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $5",
+			  5, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
-				  CStringGetTextDatum(rules_state_name(state)), TimestampTzGetDatum(now)},
+				  CStringGetTextDatum(rules_state_name(state)), TimestampTzGetDatum(now),
+			  Int32GetDatum(map_index)},
 			  NULL, SPI_OK_UPDATE);
 }
 
@@ -202,19 +204,20 @@ typedef struct QueueInfo
  * weight's advance; returns 1 if it was.
  */
 static int
-queue_one(int64 run_id, const char *task_id, const QueueInfo *info, TimestampTz now)
+queue_one(int64 run_id, const char *task_id, int map_index, const QueueInfo *info,
+		  TimestampTz now)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'queued', queued_at = $3, "
 			  " claim_at = coalesce(ready_at, $3) - $4 * interval '1 millisecond', "
 			  " pool = $5, pool_slots = $6, next_try_at = NULL, ready_at = NULL "
-			  "WHERE run_id = $1 AND task_id = $2 "
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $7 "
 			  "  AND state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
-			  6, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID},
+			  7, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
 				  TimestampTzGetDatum(now), Int64GetDatum(info->offset_ms),
 				  info->pool ? CStringGetTextDatum(info->pool) : (Datum) 0,
-			  Int32GetDatum(info->pool_slots)},
-			  info->pool ? "      " : "    n ", SPI_OK_UPDATE);
+			  Int32GetDatum(info->pool_slots), Int32GetDatum(map_index)},
+			  info->pool ? "       " : "    n  ", SPI_OK_UPDATE);
 	return (int) SPI_processed;
 }
 
@@ -223,19 +226,20 @@ queue_one(int64 run_id, const char *task_id, const QueueInfo *info, TimestampTz 
  * pool): it waits, scheduled with ready_at set, in claim order.
  */
 static void
-mark_waiting(int64 run_id, const char *task_id, const QueueInfo *info, TimestampTz now)
+mark_waiting(int64 run_id, const char *task_id, int map_index, const QueueInfo *info,
+			 TimestampTz now)
 {
 	/* (already marked by an earlier pass: not written again) */
 	run_query("UPDATE orchestrator.task_instance SET ready_at = $3, "
 			  " claim_at = $3 - $4 * interval '1 millisecond', pool = $5, pool_slots = $6 "
-			  "WHERE run_id = $1 AND task_id = $2 AND ready_at IS NULL "
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $7 AND ready_at IS NULL "
 			  "  AND state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
-			  6, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID},
+			  7, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
 				  TimestampTzGetDatum(now), Int64GetDatum(info->offset_ms),
 				  info->pool ? CStringGetTextDatum(info->pool) : (Datum) 0,
-			  Int32GetDatum(info->pool_slots)},
-			  info->pool ? "      " : "    n ", SPI_OK_UPDATE);
+			  Int32GetDatum(info->pool_slots), Int32GetDatum(map_index)},
+			  info->pool ? "       " : "    n  ", SPI_OK_UPDATE);
 }
 
 /* a QueueInfo from columns pool, pool_slots, priority_weight_total at col */
@@ -253,24 +257,52 @@ read_queue_info(int row, int column, QueueInfo *info)
 											orch_priority_weight_age_ms);
 }
 
+/* a ready task instance, to queue (or to expand first: mapping.c) */
+typedef struct ReadyRef
+{
+	int64		run_id;
+	char	   *task_id;
+	int			map_index;
+	bool		expand;
+} ReadyRef;
+
+static List *
+add_ready(List *ready, int64 run_id, char *task_id, int map_index, bool expand)
+{
+	ReadyRef   *r = palloc(sizeof(ReadyRef));
+
+	r->run_id = run_id;
+	r->task_id = task_id;
+	r->map_index = map_index;
+	r->expand = expand;
+	return lappend(ready, r);
+}
+
 /*
- * Queues the ready instances (run_ids[i], task_ids[i]) in order while the
- * DAG has room, and each its pool; marks the rest ready_at, for whoever
- * frees room.
+ * Queues the ready instances in order while the DAG has room, and each its
+ * pool (each mapped instance takes its own slots); marks the rest ready_at,
+ * for whoever frees room.  A mapped task's unmapped instance expands first,
+ * room or not (mapping.c), and its instances take its place in the order.
+ * Returns the tasks whose expansion ended them (skipped or failed): their
+ * downstream is to be decided.
  */
-static void
-queue_ready(const RunRef *run, int n, const int64 *run_ids, char **task_ids,
-			const char *extra_pool, TimestampTz now, Advance *adv)
+static List *
+queue_ready(const RunRef *run, List *ready, const char *extra_pool, TimestampTz now,
+			Advance *adv)
 {
 	int			room;
 	PoolRoom	pools;
 	HASHCTL		ctl;
 	HTAB	   *infos;
 	Datum	   *elems;
+	int			n = 0;
 	QueueInfo	none = {0};
+	List	   *ended = NIL;
+	ListCell   *lc;
 
-	if (n == 0)
-		return;
+	if (ready == NIL)
+		return NIL;
+	/* the DAG's lock, then its pools', before any instance is written */
 	room = dag_room(run->dag_id, run->max_active_tasks, run->skip_locked_dag,
 					extra_pool, &pools, adv);
 
@@ -278,11 +310,11 @@ queue_ready(const RunRef *run, int n, const int64 *run_ids, char **task_ids,
 	ctl.keysize = ORCH_MAX_ID_LEN + 1;
 	ctl.entrysize = sizeof(QueueInfo);
 	ctl.hcxt = CurrentMemoryContext;
-	infos = hash_create("orchestrator ready tasks", Max(n, 16), &ctl,
+	infos = hash_create("orchestrator ready tasks", Max(list_length(ready), 16), &ctl,
 						HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-	elems = palloc(sizeof(Datum) * n);
-	for (int i = 0; i < n; i++)
-		elems[i] = CStringGetTextDatum(task_ids[i]);
+	elems = palloc(sizeof(Datum) * list_length(ready));
+	foreach(lc, ready)
+		elems[n++] = CStringGetTextDatum(((ReadyRef *) lfirst(lc))->task_id);
 	run_query("SELECT t.task_id, t.pool, t.pool_slots, t.priority_weight_total "
 			  "FROM orchestrator.task t WHERE t.dag_id = $1 AND t.task_id = ANY ($2)",
 			  2, (Oid[]) {TEXTOID, TEXTARRAYOID},
@@ -301,26 +333,43 @@ queue_ready(const RunRef *run, int n, const int64 *run_ids, char **task_ids,
 	}
 	none.pool_slots = 1;
 
-	for (int i = 0; i < n; i++)
+	foreach(lc, ready)
 	{
-		QueueInfo  *info = strlen(task_ids[i]) > ORCH_MAX_ID_LEN ? NULL :
-			hash_search(infos, task_ids[i], HASH_FIND, NULL);
+		ReadyRef   *r = lfirst(lc);
+		QueueInfo  *info = strlen(r->task_id) > ORCH_MAX_ID_LEN ? NULL :
+			hash_search(infos, r->task_id, HASH_FIND, NULL);
+		int			ninstances = 1;
 
 		if (info == NULL)
 			info = &none;
-		if (room <= 0)
+		if (r->expand)
 		{
-			mark_waiting(run_ids[i], task_ids[i], info, now);
-			adv->held = true;
+			ninstances = mapping_expand(r->run_id, run->dag_id, r->task_id, now);
+			if (ninstances <= 0)
+			{
+				ended = lappend(ended, r->task_id);
+				continue;
+			}
 		}
-		else if (info->pool != NULL && !pool_take(&pools, info->pool, info->pool_slots))
-			mark_waiting(run_ids[i], task_ids[i], info, now);	/* its pool's */
-		else if (queue_one(run_ids[i], task_ids[i], info, now) == 1)
+		for (int k = 0; k < ninstances; k++)
 		{
-			adv->queued++;
-			room--;
+			int			map_index = r->expand ? k : r->map_index;
+
+			if (room <= 0)
+			{
+				mark_waiting(r->run_id, r->task_id, map_index, info, now);
+				adv->held = true;
+			}
+			else if (info->pool != NULL && !pool_take(&pools, info->pool, info->pool_slots))
+				mark_waiting(r->run_id, r->task_id, map_index, info, now);	/* its pool's */
+			else if (queue_one(r->run_id, r->task_id, map_index, info, now) == 1)
+			{
+				adv->queued++;
+				room--;
+			}
 		}
 	}
+	return ended;
 }
 
 /* The DAG's callback for a run that ended, if it has one. */
@@ -345,11 +394,12 @@ enqueue_run_callback(int64 run_id, const char *state, const char *error)
 			  3, (Oid[]) {INT8OID, TEXTOID, TEXTOID}, values, nulls, SPI_OK_INSERT);
 }
 
-/* a run's task instance's index in its array, by task id */
+/* a run's task's instances in its array, by task id (they are contiguous) */
 typedef struct TaskIndexEntry
 {
 	char		task_id[ORCH_MAX_ID_LEN + 1];	/* the key */
-	int			index;
+	int			first;
+	int			count;
 } TaskIndexEntry;
 
 void
@@ -359,11 +409,11 @@ state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
 	Datum		values[3];
 	RuleTask   *tasks;
 	char	  **names;
-	int64	   *run_ids;
-	char	  **ready;
-	int			nready = 0;
+	int		   *map_indexes;
+	bool	   *to_expand;
+	List	   *ready;
 	int			n;
-	int			budget = 0;
+	int			budget;
 	bool		isnull;
 	HASHCTL		ctl;
 	HTAB	   *byname;
@@ -376,20 +426,28 @@ state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
 	run_query("INSERT INTO orchestrator.task_instance (run_id, task_id, state, max_tries) "
 			  "SELECT $1, t.task_id, 'scheduled', t.retries + 1 "
 			  "FROM orchestrator.task t WHERE t.dag_id = $2 "
-			  "ON CONFLICT (run_id, task_id) DO NOTHING",
+			  "  AND NOT EXISTS (SELECT 1 FROM orchestrator.task_instance x "
+			  "                  WHERE x.run_id = $1 AND x.task_id = t.task_id) "
+			  "ON CONFLICT DO NOTHING",
 			  2, types, values, NULL, SPI_OK_INSERT);
 
+again:
+	budget = 0;
+	ready = NIL;
+	/* one entry per instance: a mapped task's count one by one */
 	run_query("SELECT ti.task_id, ti.state, ti.next_try_at, t.trigger_rule, t.upstream, "
-			  "       t.task_id IS NULL "
+			  "       t.task_id IS NULL, ti.map_index, " MAPPING_TO_EXPAND_SQL " "
 			  "FROM orchestrator.task_instance ti "
 			  "LEFT JOIN orchestrator.task t ON t.dag_id = $2 AND t.task_id = ti.task_id "
-			  "WHERE ti.run_id = $1 ORDER BY t.position, ti.task_id",
+			  "WHERE ti.run_id = $1 ORDER BY t.position, ti.task_id, ti.map_index",
 			  2, types, values, NULL, SPI_OK_SELECT);
 	n = (int) SPI_processed;
 	tasks = palloc0(sizeof(RuleTask) * Max(n, 1));
 	names = palloc0(sizeof(char *) * Max(n, 1));
+	map_indexes = palloc0(sizeof(int) * Max(n, 1));
+	to_expand = palloc0(sizeof(bool) * Max(n, 1));
 
-	/* upstream names to indexes through a hash: linear in the run's tasks */
+	/* upstream names to indexes through a hash: linear in the run's instances */
 	ctl.keysize = ORCH_MAX_ID_LEN + 1;
 	ctl.entrysize = sizeof(TaskIndexEntry);
 	ctl.hcxt = CurrentMemoryContext;
@@ -413,11 +471,20 @@ state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
 		tasks[i].removed = DatumGetBool(col(i, 6, &isnull));
 		tasks[i].rule = tasks[i].removed ? TR_ALL_SUCCESS : parse_rule(col_text(i, 4));
 		tasks[i].is_leaf = !tasks[i].removed;
+		map_indexes[i] = DatumGetInt32(col(i, 7, &isnull));
+		d = col(i, 8, &isnull);
+		to_expand[i] = !isnull && DatumGetBool(d);
 		if (strlen(names[i]) <= ORCH_MAX_ID_LEN)
 		{
-			TaskIndexEntry *e = hash_search(byname, names[i], HASH_ENTER, NULL);
+			bool		found;
+			TaskIndexEntry *e = hash_search(byname, names[i], HASH_ENTER, &found);
 
-			e->index = i;
+			if (!found)
+			{
+				e->first = i;
+				e->count = 0;
+			}
+			e->count++;
 		}
 	}
 	for (int i = 0; i < n; i++)
@@ -425,25 +492,39 @@ state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
 		Datum		d = col(i, 5, &isnull);
 		Datum	   *elems;
 		int			nelems;
-		int		   *upstream;
+		int		   *upstream = NULL;
+		int			nupstream = 0;
 
 		if (isnull)
 			continue;
 		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
 						  &elems, NULL, &nelems);
-		upstream = palloc(sizeof(int) * Max(nelems, 1));
-		for (int e = 0; e < nelems; e++)
+		for (int pass = 0; pass < 2; pass++)
 		{
-			char	   *name = TextDatumGetCString(elems[e]);
-			TaskIndexEntry *found;
+			/* counted first, then filled: every instance of each upstream task */
+			for (int e = 0; e < nelems; e++)
+			{
+				char	   *name = TextDatumGetCString(elems[e]);
+				TaskIndexEntry *found;
 
-			if (strlen(name) > ORCH_MAX_ID_LEN)
-				continue;
-			found = hash_search(byname, name, HASH_FIND, NULL);
-			if (found == NULL)
-				continue;
-			upstream[tasks[i].nupstream++] = found->index;
-			tasks[found->index].is_leaf = false;
+				if (strlen(name) > ORCH_MAX_ID_LEN)
+					continue;
+				found = hash_search(byname, name, HASH_FIND, NULL);
+				if (found == NULL)
+					continue;
+				for (int k = 0; k < found->count; k++)
+				{
+					if (pass == 1)
+					{
+						upstream[tasks[i].nupstream++] = found->first + k;
+						tasks[found->first + k].is_leaf = false;
+					}
+					else
+						nupstream++;
+				}
+			}
+			if (pass == 0)
+				upstream = palloc(sizeof(int) * Max(nupstream, 1));
 		}
 		tasks[i].upstream = upstream;
 	}
@@ -454,19 +535,16 @@ state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
 	 * under the DAG's lock, only if something is.
 	 */
 	rules_evaluate_run(tasks, n, &budget);
-	ready = palloc(sizeof(char *) * Max(n, 1));
-	run_ids = palloc(sizeof(int64) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
 		if (tasks[i].changed)
-			set_done(run->run_id, names[i], tasks[i].state, now);
+			set_done(run->run_id, names[i], map_indexes[i], tasks[i].state, now);
 		if (tasks[i].ready)
-		{
-			run_ids[nready] = run->run_id;
-			ready[nready++] = names[i];
-		}
+			ready = add_ready(ready, run->run_id, names[i], map_indexes[i], to_expand[i]);
 	}
-	queue_ready(run, nready, run_ids, ready, NULL, now, adv);
+	/* an expansion that skipped or failed its task: its downstream next */
+	if (queue_ready(run, ready, NULL, now, adv) != NIL)
+		goto again;
 
 	/* the run ends when all its tasks are done; its leaves decide how */
 	switch (rules_run_outcome(tasks, n))
@@ -523,14 +601,15 @@ queue_held(const RunRef *run, const char *extra_pool, TimestampTz now, Advance *
 	for (int i = 0; i < pools.n; i++)
 		if (pools.free[i] > 0)
 			open[nopen++] = CStringGetTextDatum(pools.names[i]);
-	run_query("SELECT ti.run_id, ti.task_id, t.pool, t.pool_slots, t.priority_weight_total "
+	run_query("SELECT ti.run_id, ti.task_id, ti.map_index, t.pool, t.pool_slots, "
+			  "       t.priority_weight_total "
 			  "FROM orchestrator.dag_run r "
 			  "JOIN orchestrator.task_instance ti ON ti.run_id = r.run_id "
 			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
 			  "WHERE r.dag_id = $1 AND r.state = 'running' "
 			  "  AND ti.ready_at IS NOT NULL AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule') "
 			  "  AND (t.pool IS NULL OR t.pool = ANY ($3)) "
-			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id LIMIT $2",
+			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id, ti.map_index LIMIT $2",
 			  3, (Oid[]) {TEXTOID, INT4OID, TEXTARRAYOID},
 			  (Datum[]) {CStringGetTextDatum(run->dag_id), Int32GetDatum(room),
 				  PointerGetDatum(construct_array(open, nopen, TEXTOID, -1, false, TYPALIGN_INT))},
@@ -541,15 +620,17 @@ queue_held(const RunRef *run, const char *extra_pool, TimestampTz now, Advance *
 	{
 		int64		run_id;
 		char	   *task_id;
+		int			map_index;
 		QueueInfo	info;
 
 		SPI_tuptable = rows;
 		run_id = DatumGetInt64(col(i, 1, &isnull));
 		task_id = col_text(i, 2);
-		read_queue_info(i, 3, &info);
+		map_index = DatumGetInt32(col(i, 3, &isnull));
+		read_queue_info(i, 4, &info);
 		if (info.pool != NULL && !pool_take(&pools, info.pool, info.pool_slots))
 			continue;
-		adv->queued += queue_one(run_id, task_id, &info, now);
+		adv->queued += queue_one(run_id, task_id, map_index, &info, now);
 	}
 }
 
@@ -568,6 +649,7 @@ state_pool_hand_out(const char *pool, List *excluded, bool skip_locked,
 	int			max_active_tasks;
 	int64		run_id;
 	char	   *task_id;
+	int			map_index;
 	bool		isnull;
 	PoolRoom	pools;
 	Advance		adv = {0};
@@ -576,14 +658,14 @@ state_pool_hand_out(const char *pool, List *excluded, bool skip_locked,
 
 	foreach(lc, excluded)
 		elems[nexcluded++] = CStringGetTextDatum(lfirst(lc));
-	run_query("SELECT ti.run_id, ti.task_id, r.dag_id, d.max_active_tasks "
+	run_query("SELECT ti.run_id, ti.task_id, r.dag_id, d.max_active_tasks, ti.map_index "
 			  "FROM orchestrator.task_instance ti "
 			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
 			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
 			  "WHERE ti.pool = $1 AND ti.ready_at IS NOT NULL "
 			  "  AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule') AND r.state = 'running' "
 			  "  AND r.dag_id <> ALL ($2) "
-			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id LIMIT 1",
+			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id, ti.map_index LIMIT 1",
 			  2, (Oid[]) {TEXTOID, TEXTARRAYOID},
 			  (Datum[]) {CStringGetTextDatum(pool),
 				  PointerGetDatum(construct_array(elems, nexcluded, TEXTOID, -1, false, TYPALIGN_INT))},
@@ -594,6 +676,7 @@ state_pool_hand_out(const char *pool, List *excluded, bool skip_locked,
 	task_id = col_text(0, 2);
 	dag_id = col_text(0, 3);
 	max_active_tasks = DatumGetInt32(col(0, 4, &isnull));
+	map_index = DatumGetInt32(col(0, 5, &isnull));
 	strlcpy(dag_out, dag_id, ORCH_MAX_ID_LEN + 1);
 
 	room = dag_room(dag_id, max_active_tasks, skip_locked, pool, &pools, &adv);
@@ -606,11 +689,12 @@ state_pool_hand_out(const char *pool, List *excluded, bool skip_locked,
 	run_query("SELECT t.pool, t.pool_slots, t.priority_weight_total "
 			  "FROM orchestrator.task_instance ti "
 			  "JOIN orchestrator.task t ON t.dag_id = $3 AND t.task_id = ti.task_id "
-			  "WHERE ti.run_id = $1 AND ti.task_id = $2 AND ti.ready_at IS NOT NULL "
+			  "WHERE ti.run_id = $1 AND ti.task_id = $2 AND ti.map_index = $4 "
+			  "  AND ti.ready_at IS NOT NULL "
 			  "  AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
-			  3, (Oid[]) {INT8OID, TEXTOID, TEXTOID},
+			  4, (Oid[]) {INT8OID, TEXTOID, TEXTOID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
-				  CStringGetTextDatum(dag_id)},
+				  CStringGetTextDatum(dag_id), Int32GetDatum(map_index)},
 			  NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return HAND_AGAIN;
@@ -618,104 +702,114 @@ state_pool_hand_out(const char *pool, List *excluded, bool skip_locked,
 	/* the first in claim order does not fit: the pool waits for more room */
 	if (info.pool != NULL && !pool_take(&pools, info.pool, info.pool_slots))
 		return HAND_DONE;
-	return queue_one(run_id, task_id, &info, now) == 1 ? HAND_QUEUED : HAND_AGAIN;
+	return queue_one(run_id, task_id, map_index, &info, now) == 1 ? HAND_QUEUED : HAND_AGAIN;
 }
 
 void
-state_advance_after(const RunRef *run, const char *task_id, TimestampTz now,
-					Advance *adv)
+state_advance_after(const RunRef *run, const char *task_id, int map_index,
+					TimestampTz now, Advance *adv)
 {
-	List	   *frontier = list_make1(pstrdup(task_id));
+	List	   *frontier = list_make1(makeString(pstrdup(task_id)));	/* String nodes */
 	char	   *pool;
-	int64	   *run_ids = NULL;
-	char	  **ready = NULL;
-	int			nready = 0;
-	int			maxready = 0;
 	bool		isnull;
 
 	/* its pool: locked below with its DAG's, handed out after the commit */
 	StaticAssertStmt(sizeof(adv->pool) == ORCH_MAX_ID_LEN + 1, "Advance.pool");
-	run_query("SELECT pool FROM orchestrator.task_instance WHERE run_id = $1 AND task_id = $2",
-			  2, (Oid[]) {INT8OID, TEXTOID},
-			  (Datum[]) {Int64GetDatum(run->run_id), CStringGetTextDatum(task_id)},
+	run_query("SELECT pool FROM orchestrator.task_instance "
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $3",
+			  3, (Oid[]) {INT8OID, TEXTOID, INT4OID},
+			  (Datum[]) {Int64GetDatum(run->run_id), CStringGetTextDatum(task_id),
+			  Int32GetDatum(map_index)},
 			  NULL, SPI_OK_SELECT);
 	pool = SPI_processed == 1 ? col_text(0, 1) : NULL;
 	if (pool != NULL)
 		strlcpy(adv->pool, pool, sizeof(adv->pool));
 
-	/* its downstream, and theirs as long as skipped and upstream_failed propagate */
+	/*
+	 * Its downstream, and theirs as long as skipped and upstream_failed
+	 * propagate, or an expansion ends a task (skipped, failed).
+	 */
 	while (frontier != NIL)
 	{
-		Datum	   *elems = palloc(sizeof(Datum) * list_length(frontier));
-		ListCell   *lc;
-		int			i = 0;
-		uint64		nrows;
-		SPITupleTable *rows;
+		List	   *ready = NIL;
 
-		foreach(lc, frontier)
-			elems[i++] = CStringGetTextDatum(lfirst(lc));
-		run_query("SELECT t.task_id, t.trigger_rule, cardinality(t.upstream), "
-				  "       ARRAY(SELECT u.state FROM orchestrator.task_instance u "
-				  "             WHERE u.run_id = $1 AND u.task_id = ANY (t.upstream)) "
-				  "FROM orchestrator.task t "
-				  "JOIN orchestrator.task_instance ti ON ti.run_id = $1 AND ti.task_id = t.task_id "
-				  "WHERE t.dag_id = $2 AND t.upstream && $3 AND ti.state = 'scheduled' "
-				  "ORDER BY t.position",
-				  3, (Oid[]) {INT8OID, TEXTOID, TEXTARRAYOID},
-				  (Datum[]) {Int64GetDatum(run->run_id), CStringGetTextDatum(run->dag_id),
-					  PointerGetDatum(construct_array(elems, list_length(frontier), TEXTOID,
-													  -1, false, TYPALIGN_INT))},
-				  NULL, SPI_OK_SELECT);
-		frontier = NIL;
-		nrows = SPI_processed;
-		rows = SPI_tuptable;
-		for (uint64 r = 0; r < nrows; r++)
+		while (frontier != NIL)
 		{
-			char	   *name;
-			TriggerRule rule;
-			int			cardinality;
-			Datum	   *states;
-			int			nstates;
-			UpstreamTally tally = {0};
-			Decision	decision;
+			Datum	   *elems = palloc(sizeof(Datum) * list_length(frontier));
+			ListCell   *lc;
+			int			i = 0;
+			uint64		nrows;
+			SPITupleTable *rows;
 
-			SPI_tuptable = rows;
-			name = col_text(r, 1);
-			rule = parse_rule(col_text(r, 2));
-			cardinality = DatumGetInt32(col(r, 3, &isnull));
-			deconstruct_array(DatumGetArrayTypeP(col(r, 4, &isnull)), TEXTOID, -1, false,
-							  TYPALIGN_INT, &states, NULL, &nstates);
-			/* an upstream task added to the DAG has no instance yet: the scheduler's */
-			if (nstates != cardinality)
+			foreach(lc, frontier)
+				elems[i++] = CStringGetTextDatum(strVal(lfirst(lc)));
+			/* each scheduled instance, over every instance of its upstream */
+			run_query("SELECT t.task_id, t.trigger_rule, cardinality(t.upstream), "
+					  "       ARRAY(SELECT u.state FROM orchestrator.task_instance u "
+					  "             WHERE u.run_id = $1 AND u.task_id = ANY (t.upstream)), "
+					  "       (SELECT count(DISTINCT u.task_id) FROM orchestrator.task_instance u "
+					  "        WHERE u.run_id = $1 AND u.task_id = ANY (t.upstream)), "
+					  "       ti.map_index, " MAPPING_TO_EXPAND_SQL " "
+					  "FROM orchestrator.task t "
+					  "JOIN orchestrator.task_instance ti ON ti.run_id = $1 AND ti.task_id = t.task_id "
+					  "WHERE t.dag_id = $2 AND t.upstream && $3 AND ti.state = 'scheduled' "
+					  "ORDER BY t.position, ti.map_index",
+					  3, (Oid[]) {INT8OID, TEXTOID, TEXTARRAYOID},
+					  (Datum[]) {Int64GetDatum(run->run_id), CStringGetTextDatum(run->dag_id),
+						  PointerGetDatum(construct_array(elems, list_length(frontier), TEXTOID,
+														  -1, false, TYPALIGN_INT))},
+					  NULL, SPI_OK_SELECT);
+			frontier = NIL;
+			nrows = SPI_processed;
+			rows = SPI_tuptable;
+			for (uint64 r = 0; r < nrows; r++)
 			{
-				adv->undecided = true;
-				continue;
-			}
-			for (int s = 0; s < nstates; s++)
-				rules_tally(&tally, parse_state(TextDatumGetCString(states[s])));
-			decision = rules_decide(rule, &tally);
-			if (decision == DECIDE_READY)
-			{
-				if (nready == maxready)
+				char	   *name;
+				TriggerRule rule;
+				int			cardinality;
+				Datum	   *states;
+				int			nstates;
+				int			map_index;
+				UpstreamTally tally = {0};
+				Decision	decision;
+
+				SPI_tuptable = rows;
+				name = col_text(r, 1);
+				rule = parse_rule(col_text(r, 2));
+				cardinality = DatumGetInt32(col(r, 3, &isnull));
+				deconstruct_array(DatumGetArrayTypeP(col(r, 4, &isnull)), TEXTOID, -1, false,
+								  TYPALIGN_INT, &states, NULL, &nstates);
+				/* an upstream task added to the DAG has no instance yet: the scheduler's */
+				if (DatumGetInt64(col(r, 5, &isnull)) != cardinality)
 				{
-					maxready = Max(16, maxready * 2);
-					ready = ready ? repalloc(ready, sizeof(char *) * maxready) :
-						palloc(sizeof(char *) * maxready);
-					run_ids = run_ids ? repalloc(run_ids, sizeof(int64) * maxready) :
-						palloc(sizeof(int64) * maxready);
+					adv->undecided = true;
+					continue;
 				}
-				run_ids[nready] = run->run_id;
-				ready[nready++] = name;
-			}
-			else if (decision == DECIDE_SKIPPED || decision == DECIDE_UPSTREAM_FAILED)
-			{
-				set_done(run->run_id, name,
-						 decision == DECIDE_SKIPPED ? TI_SKIPPED : TI_UPSTREAM_FAILED, now);
-				frontier = lappend(frontier, name);
+				map_index = DatumGetInt32(col(r, 6, &isnull));
+				for (int s = 0; s < nstates; s++)
+					rules_tally(&tally, parse_state(TextDatumGetCString(states[s])));
+				decision = rules_decide(rule, &tally);
+				if (decision == DECIDE_READY)
+					ready = add_ready(ready, run->run_id, name, map_index,
+									  DatumGetBool(col(r, 7, &isnull)));
+				else if (decision == DECIDE_SKIPPED || decision == DECIDE_UPSTREAM_FAILED)
+				{
+					set_done(run->run_id, name, map_index,
+							 decision == DECIDE_SKIPPED ? TI_SKIPPED : TI_UPSTREAM_FAILED, now);
+					if (!list_member(frontier, makeString(name)))
+						frontier = lappend(frontier, makeString(name));
+				}
 			}
 		}
+		/* tasks an expansion ended: their downstream next */
+		{
+			List	   *ended = queue_ready(run, ready, pool, now, adv);
+			ListCell   *lc;
+
+			foreach(lc, ended)
+				frontier = lappend(frontier, makeString(lfirst(lc)));
+		}
 	}
-	queue_ready(run, nready, run_ids, ready, pool, now, adv);
 
 	/* the room this task left, for instances that found none */
 	if (!adv->held)
@@ -736,16 +830,17 @@ state_advance_after(const RunRef *run, const char *task_id, TimestampTz now,
  * first_poke_at set), which keeps its try number and its start.
  */
 void
-state_try_claimed(int64 run_id, const char *task_id, TimestampTz now)
+state_try_claimed(int64 run_id, const char *task_id, int map_index, TimestampTz now)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'running', "
 			  " try_number = try_number + CASE WHEN first_poke_at IS NULL THEN 1 ELSE 0 END, "
 			  " worker_pid = $3, started_at = coalesce(first_poke_at, $4), "
 			  " finished_at = NULL, next_try_at = NULL, error = NULL, ready_at = NULL "
-			  "WHERE run_id = $1 AND task_id = $2",
-			  4, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID},
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $5",
+			  5, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
-				  Int32GetDatum(MyProcPid), TimestampTzGetDatum(now)},
+				  Int32GetDatum(MyProcPid), TimestampTzGetDatum(now),
+			  Int32GetDatum(map_index)},
 			  NULL, SPI_OK_UPDATE);
 }
 
@@ -754,18 +849,19 @@ state_try_claimed(int64 run_id, const char *task_id, TimestampTz now)
  * run cancelled or timed out meanwhile makes this false).
  */
 bool
-state_try_succeeded(int64 run_id, const char *task_id, int try_number,
+state_try_succeeded(int64 run_id, const char *task_id, int map_index, int try_number,
 					TimestampTz now, bool has_rows, int64 rows_loaded, bool cached)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'success', finished_at = $4, "
 			  " rows_loaded = $5, cached = $6, first_poke_at = NULL "
-			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $7 AND state = 'running' "
 			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
-			  6, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, BOOLOID},
+			  7, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, BOOLOID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
 				  Int32GetDatum(try_number), TimestampTzGetDatum(now),
-			  Int64GetDatum(rows_loaded), BoolGetDatum(cached)},
-			  has_rows ? "      " : "    n ", SPI_OK_UPDATE);
+				  Int64GetDatum(rows_loaded), BoolGetDatum(cached),
+			  Int32GetDatum(map_index)},
+			  has_rows ? "       " : "    n  ", SPI_OK_UPDATE);
 	return SPI_processed == 1;
 }
 
@@ -776,17 +872,17 @@ state_try_succeeded(int64 run_id, const char *task_id, int try_number,
  * this worker's running try, as for a success.
  */
 bool
-state_try_rescheduled(int64 run_id, const char *task_id, int try_number,
+state_try_rescheduled(int64 run_id, const char *task_id, int map_index, int try_number,
 					  TimestampTz next_poke_at, TimestampTz first_poke_at)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'up_for_reschedule', "
 			  " next_try_at = $4, first_poke_at = $5, finished_at = NULL, ready_at = NULL "
-			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $6 AND state = 'running' "
 			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
-			  5, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID},
+			  6, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
 				  Int32GetDatum(try_number), TimestampTzGetDatum(next_poke_at),
-			  TimestampTzGetDatum(first_poke_at)},
+			  TimestampTzGetDatum(first_poke_at), Int32GetDatum(map_index)},
 			  NULL, SPI_OK_UPDATE);
 	return SPI_processed == 1;
 }
@@ -796,17 +892,17 @@ state_try_rescheduled(int64 run_id, const char *task_id, int try_number,
  * its error.  Only while it is still this worker's running try.
  */
 bool
-state_try_skipped(int64 run_id, const char *task_id, int try_number,
+state_try_skipped(int64 run_id, const char *task_id, int map_index, int try_number,
 				  TimestampTz now, const char *why)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'skipped', finished_at = $4, "
 			  " error = $5, first_poke_at = NULL, next_try_at = NULL, ready_at = NULL "
-			  "WHERE run_id = $1 AND task_id = $2 AND state = 'running' "
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $6 AND state = 'running' "
 			  "  AND try_number = $3 AND worker_pid = pg_backend_pid()",
-			  5, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID},
+			  6, (Oid[]) {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
 				  Int32GetDatum(try_number), TimestampTzGetDatum(now),
-			  CStringGetTextDatum(why)},
+			  CStringGetTextDatum(why), Int32GetDatum(map_index)},
 			  NULL, SPI_OK_UPDATE);
 	return SPI_processed == 1;
 }
@@ -820,12 +916,13 @@ state_try_skipped(int64 run_id, const char *task_id, int try_number,
  * left as it is.  Returns whether it applied.
  */
 bool
-state_try_failed(int64 run_id, const char *task_id, int pid, int try_number,
-				 const char *error, TimestampTz now, bool only_state, bool no_retry,
-				 bool *final)
+state_try_failed(int64 run_id, const char *task_id, int map_index, int pid,
+				 int try_number, const char *error, TimestampTz now, bool only_state,
+				 bool no_retry, bool *final)
 {
-	Oid			types[7] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID, BOOLOID};
-	Datum		values[7];
+	Oid			types[8] = {INT8OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID,
+	BOOLOID};
+	Datum		values[8];
 	bool		isnull;
 
 	values[0] = Int64GetDatum(run_id);
@@ -834,10 +931,11 @@ state_try_failed(int64 run_id, const char *task_id, int pid, int try_number,
 	values[3] = Int32GetDatum(try_number);
 	values[4] = CStringGetTextDatum(error);
 	values[5] = TimestampTzGetDatum(now);
-	values[6] = BoolGetDatum(no_retry);
+	values[6] = Int32GetDatum(map_index);
+	values[7] = BoolGetDatum(no_retry);
 	run_query("UPDATE orchestrator.task_instance ti SET "
-			  " state = CASE WHEN ti.try_number < ti.max_tries AND NOT $7 THEN 'up_for_retry' ELSE 'failed' END, "
-			  " next_try_at = CASE WHEN ti.try_number < ti.max_tries AND NOT $7 THEN $6 + "
+			  " state = CASE WHEN ti.try_number < ti.max_tries AND NOT $8 THEN 'up_for_retry' ELSE 'failed' END, "
+			  " next_try_at = CASE WHEN ti.try_number < ti.max_tries AND NOT $8 THEN $6 + "
 			  "   CASE WHEN t.retry_exponential_backoff "
 			  "        THEN LEAST(coalesce(t.retry_delay, '5 minutes') * power(2, LEAST(ti.try_number - 1, 30)), "
 			  "                   coalesce(t.max_retry_delay, '1 day')) "
@@ -847,9 +945,10 @@ state_try_failed(int64 run_id, const char *task_id, int pid, int try_number,
 			  "FROM orchestrator.dag_run r "
 			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
 			  "WHERE r.run_id = ti.run_id AND ti.run_id = $1 AND ti.task_id = $2 "
+			  "  AND ti.map_index = $7 "
 			  "  AND ti.state = 'running' AND ti.worker_pid = $3 AND ti.try_number = $4 "
 			  "RETURNING ti.state = 'failed'",
-			  7, types, values, NULL, SPI_OK_UPDATE_RETURNING);
+			  8, types, values, NULL, SPI_OK_UPDATE_RETURNING);
 	if (SPI_processed == 0)
 		return false;
 	if (final)
@@ -857,33 +956,34 @@ state_try_failed(int64 run_id, const char *task_id, int pid, int try_number,
 	if (only_state)
 		return true;
 	/* its callback, due with this outcome */
-	run_query("INSERT INTO orchestrator.callback (run_id, task_id, kind, spec, try_number, error) "
-			  "SELECT ti.run_id, ti.task_id, c.kind, c.spec, ti.try_number, $5 "
+	run_query("INSERT INTO orchestrator.callback (run_id, task_id, map_index, kind, spec, try_number, error) "
+			  "SELECT ti.run_id, ti.task_id, ti.map_index, c.kind, c.spec, ti.try_number, $5 "
 			  "FROM orchestrator.task_instance ti "
 			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
 			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
 			  "CROSS JOIN LATERAL (SELECT CASE WHEN ti.state = 'failed' THEN 'on_failure_callback' ELSE 'on_retry_callback' END, "
 			  "                           CASE WHEN ti.state = 'failed' THEN t.on_failure_callback ELSE t.on_retry_callback END) c(kind, spec) "
-			  "WHERE ti.run_id = $1 AND ti.task_id = $2 AND c.spec IS NOT NULL",
-			  6, types, values, NULL, SPI_OK_INSERT);
+			  "WHERE ti.run_id = $1 AND ti.task_id = $2 AND ti.map_index = $7 AND c.spec IS NOT NULL",
+			  7, types, values, NULL, SPI_OK_INSERT);
 	/* the error ends the try's log */
-	run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
-			  "VALUES ($1, $2, $4, $6, 'ERROR', $5)",
-			  6, types, values, NULL, SPI_OK_INSERT);
+	run_query("INSERT INTO orchestrator.log (run_id, task_id, map_index, try_number, logged_at, level, message) "
+			  "VALUES ($1, $2, $7, $4, $6, 'ERROR', $5)",
+			  7, types, values, NULL, SPI_OK_INSERT);
 	return true;
 }
 
 /* A queued instance that could not be claimed fails, once, with why. */
 void
-state_fail_unclaimable(int64 run_id, const char *task_id, const char *error,
-					   TimestampTz now)
+state_fail_unclaimable(int64 run_id, const char *task_id, int map_index,
+					   const char *error, TimestampTz now)
 {
 	run_query("UPDATE orchestrator.task_instance SET state = 'failed', finished_at = $3, error = $4 "
-			  "WHERE run_id = $1 AND task_id = $2 AND state = 'queued'",
-			  4, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID},
+			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $5 AND state = 'queued'",
+			  5, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, INT4OID},
 			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
 				  TimestampTzGetDatum(now),
-			  CStringGetTextDatum(psprintf("the task could not be claimed: %s", error))},
+				  CStringGetTextDatum(psprintf("the task could not be claimed: %s", error)),
+			  Int32GetDatum(map_index)},
 			  NULL, SPI_OK_UPDATE);
 }
 
@@ -910,16 +1010,26 @@ state_fail_run(int64 run_id, const char *error, TimestampTz now, bool callback)
 
 int
 state_clear_tasks(int64 run_id, const char *dag_id, const char *task_id,
-				  bool downstream)
+				  bool downstream, int map_index)
 {
-	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, BOOLOID};
-	Datum		values[4];
+	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, BOOLOID, INT4OID};
+	Datum		values[5];
 	int			cleared;
 
 	values[0] = Int64GetDatum(run_id);
 	values[1] = CStringGetTextDatum(task_id);
 	values[2] = CStringGetTextDatum(dag_id);
 	values[3] = BoolGetDatum(downstream);
+	values[4] = Int32GetDatum(map_index);
+
+	/*
+	 * One mapped instance ($5 >= 0): that instance of each cleared task,
+	 * the same one of the downstream tasks mapped alike, and the unmapped
+	 * ones.  A mapped task cleared whole keeps its instances and their
+	 * elements; the unmapped instance of one whose expansion skipped or
+	 * failed it expands again.
+	 */
+#define CLEAR_INSTANCE "($5 < 0 OR ti.map_index IN ($5, -1))"
 
 #define CLEAR_SET \
 	"WITH RECURSIVE cleared(task_id) AS ( " \
@@ -931,8 +1041,9 @@ state_clear_tasks(int64 run_id, const char *dag_id, const char *task_id,
 	run_query(CLEAR_SET
 			  "SELECT ti.task_id FROM orchestrator.task_instance ti JOIN cleared USING (task_id) "
 			  "WHERE ti.run_id = $1 AND ti.state IN ('queued', 'running') "
+			  "  AND " CLEAR_INSTANCE " "
 			  "FOR NO KEY UPDATE OF ti",
-			  4, types, values, NULL, SPI_OK_SELECT);
+			  5, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -947,8 +1058,8 @@ state_clear_tasks(int64 run_id, const char *dag_id, const char *task_id,
 			  " next_try_at = NULL, error = NULL, worker_pid = NULL, ready_at = NULL, "
 			  " first_poke_at = NULL "
 			  "FROM cleared LEFT JOIN orchestrator.task t ON t.dag_id = $3 AND t.task_id = cleared.task_id "
-			  "WHERE ti.run_id = $1 AND ti.task_id = cleared.task_id",
-			  4, types, values, NULL, SPI_OK_UPDATE);
+			  "WHERE ti.run_id = $1 AND ti.task_id = cleared.task_id AND " CLEAR_INSTANCE,
+			  5, types, values, NULL, SPI_OK_UPDATE);
 	cleared = (int) SPI_processed;
 
 	/* a finished run opens again, and starts as max_active_runs allows */

@@ -54,14 +54,14 @@ extern bool state_lock_run(int64 run_id, bool skip_locked, RunRef *run);
 extern void state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv);
 
 /*
- * After task_id reached a final state in its worker's transaction: its
+ * After task_id (its instance map_index) reached a final state in its worker's transaction: its
  * downstream instances decided (skipped and upstream_failed propagate),
  * ready ones queued as max_active_tasks allows, ready instances of the DAG
  * held back earlier queued in the room it left, and the run ended if it
  * was the last.
  */
 extern void state_advance_after(const RunRef *run, const char *task_id,
-								TimestampTz now, Advance *adv);
+								int map_index, TimestampTz now, Advance *adv);
 
 /*
  * One waiter of pool (ready, held back) queued, in claim order, within the
@@ -84,18 +84,22 @@ extern PoolHandOut state_pool_hand_out(const char *pool, List *excluded,
 									   char *dag_out, bool *locked);
 
 /* claim, success and failure of a try */
-extern void state_try_claimed(int64 run_id, const char *task_id, TimestampTz now);
-extern bool state_try_succeeded(int64 run_id, const char *task_id, int try_number,
-								TimestampTz now, bool has_rows, int64 rows_loaded,
-								bool cached);
-extern bool state_try_rescheduled(int64 run_id, const char *task_id, int try_number,
-								  TimestampTz next_poke_at, TimestampTz first_poke_at);
-extern bool state_try_skipped(int64 run_id, const char *task_id, int try_number,
-							  TimestampTz now, const char *why);
-extern bool state_try_failed(int64 run_id, const char *task_id, int pid,
-							 int try_number, const char *error, TimestampTz now,
-							 bool only_state, bool no_retry, bool *final);
-extern void state_fail_unclaimable(int64 run_id, const char *task_id,
+/* (a task instance is (run_id, task_id, map_index); map_index -1: not mapped) */
+extern void state_try_claimed(int64 run_id, const char *task_id, int map_index,
+							  TimestampTz now);
+extern bool state_try_succeeded(int64 run_id, const char *task_id, int map_index,
+								int try_number, TimestampTz now, bool has_rows,
+								int64 rows_loaded, bool cached);
+extern bool state_try_rescheduled(int64 run_id, const char *task_id, int map_index,
+								  int try_number, TimestampTz next_poke_at,
+								  TimestampTz first_poke_at);
+extern bool state_try_skipped(int64 run_id, const char *task_id, int map_index,
+							  int try_number, TimestampTz now, const char *why);
+extern bool state_try_failed(int64 run_id, const char *task_id, int map_index,
+							 int pid, int try_number, const char *error,
+							 TimestampTz now, bool only_state, bool no_retry,
+							 bool *final);
+extern void state_fail_unclaimable(int64 run_id, const char *task_id, int map_index,
 								   const char *error, TimestampTz now);
 
 /*
@@ -106,8 +110,12 @@ extern void state_fail_unclaimable(int64 run_id, const char *task_id,
 extern void state_fail_run(int64 run_id, const char *error, TimestampTz now,
 						   bool callback);
 
-/* clear_task: the instances run again with their retries anew */
+/*
+ * clear_task: the instances run again with their retries anew; map_index
+ * -1: all instances of the task, else that one (and the same one of the
+ * downstream tasks mapped alike).
+ */
 extern int	state_clear_tasks(int64 run_id, const char *dag_id,
-							  const char *task_id, bool downstream);
+							  const char *task_id, bool downstream, int map_index);
 
 #endif							/* ORCHESTRATOR_STATE_H */

@@ -113,6 +113,7 @@ typedef struct CopyTarget
 	/* whose rejects they are */
 	int64		run_id;
 	const char *task_id;
+	int			map_index;
 	int			try_number;
 
 	/* out */

@@ -19,6 +19,7 @@ typedef struct TaskRun
 	int64		run_id;
 	char	   *dag_id;
 	char	   *task_id;
+	int			map_index;		/* -1: not mapped */
 	char	   *run_type;
 	int			try_number;
 	Oid			owner;			/* InvalidOid: no one */

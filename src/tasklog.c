@@ -138,14 +138,14 @@ task_log(const char *fmt,...)
  * catalog's owner.  Nothing is written for an instance that is gone.
  */
 void
-task_log_write(int64 run_id, const char *task_id, int try_number)
+task_log_write(int64 run_id, const char *task_id, int map_index, int try_number)
 {
 	Datum	   *at;
 	Datum	   *level;
 	Datum	   *message;
 	int			n = nlines + (dropped > 0 ? 1 : 0);
-	Oid			types[6] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
-	Datum		values[6];
+	Oid			types[7] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4OID};
+	Datum		values[7];
 
 	if (n == 0)
 		return;
@@ -171,12 +171,14 @@ task_log_write(int64 run_id, const char *task_id, int try_number)
 	values[3] = PointerGetDatum(construct_array(at, n, TIMESTAMPTZOID, sizeof(TimestampTz), true, TYPALIGN_DOUBLE));
 	values[4] = PointerGetDatum(construct_array(level, n, TEXTOID, -1, false, TYPALIGN_INT));
 	values[5] = PointerGetDatum(construct_array(message, n, TEXTOID, -1, false, TYPALIGN_INT));
-	run_query("INSERT INTO orchestrator.log (run_id, task_id, try_number, logged_at, level, message) "
-			  "SELECT $1, $2, $3, l.at, l.level, l.message "
+	values[6] = Int32GetDatum(map_index);
+	run_query("INSERT INTO orchestrator.log (run_id, task_id, map_index, try_number, logged_at, level, message) "
+			  "SELECT $1, $2, $7, $3, l.at, l.level, l.message "
 			  "FROM unnest($4, $5, $6) WITH ORDINALITY AS l(at, level, message, n) "
-			  "WHERE EXISTS (SELECT 1 FROM orchestrator.task_instance WHERE run_id = $1 AND task_id = $2) "
+			  "WHERE EXISTS (SELECT 1 FROM orchestrator.task_instance "
+			  "              WHERE run_id = $1 AND task_id = $2 AND map_index = $7) "
 			  "ORDER BY l.n",
-			  6, types, values, NULL, SPI_OK_INSERT);
+			  7, types, values, NULL, SPI_OK_INSERT);
 	nlines = 0;
 	dropped = 0;
 }

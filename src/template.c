@@ -62,6 +62,8 @@ typedef enum TemplateVar
 	TV_DAG_ID,
 	TV_TASK_ID,
 	TV_ERROR,
+	TV_ITEM,					/* item, item.NAME (a mapped instance's element) */
+	TV_MAP_INDEX,
 	TV_ASSET_EVENTS				/* triggering_asset_events[.NAME] */
 } TemplateVar;
 
@@ -136,10 +138,11 @@ static const struct
 	{"dag_id", TV_DAG_ID, false},
 	{"task_id", TV_TASK_ID, false},
 	{"error", TV_ERROR, false},
+	{"map_index", TV_MAP_INDEX, false},
 };
 
 #define TEMPLATE_VARIABLES_HINT \
-	"Templates can use ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz, logical_date, execution_date, data_interval_start, data_interval_end (the last four with .strftime('FORMAT')), run_id, dag_id, task_id, params.NAME, triggering_asset_events, and error (in callbacks)."
+	"Templates can use ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz, logical_date, execution_date, data_interval_start, data_interval_end (the last four with .strftime('FORMAT')), run_id, dag_id, task_id, params.NAME, triggering_asset_events, error (in callbacks), and item, item.NAME and map_index (in mapped tasks)."
 
 static void template_syntax_error(const char *tmpl, const char *what,
 								  const char *detail) pg_attribute_noreturn();
@@ -255,6 +258,14 @@ parse_primary(const char **pp, const char *end, const char *tmpl,
 			template_syntax_error(tmpl, what,
 								  "use params.NAME to refer to a parameter");
 		part->var = TV_PARAM;
+		part->text = member;
+		member = NULL;
+		found = true;
+	}
+	else if (strcmp(name, "item") == 0)
+	{
+		/* the element; item.NAME: a member of an object element */
+		part->var = TV_ITEM;
 		part->text = member;
 		member = NULL;
 		found = true;
@@ -634,6 +645,56 @@ context_value(const char *value, const char *name)
 }
 
 /*
+ * A mapped instance's element, or one of its members: a string as its
+ * text, other JSON as JSON; undefined outside a mapped instance, or for a
+ * member the element does not have.
+ */
+static TemplateValue
+item_value(const TemplateContext *ctx, const char *member)
+{
+	TemplateValue v;
+	JsonbValue	key;
+	JsonbValue *value = NULL;
+	JsonbValue	whole;
+
+	memset(&v, 0, sizeof(v));
+	v.name = member ? psprintf("item.%s", member) : "item";
+	if (!ctx->mapped || ctx->item == NULL)
+		return v;
+	if (member == NULL)
+	{
+		if (JB_ROOT_IS_SCALAR(ctx->item))
+		{
+			if (!JsonbExtractScalar(&ctx->item->root, &whole))
+				return v;
+			value = palloc(sizeof(JsonbValue));
+			*value = whole;
+		}
+		else
+		{
+			value = palloc(sizeof(JsonbValue));
+			value->type = jbvBinary;
+			value->val.binary.data = &ctx->item->root;
+			value->val.binary.len = VARSIZE(ctx->item) - VARHDRSZ;
+		}
+	}
+	else if (JB_ROOT_IS_OBJECT(ctx->item))
+	{
+		key.type = jbvString;
+		key.val.string.val = (char *) member;
+		key.val.string.len = strlen(member);
+		value = findJsonbValueFromContainer(&ctx->item->root, JB_FOBJECT, &key);
+	}
+	if (value == NULL)
+		return v;
+	if (value->type == jbvString)
+		return string_value(pnstrdup(value->val.string.val, value->val.string.len));
+	v.defined = true;
+	v.json = value;
+	return v;
+}
+
+/*
  * triggering_asset_events: an asset-triggered run's events by asset, as a
  * JSON object ({} for another run); with a name, that asset's events, a
  * JSON array, or undefined.
@@ -815,6 +876,13 @@ eval_expression(const TemplatePart *part, const char *what,
 			break;
 		case TV_TASK_ID:
 			v = context_value(ctx->task_id, "task_id");
+			break;
+		case TV_ITEM:
+			v = item_value(ctx, part->text);
+			break;
+		case TV_MAP_INDEX:
+			v = ctx->mapped ? string_value(psprintf("%d", ctx->map_index)) :
+				context_value(NULL, "map_index");
 			break;
 		case TV_ASSET_EVENTS:
 			v = asset_events_value(ctx->asset_events, part->text);

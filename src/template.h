@@ -23,6 +23,9 @@ typedef struct TemplateContext
 	const char *task_id;		/* NULL if unknown */
 	const char *error;			/* in callbacks: the error; else NULL */
 	Jsonb	   *params;			/* NULL for none */
+	bool		mapped;			/* a mapped instance: item and map_index */
+	int			map_index;
+	Jsonb	   *item;			/* its element */
 	Jsonb	   *asset_events;	/* an asset-triggered run's events by asset,
 								 * NULL for none */
 } TemplateContext;

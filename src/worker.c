@@ -236,13 +236,13 @@ typedef enum ClaimResult
 
 /* A queued instance that could not be claimed fails, once, with why. */
 static void
-fail_unclaimable(int64 run_id, const char *task_id, const char *error)
+fail_unclaimable(int64 run_id, const char *task_id, int map_index, const char *error)
 {
 	ereport(LOG,
 			(errmsg("orchestrator: task \"%s\" of run " INT64_FORMAT " could not be claimed: %s",
 					task_id, run_id, error)));
 	orch_begin_xact();
-	state_fail_unclaimable(run_id, task_id, error, orch_now());
+	state_fail_unclaimable(run_id, task_id, map_index, error, orch_now());
 	orch_end_xact();
 }
 
@@ -260,6 +260,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	bool		isnull;
 	volatile int64 run_id;
 	char	   *volatile task_id;
+	volatile int map_index;
 	TimestampTz now;
 
 	orch_begin_xact();
@@ -270,13 +271,14 @@ claim_next(TaskRun *task, MemoryContext cxt)
 			  "       ti.try_number + CASE WHEN ti.first_poke_at IS NULL THEN 1 ELSE 0 END, "
 			  "       " RUN_CONTEXT_COLUMNS ", t.spec, "
 			  "       (extract(epoch FROM t.execution_timeout) * 1000)::int8, "
-			  "       t.cache_expiration IS NOT NULL, ti.first_poke_at, t.outlets "
+			  "       t.cache_expiration IS NOT NULL, ti.first_poke_at, t.outlets, "
+			  "       ti.map_index, ti.map_item "
 			  "FROM orchestrator.task_instance ti "
 			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
 			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
 			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
 			  "WHERE ti.state = 'queued' AND r.state = 'running' "
-			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id "
+			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id, ti.map_index "
 			  "LIMIT 1 FOR UPDATE OF ti SKIP LOCKED",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
@@ -290,6 +292,7 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	memset(task, 0, sizeof(TaskRun));
 	run_id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
 	task_id = worker_getstr(tuple, desc, 2, cxt);
+	map_index = DatumGetInt32(SPI_getbinval(tuple, desc, 9 + RUN_CONTEXT_NCOLUMNS, &isnull));
 
 	PG_TRY();
 	{
@@ -297,9 +300,10 @@ claim_next(TaskRun *task, MemoryContext cxt)
 
 		task->run_id = run_id;
 		task->task_id = task_id;
+		task->map_index = map_index;
 		task->try_number = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
 		worker_read_run_context(task, tuple, desc, 4, cxt);
-		d = SPI_getbinval(tuple, desc, 14, &isnull);
+		d = SPI_getbinval(tuple, desc, 4 + RUN_CONTEXT_NCOLUMNS, &isnull);
 		if (!isnull)
 		{
 			MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -307,37 +311,47 @@ claim_next(TaskRun *task, MemoryContext cxt)
 			task->spec = DatumGetJsonbPCopy(d);
 			MemoryContextSwitchTo(old);
 		}
-		d = SPI_getbinval(tuple, desc, 15, &isnull);
+		d = SPI_getbinval(tuple, desc, 5 + RUN_CONTEXT_NCOLUMNS, &isnull);
 		task->timeout_ms = isnull ? 0 : DatumGetInt64(d);
-		d = SPI_getbinval(tuple, desc, 16, &isnull);
+		d = SPI_getbinval(tuple, desc, 6 + RUN_CONTEXT_NCOLUMNS, &isnull);
 		task->cache = !isnull && DatumGetBool(d);
-		d = SPI_getbinval(tuple, desc, 17, &isnull);
+		d = SPI_getbinval(tuple, desc, 7 + RUN_CONTEXT_NCOLUMNS, &isnull);
 		task->first_poke_at = isnull ? 0 : DatumGetTimestampTz(d);
-		d = SPI_getbinval(tuple, desc, 18, &isnull);
+		d = SPI_getbinval(tuple, desc, 8 + RUN_CONTEXT_NCOLUMNS, &isnull);
 		task->outlets = isnull ? NIL : read_outlets(d, cxt);
 		task->ctx.task_id = task->task_id;
+		if (task->map_index >= 0)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			d = SPI_getbinval(tuple, desc, 10 + RUN_CONTEXT_NCOLUMNS, &isnull);
+			task->ctx.mapped = true;
+			task->ctx.map_index = task->map_index;
+			task->ctx.item = isnull ? NULL : DatumGetJsonbPCopy(d);
+			MemoryContextSwitchTo(old);
+		}
 
 		now = orch_now();
-		state_try_claimed(task->run_id, task->task_id, now);
+		state_try_claimed(task->run_id, task->task_id, task->map_index, now);
 		/* a new try: a sensor's first poke starts it */
 		task->continuing = (task->first_poke_at != 0);
 		if (!task->continuing)
 			task->first_poke_at = now;
 
 		/* the slot names the try before the claim is visible */
-		progress_set(SLOT_CLAIMING, task->run_id, task->task_id, task->owner, "task", 0);
+		progress_set(SLOT_CLAIMING, task->run_id, task->task_id, task->map_index, task->owner, "task", 0);
 		orch_end_xact();
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata = worker_catch(cxt);
 
-		progress_set(SLOT_IDLE, 0, NULL, InvalidOid, NULL, 0);
-		fail_unclaimable(run_id, task_id, edata->message);
+		progress_set(SLOT_IDLE, 0, NULL, -1, InvalidOid, NULL, 0);
+		fail_unclaimable(run_id, task_id, map_index, edata->message);
 		return CLAIM_POISON;
 	}
 	PG_END_TRY();
-	progress_set(SLOT_RUNNING, task->run_id, task->task_id, task->owner, "task", 0);
+	progress_set(SLOT_RUNNING, task->run_id, task->task_id, task->map_index, task->owner, "task", 0);
 	return CLAIM_OK;
 }
 
@@ -352,10 +366,10 @@ set_context(const char *name, const char *value)
 static void
 record_artifact(TaskRun *task)
 {
-	Oid			types[12] = {INT8OID, TEXTOID, OIDOID, INT8OID, TEXTOID, TEXTOID, INT4OID,
-		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
-	Datum		values[12];
-	char		nulls[12];
+	Oid			types[13] = {INT8OID, TEXTOID, OIDOID, INT8OID, TEXTOID, TEXTOID, INT4OID,
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID};
+	Datum		values[13];
+	char		nulls[13];
 	const char *optional[5] = {task->content_type, task->url, task->cache_key,
 	task->etag, task->last_modified};
 	const int	optional_cols[5] = {5, 7, 8, 9, 10};
@@ -377,12 +391,14 @@ record_artifact(TaskRun *task)
 	if (task->http_status == 0)
 		nulls[6] = 'n';
 	values[11] = TimestampTzGetDatum(task->artifact_created_at ? task->artifact_created_at : orch_now());
-	run_query("DELETE FROM orchestrator.artifact WHERE run_id = $1 AND task_id = $2",
-			  2, types, values, NULL, SPI_OK_DELETE);
+	values[12] = Int32GetDatum(task->map_index);
+	run_query("DELETE FROM orchestrator.artifact WHERE run_id = $1 AND task_id = $2 AND map_index = $13",
+			  13, types, values, nulls, SPI_OK_DELETE);
 	run_query("INSERT INTO orchestrator.artifact (run_id, task_id, loid, size, sha256, "
-			  " content_type, http_status, url, cache_key, etag, last_modified, created_at) "
-			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-			  12, types, values, nulls, SPI_OK_INSERT);
+			  " content_type, http_status, url, cache_key, etag, last_modified, created_at, "
+			  " map_index) "
+			  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+			  13, types, values, nulls, SPI_OK_INSERT);
 }
 
 /*
@@ -526,7 +542,7 @@ advance(RunRef *run, TaskRun *task, Advance *adv)
 	BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
-		state_advance_after(run, task->task_id, orch_now(), adv);
+		state_advance_after(run, task->task_id, task->map_index, orch_now(), adv);
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
@@ -635,7 +651,7 @@ record_assets(TaskRun *task, TimestampTz now)
 				 template_render("{{ data_interval_end }}", "data_interval_end", &task->ctx)))));
 	foreach(lc, names)
 		consumed |= asset_record(strVal(lfirst(lc)), extra, task->owner,
-								 task->run_id, task->task_id, now);
+								 task->run_id, task->task_id, task->map_index, now);
 	if (consumed)
 		orch_wake_scheduler_at_commit();
 }
@@ -645,8 +661,8 @@ static void
 run_task(TaskRun *task, Advance *adv)
 {
 	UserScope	scope;
-	Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
-	Datum		values[3];
+	Oid			types[4] = {INT8OID, TEXTOID, INT4OID, INT4OID};
+	Datum		values[4];
 	RunRef		run;
 	TryOutcome	outcome;
 	TimestampTz next_poke_at = 0;
@@ -671,12 +687,16 @@ run_task(TaskRun *task, Advance *adv)
 
 		if (input != NULL)
 		{
-			Oid			itypes[2] = {INT8OID, TEXTOID};
-			Datum		ivalues[2] = {Int64GetDatum(task->run_id), CStringGetTextDatum(input)};
+			Oid			itypes[3] = {INT8OID, TEXTOID, INT4OID};
+			Datum		ivalues[3] = {Int64GetDatum(task->run_id), CStringGetTextDatum(input),
+			Int32GetDatum(task->map_index)};
 			bool		isnull;
 
-			run_query("SELECT loid, sha256 FROM orchestrator.artifact WHERE run_id = $1 AND task_id = $2",
-					  2, itypes, ivalues, NULL, SPI_OK_SELECT);
+			/* a mapped input: instance i reads instance i's (mapping.c) */
+			run_query("SELECT loid, sha256 FROM orchestrator.artifact "
+					  "WHERE run_id = $1 AND task_id = $2 AND map_index IN ($3, -1) "
+					  "ORDER BY map_index DESC LIMIT 1",
+					  3, itypes, ivalues, NULL, SPI_OK_SELECT);
 			if (SPI_processed == 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -694,9 +714,15 @@ run_task(TaskRun *task, Advance *adv)
 
 	task_log_begin();
 	if (!task->continuing)
+	{
 		task_log("try %d of task %s.%s, run " INT64_FORMAT ", logical date %s",
 				 task->try_number, task->dag_id, task->task_id, task->run_id,
 				 template_render("{{ ts }}", "ts", &task->ctx));
+		if (task->map_index >= 0)
+			task_log("mapped instance %d, item %s", task->map_index,
+					 task->ctx.item ? JsonbToCString(NULL, &task->ctx.item->root,
+													 VARSIZE(task->ctx.item)) : "null");
+	}
 
 	worker_timeout_start(task->timeout_ms);
 
@@ -711,30 +737,33 @@ run_task(TaskRun *task, Advance *adv)
 		sensor_outcome(task, &next_poke_at, &why) : OUTCOME_SUCCESS;
 
 	/* from here on the scheduler leaves this worker be */
-	progress_set(SLOT_FINISHING, task->run_id, task->task_id, task->owner, "task", 0);
+	progress_set(SLOT_FINISHING, task->run_id, task->task_id, task->map_index, task->owner, "task", 0);
 	task_log_end();
 
 	values[0] = Int64GetDatum(task->run_id);
 	values[1] = CStringGetTextDatum(task->task_id);
 	values[2] = Int32GetDatum(task->try_number);
+	values[3] = Int32GetDatum(task->map_index);
 
 	/* the run first (state.c's order of locks): a sibling's join waits */
 	now = orch_now();
 	if (!state_lock_run(task->run_id, false, &run) ||
 		!(outcome == OUTCOME_SUCCESS ?
-		  state_try_succeeded(task->run_id, task->task_id, task->try_number, now,
-							  task->has_rows, (int64) task->rows_loaded, task->cached) :
+		  state_try_succeeded(task->run_id, task->task_id, task->map_index,
+							  task->try_number, now, task->has_rows,
+							  (int64) task->rows_loaded, task->cached) :
 		  outcome == OUTCOME_RESCHEDULE ?
-		  state_try_rescheduled(task->run_id, task->task_id, task->try_number,
-								next_poke_at, task->first_poke_at) :
-		  state_try_skipped(task->run_id, task->task_id, task->try_number, now, why)))
+		  state_try_rescheduled(task->run_id, task->task_id, task->map_index,
+								task->try_number, next_poke_at, task->first_poke_at) :
+		  state_try_skipped(task->run_id, task->task_id, task->map_index,
+							task->try_number, now, why)))
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("task \"%s\" of run " INT64_FORMAT " was cancelled while it ran; its work is rolled back",
 						task->task_id, task->run_id)));
 	if (task->has_artifact)
 		record_artifact(task);
-	task_log_write(task->run_id, task->task_id, task->try_number);
+	task_log_write(task->run_id, task->task_id, task->map_index, task->try_number);
 	if (outcome == OUTCOME_RESCHEDULE)
 	{
 		/* its next poke is the scheduler's, as a retry is */
@@ -745,12 +774,12 @@ run_task(TaskRun *task, Advance *adv)
 	}
 	if (outcome == OUTCOME_SUCCESS)
 	{
-		run_query("INSERT INTO orchestrator.callback (run_id, task_id, kind, spec, try_number) "
-				  "SELECT r.run_id, t.task_id, 'on_success_callback', t.on_success_callback, $3 "
+		run_query("INSERT INTO orchestrator.callback (run_id, task_id, map_index, kind, spec, try_number) "
+				  "SELECT r.run_id, t.task_id, $4, 'on_success_callback', t.on_success_callback, $3 "
 				  "FROM orchestrator.dag_run r "
 				  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = $2 "
 				  "WHERE r.run_id = $1 AND t.on_success_callback IS NOT NULL",
-				  3, types, values, NULL, SPI_OK_INSERT);
+				  4, types, values, NULL, SPI_OK_INSERT);
 		/* what it produced: an event each, committed with its success */
 		record_assets(task, now);
 	}
@@ -801,9 +830,10 @@ record_failure(TaskRun *task, const char *text, bool only_state, Advance *adv)
 	/* the run first (state.c's order of locks), then what refers to the try */
 	locked = state_lock_run(task->run_id, false, &run);
 	if (!only_state)
-		task_log_write(task->run_id, task->task_id, task->try_number);
-	if (state_try_failed(task->run_id, task->task_id, MyProcPid, task->try_number,
-						 text, orch_now(), only_state, task->no_retry, &final) && locked)
+		task_log_write(task->run_id, task->task_id, task->map_index, task->try_number);
+	if (state_try_failed(task->run_id, task->task_id, task->map_index, MyProcPid,
+						 task->try_number, text, orch_now(), only_state, task->no_retry,
+						 &final) && locked)
 	{
 		if (final)
 			advance(&run, task, adv);
@@ -851,7 +881,7 @@ wait_for_work(void)
 {
 	TimestampTz since = GetCurrentTimestamp();
 
-	progress_set(SLOT_WAITING, 0, NULL, InvalidOid, NULL, 0);
+	progress_set(SLOT_WAITING, 0, NULL, -1, InvalidOid, NULL, 0);
 	for (;;)
 	{
 		long		left = orch_worker_idle_timeout_ms -
@@ -869,7 +899,7 @@ wait_for_work(void)
 			/* its place is wanted by another database's work */
 			if (progress_told_to_leave())
 				return !progress_leave_if_idle();
-			progress_set(SLOT_IDLE, 0, NULL, InvalidOid, NULL, 0);
+			progress_set(SLOT_IDLE, 0, NULL, -1, InvalidOid, NULL, 0);
 			return true;
 		}
 	}
@@ -958,7 +988,7 @@ orch_worker_main(Datum arg)
 			ErrorData  *edata = worker_catch(task_cxt);
 			char	   *text;
 
-			progress_set(SLOT_FINISHING, task.run_id, task.task_id, task.owner, "task", 0);
+			progress_set(SLOT_FINISHING, task.run_id, task.task_id, task.map_index, task.owner, "task", 0);
 			task_log_end();
 			text = error_text(edata, &task);
 
@@ -970,7 +1000,7 @@ orch_worker_main(Datum arg)
 		}
 		PG_END_TRY();
 
-		progress_set(SLOT_IDLE, 0, NULL, InvalidOid, NULL, 0);
+		progress_set(SLOT_IDLE, 0, NULL, -1, InvalidOid, NULL, 0);
 		/* a cancel meant for the finished task is not for the next one */
 		QueryCancelPending = false;
 		/* the slots it freed in its pool, to waiters of any DAG */

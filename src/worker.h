@@ -30,6 +30,8 @@
 	"     'extra', e.extra) ORDER BY e.id) AS events " \
 	"   FROM orchestrator.asset_queue q JOIN orchestrator.asset_event e ON e.id = q.event_id " \
 	"   WHERE q.run_id = r.run_id GROUP BY q.asset) x) END"
+/* how many they are: the columns after them come this much later */
+#define RUN_CONTEXT_NCOLUMNS 10
 
 extern char *worker_getstr(HeapTuple tuple, TupleDesc desc, int col,
 						   MemoryContext cxt);

@@ -1,7 +1,7 @@
 #!/usr/bin/env perl
 # Deterministic NYC yellow-taxi trip data, with the real files' 18 columns:
 #
-#   gen_taxi.pl --month 2021-01 [--rows N] [--seed S] [--bad N] > yellow_tripdata_2021-01.csv
+#   gen_taxi.pl --month 2021-01 [--rows N] [--seed S] [--bad N] [--colour green] > yellow_tripdata_2021-01.csv
 #
 # Rows default to the real file's count for the month (January 2021:
 # 1,369,765).  Values are realistic (pickup times within the month, trip
@@ -15,15 +15,25 @@
 # in 2009 and one in the next month (both outside the month), and a row
 # without a pickup time.  The other rows are those the same arguments give
 # without --bad.
+#
+# --colour green gives green-taxi trips: the columns' times are named
+# lpep_ (the real green files' prefix) instead of tpep_, and the numbers
+# differ from yellow's (they are drawn from another seed).  The real green
+# files also have ehail_fee and trip_type, and order the columns otherwise;
+# one table per colour loads either.
 use strict;
 use warnings;
 use integer;
 use Getopt::Long;
 
 my %real_rows = ('2021-01' => 1369765, '2021-02' => 1371709, '2021-03' => 1925152);
-my ($month, $rows, $seed, $bad) = ('2021-01', undef, 1, 0);
-GetOptions('month=s' => \$month, 'rows=i' => \$rows, 'seed=i' => \$seed, 'bad=i' => \$bad)
-  or die "usage: $0 --month YYYY-MM [--rows N] [--seed S] [--bad N]\n";
+my ($month, $rows, $seed, $bad, $colour) = ('2021-01', undef, 1, 0, 'yellow');
+GetOptions('month=s' => \$month, 'rows=i' => \$rows, 'seed=i' => \$seed, 'bad=i' => \$bad,
+	'colour=s' => \$colour)
+  or die "usage: $0 --month YYYY-MM [--rows N] [--seed S] [--bad N] [--colour yellow|green]\n";
+die "--colour must be yellow or green\n" unless $colour eq 'yellow' || $colour eq 'green';
+$seed += 1000 if $colour eq 'green';
+my $prefix = $colour eq 'green' ? 'lpep' : 'tpep';
 die "--month must be YYYY-MM\n" unless $month =~ /^(\d{4})-(\d{2})$/;
 my ($year, $mon) = ($1, $2);
 $rows //= $real_rows{$month} // 1_000_000;
@@ -52,7 +62,7 @@ sub stamp
 
 sub money { my ($cents) = @_; return sprintf('%s%d.%02d', $cents < 0 ? '-' : '', abs($cents) / 100, abs($cents) % 100); }
 
-print "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,RatecodeID,store_and_fwd_flag,PULocationID,DOLocationID,payment_type,fare_amount,extra,mta_tax,tip_amount,tolls_amount,improvement_surcharge,total_amount,congestion_surcharge\n";
+print "VendorID,${prefix}_pickup_datetime,${prefix}_dropoff_datetime,passenger_count,trip_distance,RatecodeID,store_and_fwd_flag,PULocationID,DOLocationID,payment_type,fare_amount,extra,mta_tax,tip_amount,tolls_amount,improvement_surcharge,total_amount,congestion_surcharge\n";
 # the bad rows, after every ($rows / ($bad + 1))th row
 my ($nm_year, $nm_mon) = $mon == 12 ? ($year + 1, 1) : ($year, $mon + 1);
 my @bad_rows = (

@@ -1,8 +1,9 @@
 # The examples work as written: examples/yellow_taxi.sql (a sensor for the
 # month's file, download, unzip, ingest, and a monthly summary DAG on the
 # loaded month's asset), examples/yellow_taxi_stream.sql (streamed ingest and a daily
-# summary) and examples/yellow_taxi_partitioned.sql (a partition per month,
-# bad rows set aside), on generated months served by the local HTTP server.
+# summary), examples/yellow_taxi_partitioned.sql (a partition per month,
+# bad rows set aside) and examples/taxi_colours.sql (yellow and green through
+# one mapped pipeline), on generated months served by the local HTTP server.
 use strict;
 use warnings;
 use FindBin;
@@ -19,6 +20,9 @@ for my $m (sort keys %rows)
 	system("$^X $FindBin::Bin/../gen_taxi.pl --month $m --rows $rows{$m} | gzip > $www/yellow_tripdata_$m.csv.gz") == 0
 	  or die "generating $m failed";
 }
+# green trips for January (examples/taxi_colours.sql)
+system("$^X $FindBin::Bin/../gen_taxi.pl --month 2021-01 --rows 1200 --colour green | gzip > $www/green_tripdata_2021-01.csv.gz") == 0
+  or die "generating green 2021-01 failed";
 my $port = start_http_server($www);
 
 # the same months with a few rows that do not fit (gen_taxi.pl --bad)
@@ -101,6 +105,21 @@ $run = query($node, "SELECT orchestrator.trigger_dag('yellow_taxi_partitioned', 
 is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', 'a manual run loads the last complete month');
 is(query($node, "SELECT count(*) FROM yellow_taxi") . ' ' . query($node, "SELECT count(*) FROM yellow_taxi_2021_02"),
 	'7500 2000', 'February, replaced whole');
+
+# --- examples/taxi_colours.sql: one pipeline mapped over the colours
+run_example('taxi_colours.sql', $port);
+wait_for($node, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'taxi_colours' AND state = 'success'",
+	'1', 'taxi_colours.sql: the January run succeeds');
+is(query($node, "SELECT count(*) FROM yellow_trips_2021_01") . ' ' . query($node, "SELECT count(*) FROM green_trips_2021_01"),
+	'3000 1200', 'each colour in its own table');
+is( query($node,
+		"SELECT string_agg(task_id || '[' || map_index || ']=' || (map_item #>> '{}') || ' ' || state, ', ' ORDER BY position, map_index) "
+		  . "FROM orchestrator.task_instances JOIN orchestrator.tasks USING (dag_id, task_id) WHERE dag_id = 'taxi_colours'"),
+	'download[0]=yellow success, download[1]=green success, unzip[0]=yellow success, unzip[1]=green success, '
+	  . 'ingest[0]=yellow success, ingest[1]=green success',
+	'download, unzip and ingest each ran once per colour, unzip and ingest mapped like download');
+like(query($node, "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'green_trips_2021_01'::regclass AND attnum > 0"),
+	qr/^VendorID,lpep_pickup_datetime,/, 'the green table has the green columns');
 
 $node->stop;
 done_testing();

@@ -69,7 +69,8 @@ SELECT md5(string_agg(x, '|' ORDER BY x)) FROM (
   SELECT format('%s', r) AS x FROM orchestrator.dag_run r WHERE run_id <= 10
   UNION ALL SELECT format('%s/%s/%s/%s/%s', run_id, task_id, state, try_number, finished_at)
     FROM orchestrator.task_instance WHERE run_id <= 10
-  UNION ALL SELECT format('%s', l) FROM orchestrator.log l WHERE run_id <= 10
+  UNION ALL SELECT format('%s/%s/%s/%s/%s/%s/%s', l.id, l.run_id, l.task_id, l.try_number, l.logged_at, l.level, l.message)
+    FROM orchestrator.log l WHERE run_id <= 10
   UNION ALL SELECT format('%s/%s/%s', dag_id, task_id, spec) FROM orchestrator.task) h};
 my $history = query($node, $history_sql);
 
@@ -93,6 +94,12 @@ is(query($node, 'SELECT count(*) FROM orchestrator.dag_run WHERE logical_date > 
 query($node, 'ALTER EXTENSION orchestrator UPDATE');
 is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'orchestrator'"), '0.2', 'updated to 0.2');
 is(query($node, $history_sql), $history, 'the definitions and history are intact');
+# (issue 15: instances are keyed by map_index too; 0.1's are not mapped)
+is( query($node,
+		"SELECT count(*) FILTER (WHERE ti.map_index = -1) || ' ' || count(l.*) FILTER (WHERE l.map_index = -1) || ' ' "
+		  . "|| (SELECT count(*) FROM orchestrator.task_instances WHERE map_index IS NULL AND run_id <= 10) "
+		  . "FROM orchestrator.task_instance ti LEFT JOIN orchestrator.log l USING (run_id, task_id, map_index) WHERE ti.run_id <= 10"),
+	'10 10 10', 'the old instances and their logs are the unmapped ones (-1 inside, NULL in the views), still joined');
 is(query($node, "SELECT DISTINCT owner_name || ' ' || (owner_sysid = orchestrator.system_identifier()) FROM orchestrator.dag"),
 	'alice true', "each DAG records its owner's name and cluster");
 

@@ -10,6 +10,8 @@
  *	  name.
  * 2. Whole runs: propagation, joins, the budget, retries, removed tasks.
  * 3. A run's outcome from its leaves.
+ * 4. Mapped tasks: the expansion's decision, and a run whose mapped task
+ *	  has an entry per instance, each counted by the rules on its own.
  *
  * Prints one line per failed check and a summary; exits 1 on a failure.
  * Built and run by "make unit" (and so by make test).
@@ -437,6 +439,66 @@ test_runs(void)
 	}
 }
 
+/* 4. mapped tasks */
+static void
+test_mapping(void)
+{
+	check(rules_expansion(0, 1024) == EXPAND_SKIPPED, "expansion: none skips (Airflow's rule)", NULL);
+	check(rules_expansion(1, 1024) == EXPAND_INSTANCES && rules_expansion(1024, 1024) == EXPAND_INSTANCES,
+		  "expansion: 1 to max_map_length expand", NULL);
+	check(rules_expansion(1025, 1024) == EXPAND_FAILED, "expansion: one past max_map_length fails", NULL);
+	check(rules_expansion(-1, 1024) == EXPAND_FAILED, "expansion: no elements to be had fails", NULL);
+
+	/*
+	 * m[0..2] (mapped), then a join over all of them under each rule: the
+	 * join's upstream is every instance, as state.c builds it
+	 */
+	{
+		static const int up[] = {0, 1, 2};
+		const TriggerRule rules[] = {TR_ALL_SUCCESS, TR_ONE_FAILED, TR_ONE_SUCCESS, TR_ALL_DONE,
+		TR_ALL_FAILED};
+		const TiState expected[] = {TI_UPSTREAM_FAILED, TI_QUEUED, TI_QUEUED, TI_QUEUED, TI_SKIPPED};
+
+		for (int r = 0; r < (int) lengthof(rules); r++)
+		{
+			RuleTask	t[4] = {T(TI_SUCCESS, TR_ALL_SUCCESS), T(TI_FAILED, TR_ALL_SUCCESS),
+			T(TI_SUCCESS, TR_ALL_SUCCESS), T(TI_SCHEDULED, rules[r])};
+			int			budget = 10;
+
+			t[3].nupstream = 3, t[3].upstream = up;
+			t[3].is_leaf = true;
+			rules_evaluate_run(t, 4, &budget);
+			check(t[3].state == expected[r], "mapped: one failed instance of three, counted alone",
+				  rules_trigger_rule_name(rules[r]));
+		}
+	}
+	/* the join waits while one instance is up for retry, whatever the others did */
+	{
+		static const int up[] = {0, 1, 2};
+		RuleTask	t[4] = {T(TI_SUCCESS, TR_ALL_SUCCESS), T(TI_UP_FOR_RETRY, TR_ALL_SUCCESS),
+		T(TI_SUCCESS, TR_ALL_SUCCESS), T(TI_SCHEDULED, TR_ALL_SUCCESS)};
+		int			budget = 10;
+
+		t[3].nupstream = 3, t[3].upstream = up;
+		t[3].is_leaf = true;
+		rules_evaluate_run(t, 4, &budget);
+		check(t[3].state == TI_SCHEDULED && t[1].state == TI_UP_FOR_RETRY,
+			  "mapped: the join waits for the instance up for retry", NULL);
+		check(rules_run_outcome(t, 4) == RUN_GOING, "mapped: the run goes on", NULL);
+		t[1].state = TI_SUCCESS;
+		rules_evaluate_run(t, 4, &budget);
+		check(t[3].state == TI_QUEUED, "mapped: the join runs once every instance succeeded", NULL);
+	}
+	/* a mapped leaf: one failed instance fails the run */
+	{
+		RuleTask	t[3] = {T(TI_SUCCESS, TR_ALL_SUCCESS), T(TI_FAILED, TR_ALL_SUCCESS),
+		T(TI_SUCCESS, TR_ALL_SUCCESS)};
+
+		t[0].is_leaf = t[1].is_leaf = t[2].is_leaf = true;
+		check(rules_run_outcome(t, 3) == RUN_FAILS, "mapped: a failed instance of a leaf fails the run", NULL);
+	}
+}
+
 static void
 test_weights(void)
 {
@@ -479,6 +541,7 @@ main(void)
 	test_trigger_rules();
 	test_early_decisions();
 	test_runs();
+	test_mapping();
 	printf("rules: %d checks, %d failed\n", checks, failures);
 	return failures == 0 ? 0 : 1;
 }
