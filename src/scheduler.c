@@ -217,6 +217,36 @@ in_xact(void (*fn) (void *), void *arg, const char *what)
  */
 #define BATCH_SIZE	100
 
+/*
+ * fn(arg) in a subtransaction: on error, it is rolled back and the error
+ * returned (the caller reports it); NULL if fn went through.
+ */
+static ErrorData *
+in_subxact(void (*fn) (void *), void *arg)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = owner;
+	return edata;
+}
+
 static void
 in_batches(void (*fn) (void *), void **items, int n, XactResult *results,
 		   const char *(*what) (void *), bool (*at_once) (void **, int))
@@ -233,34 +263,9 @@ in_batches(void (*fn) (void *), void **items, int n, XactResult *results,
 		done = at_once != NULL && at_once(items + first, last - first);
 		for (int i = first; i < last; i++)
 		{
-			ResourceOwner owner = CurrentResourceOwner;
+			ErrorData  *edata = done ? NULL : in_subxact(fn, items[i]);
 
-			if (done)
-			{
-				results[i] = XACT_COMMITTED;
-				continue;
-			}
-
-			results[i] = XACT_COMMITTED;
-			BeginInternalSubTransaction(NULL);
-			PG_TRY();
-			{
-				fn(items[i]);
-				ReleaseCurrentSubTransaction();
-			}
-			PG_CATCH();
-			{
-				ErrorData  *edata;
-
-				MemoryContextSwitchTo(oldcxt);
-				edata = CopyErrorData();
-				FlushErrorState();
-				RollbackAndReleaseCurrentSubTransaction();
-				results[i] = report_error(edata, what(items[i]));
-			}
-			PG_END_TRY();
-			MemoryContextSwitchTo(oldcxt);
-			CurrentResourceOwner = owner;
+			results[i] = edata == NULL ? XACT_COMMITTED : report_error(edata, what(items[i]));
 		}
 		orch_end_xact();
 		MemoryContextSwitchTo(oldcxt);
@@ -851,84 +856,79 @@ schedule_dag(void *arg)
  * their runs.  False if anything failed (rolled back): then each DAG goes
  * on its own, so that one bad definition holds up no other.
  */
+typedef struct DagBatch
+{
+	DagRow	  **dags;
+	int			n;
+} DagBatch;
+
+static void
+schedule_batch_at_once(void *arg)
+{
+	DagBatch   *b = arg;
+	ArrayBuildState *ids = NULL;
+	NewRuns		runs = {0};
+	HTAB	   *rows;
+	HASHCTL		ctl;
+	SPITupleTable *tuptable;
+	uint64		nrows;
+
+	ctl.keysize = ORCH_MAX_ID_LEN + 1;
+	ctl.entrysize = ORCH_MAX_ID_LEN + 1 + sizeof(int);
+	ctl.hcxt = CurrentMemoryContext;
+	rows = hash_create("orchestrator due DAGs", b->n, &ctl,
+					   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	for (int i = 0; i < b->n; i++)
+	{
+		b->dags[i]->next_check = DT_NOEND;
+		ids = accumArrayResult(ids, CStringGetTextDatum(b->dags[i]->dag_id), false,
+							   TEXTOID, CurrentMemoryContext);
+	}
+	run_query(SCHEDULE_READ, 1, (Oid[]) {TEXTARRAYOID},
+			  (Datum[]) {makeArrayResult(ids, CurrentMemoryContext)}, NULL, SPI_OK_SELECT);
+	tuptable = SPI_tuptable;
+	nrows = SPI_processed;
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		char	   *name = SPI_getvalue(tuptable->vals[r], tuptable->tupdesc, 1);
+		char	   *entry = hash_search(rows, name, HASH_ENTER, NULL);
+
+		*(int *) (entry + ORCH_MAX_ID_LEN + 1) = (int) r;
+	}
+	for (int i = 0; i < b->n; i++)
+	{
+		char	   *entry = hash_search(rows, b->dags[i]->dag_id, HASH_FIND, NULL);
+
+		if (entry == NULL)
+		{
+			/* locked by an API call, or paused since the listing */
+			b->dags[i]->skipped = true;
+			wake_by(tick_now + USECS_PER_SEC);
+			continue;
+		}
+		SPI_tuptable = tuptable;
+		plan_runs_apart(b->dags[i], *(int *) (entry + ORCH_MAX_ID_LEN + 1), &runs);
+	}
+	insert_runs(&runs);
+}
+
 static bool
 schedule_batch(DagRow **dags, int n)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
 	TimestampTz saved_wake = tick_wake;
-	bool		ok = true;
+	DagBatch	b = {dags, n};
+	ErrorData  *edata = in_subxact(schedule_batch_at_once, &b);
 
-	BeginInternalSubTransaction(NULL);
-	PG_TRY();
-	{
-		ArrayBuildState *ids = NULL;
-		NewRuns		runs = {0};
-		HTAB	   *rows;
-		HASHCTL		ctl;
-		SPITupleTable *tuptable;
-		uint64		nrows;
-
-		ctl.keysize = ORCH_MAX_ID_LEN + 1;
-		ctl.entrysize = ORCH_MAX_ID_LEN + 1 + sizeof(int);
-		ctl.hcxt = CurrentMemoryContext;
-		rows = hash_create("orchestrator due DAGs", n, &ctl,
-						   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-		for (int i = 0; i < n; i++)
-		{
-			dags[i]->next_check = DT_NOEND;
-			ids = accumArrayResult(ids, CStringGetTextDatum(dags[i]->dag_id), false,
-								   TEXTOID, CurrentMemoryContext);
-		}
-		run_query(SCHEDULE_READ, 1, (Oid[]) {TEXTARRAYOID},
-				  (Datum[]) {makeArrayResult(ids, CurrentMemoryContext)}, NULL, SPI_OK_SELECT);
-		tuptable = SPI_tuptable;
-		nrows = SPI_processed;
-		for (uint64 r = 0; r < nrows; r++)
-		{
-			char	   *name = SPI_getvalue(tuptable->vals[r], tuptable->tupdesc, 1);
-			char	   *entry = hash_search(rows, name, HASH_ENTER, NULL);
-
-			*(int *) (entry + ORCH_MAX_ID_LEN + 1) = (int) r;
-		}
-		for (int i = 0; i < n; i++)
-		{
-			char	   *entry = hash_search(rows, dags[i]->dag_id, HASH_FIND, NULL);
-
-			if (entry == NULL)
-			{
-				/* locked by an API call, or paused since the listing */
-				dags[i]->skipped = true;
-				wake_by(tick_now + USECS_PER_SEC);
-				continue;
-			}
-			SPI_tuptable = tuptable;
-			plan_runs_apart(dags[i], *(int *) (entry + ORCH_MAX_ID_LEN + 1), &runs);
-		}
-		insert_runs(&runs);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		ereport(DEBUG1,
-				(errmsg("orchestrator scheduler: a batch of %d DAGs failed (%s); one at a time",
-						n, edata->message)));
-		FreeErrorData(edata);
-		tick_wake = saved_wake;
-		for (int i = 0; i < n; i++)
-			dags[i]->skipped = false;
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(oldcxt);
-	CurrentResourceOwner = owner;
-	return ok;
+	if (edata == NULL)
+		return true;
+	ereport(DEBUG1,
+			(errmsg("orchestrator scheduler: a batch of %d DAGs failed (%s); one at a time",
+					n, edata->message)));
+	FreeErrorData(edata);
+	tick_wake = saved_wake;
+	for (int i = 0; i < n; i++)
+		dags[i]->skipped = false;
+	return false;
 }
 
 /*
