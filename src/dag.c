@@ -425,6 +425,11 @@ orch_create_dag(PG_FUNCTION_ARGS)
 	char		nulls[16];
 	Datum		on_assets;
 
+	/*
+	 * before reading any argument: under a 0.1 catalog this function is
+	 * called with the old, shorter argument list
+	 */
+	orch_require_catalog();
 	require_arg(fcinfo, 0, "dag_id");
 	dag_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	orch_check_id(dag_id, "dag_id");
@@ -628,6 +633,8 @@ orch_add_task(PG_FUNCTION_ARGS)
 	WeightRule	weight_rule;
 	List	   *outlets = NIL;
 
+	/* (as in create_dag: the 0.1 catalog calls it with fewer arguments) */
+	orch_require_catalog();
 	require_arg(fcinfo, 0, "dag_id");
 	require_arg(fcinfo, 1, "task_id");
 	require_arg(fcinfo, 2, "operator");

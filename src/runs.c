@@ -319,14 +319,18 @@ orch_clear_task(PG_FUNCTION_ARGS)
 {
 	int64		run_id;
 	char	   *task_id;
-	bool		downstream = PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2);
+	bool		downstream;
 	char	   *dag_id;
 	CatalogWrite cw;
-	int			map_index = PG_ARGISNULL(3) ? -1 : PG_GETARG_INT32(3);
+	int			map_index;
 	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, BOOLOID, INT4OID};
 	Datum		values[5];
 	int			cleared;
 
+	/* (before reading map_index: the 0.1 catalog passes three arguments) */
+	orch_require_catalog();
+	downstream = PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2);
+	map_index = PG_ARGISNULL(3) ? -1 : PG_GETARG_INT32(3);
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
