@@ -125,10 +125,22 @@ COMMENT ON COLUMN orchestrator.task_instance.ready_at IS
 
 CREATE INDEX task_instance_unfinished_idx ON orchestrator.task_instance (run_id, state)
 	WHERE state IN ('scheduled', 'queued', 'running', 'up_for_retry', 'up_for_reschedule');
-CREATE INDEX task_instance_ready_idx ON orchestrator.task_instance (run_id, ready_at)
-	WHERE ready_at IS NOT NULL;
--- a finished task's downstream tasks
-CREATE INDEX task_upstream_idx ON orchestrator.task USING gin (upstream);
+-- a DAG's active runs (max_active_runs, max_active_tasks), never its history
+CREATE INDEX dag_run_active_idx ON orchestrator.dag_run (dag_id, state)
+	WHERE state IN ('queued', 'running');
+-- a finished task's downstream tasks, in its own DAG only: one key per edge,
+-- "dag_id task_id" (an id has no space), so that a name many DAGs share
+-- does not bring them all
+CREATE FUNCTION orchestrator.upstream_keys(dag_id text, upstream text[])
+RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog
+AS $$ SELECT pg_catalog.array_agg(pg_catalog.textcat(pg_catalog.textcat($1, ' '), u))
+      FROM pg_catalog.unnest($2) AS u $$;
+COMMENT ON FUNCTION orchestrator.upstream_keys(text, text[]) IS
+	'The keys of the index of a task''s edges from its upstream tasks (internal)';
+CREATE INDEX task_downstream_idx ON orchestrator.task
+	USING gin (orchestrator.upstream_keys(dag_id, upstream));
 -- the claim: the oldest queued instance, in the claim's order, without a sort
 CREATE INDEX task_instance_queue_idx ON orchestrator.task_instance (queued_at, run_id, task_id)
 	WHERE state = 'queued';
@@ -510,6 +522,9 @@ UPDATE orchestrator.task_instance SET claim_at = queued_at WHERE state = 'queued
 DROP INDEX orchestrator.task_instance_queue_idx;
 CREATE INDEX task_instance_claim_idx ON orchestrator.task_instance (claim_at, run_id, task_id, map_index)
 	WHERE state = 'queued';
+-- a run's instances waiting for room, in claim order (claim_at is set with ready_at)
+CREATE INDEX task_instance_ready_idx ON orchestrator.task_instance (run_id, claim_at)
+	WHERE ready_at IS NOT NULL;
 -- a pool's taken slots
 CREATE INDEX task_instance_pool_idx ON orchestrator.task_instance (pool, pool_slots)
 	WHERE pool IS NOT NULL AND state IN ('queued', 'running');

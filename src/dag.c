@@ -223,6 +223,57 @@ check_table_sizes(void)
 		forget_kept_plans();
 }
 
+/*
+ * Fresh plans are no better than the statistics they are made from, and a
+ * table that grew from nothing in a minute has none, or those of when it
+ * was small (the default estimate of an equality, 0.5% of the rows: a
+ * nested loop over 1,000 running runs and 1,000 queued instances made
+ * each claim read a million pairs, before autovacuum came by).  So the
+ * scheduler, at the start of a pass, ANALYZEs each busy table that grew
+ * across a power of two in blocks since it last looked (the ANALYZE
+ * invalidates every backend's plans on it).  Up to 32 MB: past that, a
+ * table takes longer to double than autovacuum to analyze it, and a
+ * sample of it costs more.  SKIP_LOCKED: never waits for a VACUUM.
+ */
+#define ANALYZE_UP_TO_BLOCKS	4096
+
+void
+orch_analyze_grown_tables(void)
+{
+	static int	analyzed_sizes[lengthof(sized_tables)];
+	static bool initialized = false;
+	Oid			nsp = get_namespace_oid("orchestrator", true);
+
+	if (!OidIsValid(nsp))
+		return;
+	for (int i = 0; i < lengthof(sized_tables); i++)
+	{
+		Oid			relid = get_relname_relid(sized_tables[i], nsp);
+		Relation	rel;
+		BlockNumber blocks;
+		int			size;
+
+		if (!OidIsValid(relid) || (rel = try_relation_open(relid, AccessShareLock)) == NULL)
+			continue;
+		blocks = RelationGetNumberOfBlocks(rel);
+		relation_close(rel, NoLock);
+		size = pg_leftmost_one_pos32(blocks + 1);
+		/* (what was there when the scheduler started: autovacuum's) */
+		if (initialized && size > analyzed_sizes[i] && blocks <= ANALYZE_UP_TO_BLOCKS)
+		{
+			char	   *sql = psprintf("ANALYZE (SKIP_LOCKED) orchestrator.%s",
+									   quote_identifier(sized_tables[i]));
+
+			if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+				elog(ERROR, "orchestrator could not analyze %s", sized_tables[i]);
+			elog(DEBUG1, "orchestrator: analyzed %s, grown to %u blocks",
+				 sized_tables[i], blocks);
+		}
+		analyzed_sizes[i] = size;
+	}
+	initialized = true;
+}
+
 /* the key is a pointer to the query text: hashed and compared as text */
 static uint32
 kept_plan_hash(const void *key, Size keysize)

@@ -233,6 +233,8 @@ extern bool lock_owned_dag(CatalogWrite *cw, const char *dag_id,
 						   bool missing_ok, bool creating);
 extern void run_query(const char *query, int nargs, Oid *types,
 					  Datum *values, const char *nulls, int expected);
+/* the scheduler's: fresh statistics for the busy tables that grew (dag.c) */
+extern void orch_analyze_grown_tables(void);
 
 /* retention (runs.c) */
 extern int64 orch_purge_batch(TimestampTz cutoff, Oid owner, int limit);

@@ -249,21 +249,23 @@ in_subxact(void (*fn) (void *), void *arg)
 
 static void
 in_batches(void (*fn) (void *), void **items, int n, XactResult *results,
-		   const char *(*what) (void *), bool (*at_once) (void **, int))
+		   const char *(*what) (void *), void (*at_once) (void **, int, bool *))
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
+	bool		done[BATCH_SIZE];
 
 	for (int first = 0; first < n; first += BATCH_SIZE)
 	{
 		int			last = Min(n, first + BATCH_SIZE);
-		bool		done;
 
 		begin_sched_xact();
-		/* the whole batch at once, if the caller can (and nothing fails) */
-		done = at_once != NULL && at_once(items + first, last - first);
+		/* the batch at once, as far as the caller can (and nothing fails) */
+		memset(done, 0, sizeof(done));
+		if (at_once != NULL)
+			at_once(items + first, last - first, done);
 		for (int i = first; i < last; i++)
 		{
-			ErrorData  *edata = done ? NULL : in_subxact(fn, items[i]);
+			ErrorData  *edata = done[i - first] ? NULL : in_subxact(fn, items[i]);
 
 			results[i] = edata == NULL ? XACT_COMMITTED : report_error(edata, what(items[i]));
 		}
@@ -331,14 +333,20 @@ recover_lost(void)
 		if (progress_slots_show(slots, pid, run_id, map_index, task_id, 0))
 			continue;
 
-		/* applies only if it is still that running try */
-		evaluate_everything = true;
+		/*
+		 * Applies only if it is still that running try: a worker that
+		 * recorded its outcome since the snapshot above (and left its slot)
+		 * decided its downstream itself, and nothing else is evaluated for
+		 * it (with workers draining short tasks, that is most passes).
+		 */
 		if (state_try_failed(run_id, task_id, map_index, pid, try_number,
 								psprintf("the worker (pid %d) stopped without recording an outcome (killed, crashed, or the server restarted)",
 										 pid),
 								tick_now, false, false, NULL))
 		{
 			StringInfoData live;
+
+			evaluate_everything = true;
 
 			/* which workers there were, should a loss ever be questioned */
 			initStringInfo(&live);
@@ -1085,10 +1093,11 @@ schedule_what(void *arg)
 	return psprintf("cannot schedule DAG \"%s\"", ((DagRow *) arg)->dag_id);
 }
 
-static bool
-schedule_at_once(void **items, int n)
+static void
+schedule_at_once(void **items, int n, bool *done)
 {
-	return schedule_batch((DagRow **) items, n);
+	if (schedule_batch((DagRow **) items, n))
+		memset(done, true, sizeof(bool) * n);
 }
 
 static void
@@ -1242,6 +1251,87 @@ evaluate_run(void *arg)
 		wake_by(tick_now);		/* a run slot is free: schedule again at once */
 }
 
+/*
+ * A batch of runs decided at once (state.c), in a subtransaction: the
+ * runs it leaves (a timeout due, a run that changes more than its queue:
+ * state_evaluate_batch), or all of them should it fail, are evaluated one
+ * by one (evaluate_run).
+ */
+typedef struct EvalBatch
+{
+	RunEval   **evals;
+	int			n;
+	bool	   *done;
+} EvalBatch;
+
+static void
+evaluate_batch(void *arg)
+{
+	EvalBatch  *b = arg;
+	int64	   *ids = palloc(sizeof(int64) * b->n);
+	RunRef	   *runs = palloc0(sizeof(RunRef) * b->n);
+	bool	   *locked = palloc(sizeof(bool) * b->n);
+	RunRef	   *batch = palloc(sizeof(RunRef) * b->n);
+	int		   *which = palloc(sizeof(int) * b->n);
+	Advance    *advs = palloc(sizeof(Advance) * b->n);
+	bool	   *decided = palloc(sizeof(bool) * b->n);
+	int			nbatch = 0;
+
+	for (int i = 0; i < b->n; i++)
+		ids[i] = b->evals[i]->run_id;
+	state_lock_runs(ids, b->n, runs, locked);
+	for (int i = 0; i < b->n; i++)
+	{
+		RunEval    *eval = b->evals[i];
+
+		if (!locked[i])
+		{
+			/* as evaluate_run: ended, or held by an API call or a worker */
+			eval->next_eval = EVAL_AT_NEXT_PASS;
+			b->done[i] = true;
+			continue;
+		}
+		eval->next_eval = tick_now + RUN_EVAL_EVERY;
+		if (runs[i].has_timeout)
+		{
+			if (runs[i].deadline <= tick_now)
+				continue;		/* evaluate_run fails it */
+			eval->next_eval = Min(eval->next_eval, runs[i].deadline);
+		}
+		runs[i].skip_locked_dag = true;
+		batch[nbatch] = runs[i];
+		which[nbatch++] = i;
+	}
+	state_evaluate_batch(batch, nbatch, tick_now, advs, decided);
+	for (int k = 0; k < nbatch; k++)
+	{
+		RunEval    *eval = b->evals[which[k]];
+
+		if (!decided[k])
+			continue;
+		b->done[which[k]] = true;
+		if (advs[k].dag_locked)
+			eval->next_eval = EVAL_AT_NEXT_PASS;
+		if (advs[k].retry_at != 0)
+			eval->next_eval = Min(eval->next_eval, advs[k].retry_at);
+	}
+}
+
+static void
+evaluate_at_once(void **items, int n, bool *done)
+{
+	EvalBatch	b = {(RunEval **) items, n, done};
+	ErrorData  *edata = in_subxact(evaluate_batch, &b);
+
+	if (edata == NULL)
+		return;
+	ereport(DEBUG1,
+			(errmsg("orchestrator scheduler: a batch of %d runs failed (%s); one at a time",
+					n, edata->message)));
+	FreeErrorData(edata);
+	memset(done, 0, sizeof(bool) * n);
+}
+
 static const char *
 evaluate_what(void *arg)
 {
@@ -1254,7 +1344,9 @@ evaluate_runs(void)
 	int64	   *run_ids;
 	int			n;
 	bool		isnull;
-	bool		everything = evaluate_everything || orch_take_evaluation_request();
+	/* (a request is taken in any case: this pass answers it) */
+	bool		requested = orch_take_evaluation_request();
+	bool		everything = evaluate_everything || requested;
 	HASH_SEQ_STATUS seq;
 	RunCacheEntry *entry;
 	void	  **evals;
@@ -1304,7 +1396,7 @@ evaluate_runs(void)
 		evals[nevals++] = eval;
 	}
 	results = palloc(sizeof(XactResult) * Max(nevals, 1));
-	in_batches(evaluate_run, evals, nevals, results, evaluate_what, NULL);
+	in_batches(evaluate_run, evals, nevals, results, evaluate_what, evaluate_at_once);
 	for (int i = 0; i < nevals; i++)
 	{
 		RunEval    *eval = evals[i];
@@ -1466,6 +1558,13 @@ apply_retention(bool installed)
 						total, timestamptz_to_str(cutoff), orch_history_retention)));
 }
 
+/* 0. The statistics of the busy tables, when they grew fast (dag.c). */
+static void
+analyze_grown(void *arg)
+{
+	orch_analyze_grown_tables();
+}
+
 /*
  * One tick; returns how long to sleep, in milliseconds.
  */
@@ -1496,6 +1595,7 @@ scheduler_tick(void)
 	/* each in a transaction of its own (in_xact) */
 	if (installed)
 	{
+		in_xact(analyze_grown, NULL, "cannot analyze the catalog's tables");
 		in_xact(recover_work, NULL, "cannot recover lost work");
 		/* when roles changed or DAGs were inserted (a restore): no polling */
 		if (owners_mapped != owners_generation())
@@ -1532,9 +1632,11 @@ scheduler_tick(void)
 		in_xact(hand_out_pools, NULL, "cannot queue the waiters of pools");
 
 		orch_begin_xact();
+		/* (each run looked up by key: no join planned on stale statistics) */
 		run_query("SELECT (SELECT count(*) FROM orchestrator.task_instance ti "
-				  "        JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
-				  "        WHERE ti.state = 'queued' AND r.state = 'running') "
+				  "        WHERE ti.state = 'queued' "
+				  "          AND (SELECT r.state FROM orchestrator.dag_run r "
+				  "               WHERE r.run_id = ti.run_id) = 'running') "
 				  "     + (SELECT count(*) FROM orchestrator.callback)",
 				  0, NULL, NULL, NULL, SPI_OK_SELECT);
 		queued = DatumGetInt64(col_datum(0, 1, &isnull));

@@ -108,32 +108,85 @@ state_start_runs(TimestampTz now)
 			  NULL, SPI_OK_UPDATE);
 }
 
+/* a RunRef from the columns run_id, dag_id, max_active_tasks, deadline */
+static void
+read_run_ref(uint64 row, RunRef *run)
+{
+	bool		isnull;
+	Datum		d;
+
+	run->run_id = DatumGetInt64(col(row, 1, &isnull));
+	run->skip_locked_dag = false;
+	run->dag_id = col_text(row, 2);
+	run->max_active_tasks = DatumGetInt32(col(row, 3, &isnull));
+	d = col(row, 4, &isnull);
+	run->has_timeout = !isnull;
+	run->deadline = isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+void
+state_lock_runs(const int64 *ids, int n, RunRef *runs, bool *locked)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	Datum		array;
+	HASHCTL		ctl;
+	HTAB	   *byrun;
+	typedef struct
+	{
+		int64		run_id;		/* the key */
+		int			index;
+	}			RunIndex;
+
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(RunIndex);
+	ctl.hcxt = CurrentMemoryContext;
+	byrun = hash_create("orchestrator runs to lock", Max(n, 1), &ctl,
+						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	for (int i = 0; i < n; i++)
+	{
+		elems[i] = Int64GetDatum(ids[i]);
+		locked[i] = false;
+		((RunIndex *) hash_search(byrun, &ids[i], HASH_ENTER, NULL))->index = i;
+	}
+	array = PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL,
+											TYPALIGN_DOUBLE));
+	/* (the rows in key order: the scheduler's only, and it never waits) */
+	run_query("SELECT r.run_id, r.dag_id, d.max_active_tasks, r.started_at + d.dagrun_timeout "
+			  "FROM orchestrator.dag_run r JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
+			  "WHERE r.run_id = ANY ($1) AND r.state = 'running' "
+			  "ORDER BY r.run_id FOR NO KEY UPDATE OF r SKIP LOCKED",
+			  1, (Oid[]) {INT8ARRAYOID}, &array, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int64		run_id = DatumGetInt64(col(r, 1, &isnull));
+		RunIndex   *ri = hash_search(byrun, &run_id, HASH_FIND, NULL);
+
+		if (ri == NULL)
+			continue;
+		read_run_ref(r, &runs[ri->index]);
+		locked[ri->index] = true;
+	}
+}
+
 bool
 state_lock_run(int64 run_id, bool skip_locked, RunRef *run)
 {
 	Datum		value = Int64GetDatum(run_id);
-	bool		isnull;
-	Datum		d;
 
 	run_query(skip_locked ?
-			  "SELECT r.dag_id, d.max_active_tasks, r.started_at + d.dagrun_timeout "
+			  "SELECT r.run_id, r.dag_id, d.max_active_tasks, r.started_at + d.dagrun_timeout "
 			  "FROM orchestrator.dag_run r JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
 			  "WHERE r.run_id = $1 AND r.state = 'running' "
 			  "FOR NO KEY UPDATE OF r SKIP LOCKED" :
-			  "SELECT r.dag_id, d.max_active_tasks, r.started_at + d.dagrun_timeout "
+			  "SELECT r.run_id, r.dag_id, d.max_active_tasks, r.started_at + d.dagrun_timeout "
 			  "FROM orchestrator.dag_run r JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
 			  "WHERE r.run_id = $1 AND r.state = 'running' "
 			  "FOR NO KEY UPDATE OF r",
 			  1, (Oid[]) {INT8OID}, &value, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return false;
-	run->run_id = run_id;
-	run->skip_locked_dag = false;
-	run->dag_id = col_text(0, 1);
-	run->max_active_tasks = DatumGetInt32(col(0, 2, &isnull));
-	d = col(0, 3, &isnull);
-	run->has_timeout = !isnull;
-	run->deadline = isnull ? 0 : DatumGetTimestampTz(d);
+	read_run_ref(0, run);
 	return true;
 }
 
@@ -198,48 +251,144 @@ typedef struct QueueInfo
 	int64		offset_ms;		/* its claim's advance for its weight */
 } QueueInfo;
 
+/* task instances to queue, or to mark waiting, all at once */
+typedef struct InstanceSet
+{
+	int			n;
+	int			size;
+	Datum	   *run_ids;
+	Datum	   *task_ids;
+	Datum	   *map_indexes;
+	Datum	   *offsets;		/* their claims' advance for their weights */
+	Datum	   *pools;
+	bool	   *no_pool;
+	Datum	   *pool_slots;
+} InstanceSet;
+
+static void
+set_add(InstanceSet *set, int64 run_id, const char *task_id, int map_index,
+		const QueueInfo *info)
+{
+	if (set->n == set->size)
+	{
+		set->size = Max(16, set->size * 2);
+#define GROW(field, type) \
+		set->field = set->field ? repalloc(set->field, sizeof(type) * set->size) : \
+			palloc(sizeof(type) * set->size)
+		GROW(run_ids, Datum);
+		GROW(task_ids, Datum);
+		GROW(map_indexes, Datum);
+		GROW(offsets, Datum);
+		GROW(pools, Datum);
+		GROW(no_pool, bool);
+		GROW(pool_slots, Datum);
+#undef GROW
+	}
+	set->run_ids[set->n] = Int64GetDatum(run_id);
+	set->task_ids[set->n] = CStringGetTextDatum(task_id);
+	set->map_indexes[set->n] = Int32GetDatum(map_index);
+	set->offsets[set->n] = Int64GetDatum(info->offset_ms);
+	set->no_pool[set->n] = info->pool == NULL;
+	set->pools[set->n] = info->pool ? CStringGetTextDatum(info->pool) : (Datum) 0;
+	set->pool_slots[set->n] = Int32GetDatum(info->pool_slots);
+	set->n++;
+}
+
+/* $2..$7 of the statements below, from a set */
+static void
+set_arrays(const InstanceSet *set, Datum *values)
+{
+	int			dims[1] = {set->n};
+	int			lbs[1] = {1};
+
+	values[0] = PointerGetDatum(construct_array(set->run_ids, set->n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_array(set->task_ids, set->n, TEXTOID, -1, false,
+												TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(set->map_indexes, set->n, INT4OID, 4, true,
+												TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_array(set->offsets, set->n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[4] = PointerGetDatum(construct_md_array(set->pools, set->no_pool, 1, dims, lbs,
+												   TEXTOID, -1, false, TYPALIGN_INT));
+	values[5] = PointerGetDatum(construct_array(set->pool_slots, set->n, INT4OID, 4, true,
+												TYPALIGN_INT));
+}
+
+#define SET_TYPES {TIMESTAMPTZOID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, \
+				   INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID}
+#define SET_UNNEST \
+	"unnest($2::int8[], $3::text[], $4::int4[], $5::int8[], $6::text[], $7::int4[]) " \
+	"AS u(run_id, task_id, map_index, offset_ms, pool, pool_slots)"
+
 /*
- * A ready task instance is queued (if it still waits), in claim order:
- * the time it became ready (ready_at if it waited for room) less its
- * weight's advance; returns 1 if it was.
+ * Ready task instances are queued (those that still wait), in claim order:
+ * the time each became ready (ready_at if it waited for room) less its
+ * weight's advance; returns how many were.
  */
 static int
-queue_one(int64 run_id, const char *task_id, int map_index, const QueueInfo *info,
-		  TimestampTz now)
+queue_set(const InstanceSet *set, TimestampTz now)
 {
-	run_query("UPDATE orchestrator.task_instance SET state = 'queued', queued_at = $3, "
-			  " claim_at = coalesce(ready_at, $3) - $4 * interval '1 millisecond', "
-			  " pool = $5, pool_slots = $6, next_try_at = NULL, ready_at = NULL "
-			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $7 "
-			  "  AND state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
-			  7, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID, INT4OID},
-			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
-				  TimestampTzGetDatum(now), Int64GetDatum(info->offset_ms),
-				  info->pool ? CStringGetTextDatum(info->pool) : (Datum) 0,
-			  Int32GetDatum(info->pool_slots), Int32GetDatum(map_index)},
-			  info->pool ? "       " : "    n  ", SPI_OK_UPDATE);
+	Datum		values[7];
+
+	if (set->n == 0)
+		return 0;
+	values[0] = TimestampTzGetDatum(now);
+	set_arrays(set, values + 1);
+	run_query("UPDATE orchestrator.task_instance ti SET state = 'queued', queued_at = $1, "
+			  " claim_at = coalesce(ti.ready_at, $1) - u.offset_ms * interval '1 millisecond', "
+			  " pool = u.pool, pool_slots = u.pool_slots, next_try_at = NULL, ready_at = NULL "
+			  "FROM " SET_UNNEST " "
+			  "WHERE ti.run_id = u.run_id AND ti.task_id = u.task_id AND ti.map_index = u.map_index "
+			  "  AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
+			  7, (Oid[]) SET_TYPES, values, NULL, SPI_OK_UPDATE);
 	return (int) SPI_processed;
 }
 
 /*
- * A ready task instance finds no room (under max_active_tasks, or in its
- * pool): it waits, scheduled with ready_at set, in claim order.
+ * Ready task instances find no room (under max_active_tasks, or in their
+ * pools): they wait, scheduled with ready_at set, in claim order.
  */
+static void
+mark_set_waiting(const InstanceSet *set, TimestampTz now)
+{
+	Datum		values[7];
+
+	if (set->n == 0)
+		return;
+	values[0] = TimestampTzGetDatum(now);
+	set_arrays(set, values + 1);
+	/* (already marked by an earlier pass: not written again) */
+	run_query("UPDATE orchestrator.task_instance ti SET ready_at = $1, "
+			  " claim_at = $1 - u.offset_ms * interval '1 millisecond', "
+			  " pool = u.pool, pool_slots = u.pool_slots "
+			  "FROM " SET_UNNEST " "
+			  "WHERE ti.run_id = u.run_id AND ti.task_id = u.task_id AND ti.map_index = u.map_index "
+			  "  AND ti.ready_at IS NULL "
+			  "  AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
+			  7, (Oid[]) SET_TYPES, values, NULL, SPI_OK_UPDATE);
+}
+
+/* one instance queued (if it still waits): 1 if it was */
+static int
+queue_one(int64 run_id, const char *task_id, int map_index, const QueueInfo *info,
+		  TimestampTz now)
+{
+	InstanceSet set = {0};
+
+	set_add(&set, run_id, task_id, map_index, info);
+	return queue_set(&set, now);
+}
+
+/* one instance waits for room */
 static void
 mark_waiting(int64 run_id, const char *task_id, int map_index, const QueueInfo *info,
 			 TimestampTz now)
 {
-	/* (already marked by an earlier pass: not written again) */
-	run_query("UPDATE orchestrator.task_instance SET ready_at = $3, "
-			  " claim_at = $3 - $4 * interval '1 millisecond', pool = $5, pool_slots = $6 "
-			  "WHERE run_id = $1 AND task_id = $2 AND map_index = $7 AND ready_at IS NULL "
-			  "  AND state IN ('scheduled', 'up_for_retry', 'up_for_reschedule')",
-			  7, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT4OID, INT4OID},
-			  (Datum[]) {Int64GetDatum(run_id), CStringGetTextDatum(task_id),
-				  TimestampTzGetDatum(now), Int64GetDatum(info->offset_ms),
-				  info->pool ? CStringGetTextDatum(info->pool) : (Datum) 0,
-			  Int32GetDatum(info->pool_slots), Int32GetDatum(map_index)},
-			  info->pool ? "       " : "    n  ", SPI_OK_UPDATE);
+	InstanceSet set = {0};
+
+	set_add(&set, run_id, task_id, map_index, info);
+	mark_set_waiting(&set, now);
 }
 
 /* a QueueInfo from columns pool, pool_slots, priority_weight_total at col */
@@ -402,52 +551,42 @@ typedef struct TaskIndexEntry
 	int			count;
 } TaskIndexEntry;
 
-void
-state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
+/* a run's instances, as the rules see them, and what writing them needs */
+typedef struct RunTasks
 {
-	Oid			types[3] = {INT8OID, TEXTOID, TIMESTAMPTZOID};
-	Datum		values[3];
+	int			n;
 	RuleTask   *tasks;
 	char	  **names;
 	int		   *map_indexes;
 	bool	   *to_expand;
-	List	   *ready;
-	int			n;
-	int			budget;
+} RunTasks;
+
+/*
+ * The columns of a run's instances (RUN_INSTANCES_COLUMNS, from ti and t,
+ * the task LEFT JOINed), in the order of its tasks, one row per instance:
+ * a mapped task's count one by one.
+ */
+#define RUN_INSTANCES_COLUMNS \
+	"ti.task_id, ti.state, ti.next_try_at, t.trigger_rule, t.upstream, " \
+	"t.task_id IS NULL, ti.map_index, " MAPPING_TO_EXPAND_SQL
+#define RUN_INSTANCES_NCOLUMNS 8
+
+/*
+ * Reads rows [first, first + n) of SPI_tuptable (RUN_INSTANCES_COLUMNS) as
+ * one run's instances, their upstream linked through a hash by name:
+ * linear in the run's instances.  A retry not yet due sets adv->retry_at.
+ */
+static void
+read_run_tasks(uint64 first, int n, TimestampTz now, RunTasks *rt, Advance *adv)
+{
+	RuleTask   *tasks = palloc0(sizeof(RuleTask) * Max(n, 1));
+	char	  **names = palloc0(sizeof(char *) * Max(n, 1));
+	int		   *map_indexes = palloc0(sizeof(int) * Max(n, 1));
+	bool	   *to_expand = palloc0(sizeof(bool) * Max(n, 1));
 	bool		isnull;
 	HASHCTL		ctl;
 	HTAB	   *byname;
 
-	values[0] = Int64GetDatum(run->run_id);
-	values[1] = CStringGetTextDatum(run->dag_id);
-	values[2] = TimestampTzGetDatum(now);
-
-	/* every task of the definition has an instance (also tasks added later) */
-	run_query("INSERT INTO orchestrator.task_instance (run_id, task_id, state, max_tries) "
-			  "SELECT $1, t.task_id, 'scheduled', t.retries + 1 "
-			  "FROM orchestrator.task t WHERE t.dag_id = $2 "
-			  "  AND NOT EXISTS (SELECT 1 FROM orchestrator.task_instance x "
-			  "                  WHERE x.run_id = $1 AND x.task_id = t.task_id) "
-			  "ON CONFLICT DO NOTHING",
-			  2, types, values, NULL, SPI_OK_INSERT);
-
-again:
-	budget = 0;
-	ready = NIL;
-	/* one entry per instance: a mapped task's count one by one */
-	run_query("SELECT ti.task_id, ti.state, ti.next_try_at, t.trigger_rule, t.upstream, "
-			  "       t.task_id IS NULL, ti.map_index, " MAPPING_TO_EXPAND_SQL " "
-			  "FROM orchestrator.task_instance ti "
-			  "LEFT JOIN orchestrator.task t ON t.dag_id = $2 AND t.task_id = ti.task_id "
-			  "WHERE ti.run_id = $1 ORDER BY t.position, ti.task_id, ti.map_index",
-			  2, types, values, NULL, SPI_OK_SELECT);
-	n = (int) SPI_processed;
-	tasks = palloc0(sizeof(RuleTask) * Max(n, 1));
-	names = palloc0(sizeof(char *) * Max(n, 1));
-	map_indexes = palloc0(sizeof(int) * Max(n, 1));
-	to_expand = palloc0(sizeof(bool) * Max(n, 1));
-
-	/* upstream names to indexes through a hash: linear in the run's instances */
 	ctl.keysize = ORCH_MAX_ID_LEN + 1;
 	ctl.entrysize = sizeof(TaskIndexEntry);
 	ctl.hcxt = CurrentMemoryContext;
@@ -455,11 +594,12 @@ again:
 						 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	for (int i = 0; i < n; i++)
 	{
+		uint64		row = first + i;
 		Datum		d;
 
-		names[i] = col_text(i, 1);
-		tasks[i].state = parse_state(col_text(i, 2));
-		d = col(i, 3, &isnull);
+		names[i] = col_text(row, 1);
+		tasks[i].state = parse_state(col_text(row, 2));
+		d = col(row, 3, &isnull);
 		if (rules_state_waiting(tasks[i].state))
 		{
 			TimestampTz at = isnull ? 0 : DatumGetTimestampTz(d);
@@ -468,11 +608,11 @@ again:
 			if (!tasks[i].retry_due && (adv->retry_at == 0 || at < adv->retry_at))
 				adv->retry_at = at;
 		}
-		tasks[i].removed = DatumGetBool(col(i, 6, &isnull));
-		tasks[i].rule = tasks[i].removed ? TR_ALL_SUCCESS : parse_rule(col_text(i, 4));
+		tasks[i].removed = DatumGetBool(col(row, 6, &isnull));
+		tasks[i].rule = tasks[i].removed ? TR_ALL_SUCCESS : parse_rule(col_text(row, 4));
 		tasks[i].is_leaf = !tasks[i].removed;
-		map_indexes[i] = DatumGetInt32(col(i, 7, &isnull));
-		d = col(i, 8, &isnull);
+		map_indexes[i] = DatumGetInt32(col(row, 7, &isnull));
+		d = col(row, 8, &isnull);
 		to_expand[i] = !isnull && DatumGetBool(d);
 		if (strlen(names[i]) <= ORCH_MAX_ID_LEN)
 		{
@@ -489,7 +629,7 @@ again:
 	}
 	for (int i = 0; i < n; i++)
 	{
-		Datum		d = col(i, 5, &isnull);
+		Datum		d = col(first + i, 5, &isnull);
 		Datum	   *elems;
 		int			nelems;
 		int		   *upstream = NULL;
@@ -529,50 +669,353 @@ again:
 		tasks[i].upstream = upstream;
 	}
 	hash_destroy(byname);
+	rt->n = n;
+	rt->tasks = tasks;
+	rt->names = names;
+	rt->map_indexes = map_indexes;
+	rt->to_expand = to_expand;
+}
 
-	/*
-	 * Decided with no budget first: what is ready is queued by queue_ready,
-	 * under the DAG's lock, only if something is.
-	 */
-	rules_evaluate_run(tasks, n, &budget);
-	for (int i = 0; i < n; i++)
-	{
-		if (tasks[i].changed)
-			set_done(run->run_id, names[i], map_indexes[i], tasks[i].state, now);
-		if (tasks[i].ready)
-			ready = add_ready(ready, run->run_id, names[i], map_indexes[i], to_expand[i]);
-	}
-	/* an expansion that skipped or failed its task: its downstream next */
-	if (queue_ready(run, ready, NULL, now, adv) != NIL)
-		goto again;
+/* every task of the definition has an instance (also tasks added later) */
+static void
+insert_instances(Datum run_ids, Datum dag_ids)
+{
+	run_query("INSERT INTO orchestrator.task_instance (run_id, task_id, state, max_tries) "
+			  "SELECT u.run_id, t.task_id, 'scheduled', t.retries + 1 "
+			  "FROM unnest($1::int8[], $2::text[]) AS u(run_id, dag_id) "
+			  /*
+			   * Each DAG's tasks, and each task's instances, by key, whatever
+			   * the statistics say (OFFSET 0: never an anti join that reads
+			   * every instance of every run)
+			   */
+			  "CROSS JOIN LATERAL (SELECT t.task_id, t.retries FROM orchestrator.task t "
+			  "                    WHERE t.dag_id = u.dag_id OFFSET 0) t "
+			  "WHERE NOT EXISTS (SELECT 1 FROM orchestrator.task_instance x "
+			  "                  WHERE x.run_id = u.run_id AND x.task_id = t.task_id OFFSET 0) "
+			  "ON CONFLICT DO NOTHING",
+			  2, (Oid[]) {INT8ARRAYOID, TEXTARRAYOID}, (Datum[]) {run_ids, dag_ids},
+			  NULL, SPI_OK_INSERT);
+}
 
-	/* the run ends when all its tasks are done; its leaves decide how */
-	switch (rules_run_outcome(tasks, n))
+static Datum
+one_element(Datum value, Oid type)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_array(&value, 1, type, typlen, typbyval, typalign));
+}
+
+/* The run's end, if its leaves decide it, with its callback. */
+static bool
+end_run(const RunRef *run, const RunTasks *rt, TimestampTz now)
+{
+	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
+	Datum		values[2];
+
+	values[0] = Int64GetDatum(run->run_id);
+	values[1] = TimestampTzGetDatum(now);
+	switch (rules_run_outcome(rt->tasks, rt->n))
 	{
 		case RUN_GOING:
-			return;
+			return false;
 		case RUN_SUCCEEDS:
-			run_query("UPDATE orchestrator.dag_run SET state = 'success', finished_at = $3 WHERE run_id = $1",
-					  3, types, values, NULL, SPI_OK_UPDATE);
+			run_query("UPDATE orchestrator.dag_run SET state = 'success', finished_at = $2 WHERE run_id = $1",
+					  2, types, values, NULL, SPI_OK_UPDATE);
 			enqueue_run_callback(run->run_id, "success", NULL);
 			break;
 		case RUN_FAILS:
 			{
 				StringInfoData why;
 
-				run_query("UPDATE orchestrator.dag_run SET state = 'failed', finished_at = $3 WHERE run_id = $1",
-						  3, types, values, NULL, SPI_OK_UPDATE);
+				run_query("UPDATE orchestrator.dag_run SET state = 'failed', finished_at = $2 WHERE run_id = $1",
+						  2, types, values, NULL, SPI_OK_UPDATE);
 				initStringInfo(&why);
-				for (int i = 0; i < n; i++)
-					if (tasks[i].is_leaf &&
-						(tasks[i].state == TI_FAILED || tasks[i].state == TI_UPSTREAM_FAILED))
+				for (int i = 0; i < rt->n; i++)
+					if (rt->tasks[i].is_leaf &&
+						(rt->tasks[i].state == TI_FAILED || rt->tasks[i].state == TI_UPSTREAM_FAILED))
 						appendStringInfo(&why, "%s%s %s", why.len ? ", " : "tasks ",
-										 names[i], rules_state_name(tasks[i].state));
+										 rt->names[i], rules_state_name(rt->tasks[i].state));
 				enqueue_run_callback(run->run_id, "failed", why.data);
 				break;
 			}
 	}
-	adv->ended = true;
+	return true;
+}
+
+void
+state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
+	RunTasks	rt;
+	List	   *ready;
+	int			budget;
+
+	values[0] = Int64GetDatum(run->run_id);
+	values[1] = CStringGetTextDatum(run->dag_id);
+	insert_instances(one_element(values[0], INT8OID), one_element(values[1], TEXTOID));
+
+again:
+	budget = 0;
+	ready = NIL;
+	run_query("SELECT " RUN_INSTANCES_COLUMNS " "
+			  "FROM orchestrator.task_instance ti "
+			  "LEFT JOIN orchestrator.task t ON t.dag_id = $2 AND t.task_id = ti.task_id "
+			  "WHERE ti.run_id = $1 ORDER BY t.position, ti.task_id, ti.map_index",
+			  2, types, values, NULL, SPI_OK_SELECT);
+	read_run_tasks(0, (int) SPI_processed, now, &rt, adv);
+
+	/*
+	 * Decided with no budget first: what is ready is queued by queue_ready,
+	 * under the DAG's lock, only if something is.
+	 */
+	rules_evaluate_run(rt.tasks, rt.n, &budget);
+	for (int i = 0; i < rt.n; i++)
+	{
+		if (rt.tasks[i].changed)
+			set_done(run->run_id, rt.names[i], rt.map_indexes[i], rt.tasks[i].state, now);
+		if (rt.tasks[i].ready)
+			ready = add_ready(ready, run->run_id, rt.names[i], rt.map_indexes[i],
+							  rt.to_expand[i]);
+	}
+	/* an expansion that skipped or failed its task: its downstream next */
+	if (queue_ready(run, ready, NULL, now, adv) != NIL)
+		goto again;
+
+	/* the run ends when all its tasks are done; its leaves decide how */
+	if (end_run(run, &rt, now))
+		adv->ended = true;
+}
+
+/*
+ * The scheduler's batch of running runs, locked (state_lock_runs), decided
+ * with a few statements for them all: their instances created and read at
+ * once, the rules applied to each run, and the ready instances queued
+ * under their DAGs' max_active_tasks (rows locked in one statement, SKIP
+ * LOCKED, then counted) with one UPDATE.  Only the common case is decided
+ * here: a run whose evaluation changes an instance's state (skipped,
+ * upstream_failed), ends the run, expands a mapped task, queues into a
+ * pool, or finds its DAG's row held is left (done[i] false) for
+ * state_evaluate_run, in the caller's subtransaction, as before.
+ */
+void
+state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, bool *done)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *dag_ids = palloc(sizeof(Datum) * Max(n, 1));
+	Datum		id_array;
+	Datum		dag_array;
+	HASHCTL		ctl;
+	HTAB	   *byrun;
+	HTAB	   *dags;
+	List	  **ready;			/* of each run: its ready instances' indexes */
+	RunTasks   *kept;			/* of each run: its instances */
+	QueueInfo **infos;
+	Datum	   *lock_ids;
+	int			nlock = 0;
+	uint64		nrows;
+	SPITupleTable *rows;
+	bool		isnull;
+	InstanceSet queue = {0};
+	InstanceSet wait = {0};
+	typedef struct
+	{
+		int64		run_id;		/* the key */
+		int			index;
+	}			RunIndex;
+	typedef struct
+	{
+		char		dag_id[ORCH_MAX_ID_LEN + 1];	/* the key */
+		bool		locked;
+		int			room;
+	}			DagRoom;
+
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = Int64GetDatum(runs[i].run_id);
+		dag_ids[i] = CStringGetTextDatum(runs[i].dag_id);
+		done[i] = false;
+		memset(&advs[i], 0, sizeof(Advance));
+	}
+	if (n == 0)
+		return;
+	id_array = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL,
+											   TYPALIGN_DOUBLE));
+	dag_array = PointerGetDatum(construct_array(dag_ids, n, TEXTOID, -1, false, TYPALIGN_INT));
+	insert_instances(id_array, dag_array);
+
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(RunIndex);
+	ctl.hcxt = CurrentMemoryContext;
+	byrun = hash_create("orchestrator batch runs", n, &ctl,
+						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	for (int i = 0; i < n; i++)
+		((RunIndex *) hash_search(byrun, &runs[i].run_id, HASH_ENTER, NULL))->index = i;
+
+	/* every instance of the batch, run by run, in each run's task order */
+	run_query("SELECT " RUN_INSTANCES_COLUMNS ", ti.run_id, t.pool, t.pool_slots, "
+			  "       t.priority_weight_total "
+			  "FROM unnest($1::int8[], $2::text[]) AS u(run_id, dag_id) "
+			  "JOIN orchestrator.task_instance ti ON ti.run_id = u.run_id "
+			  "LEFT JOIN orchestrator.task t ON t.dag_id = u.dag_id AND t.task_id = ti.task_id "
+			  "ORDER BY ti.run_id, t.position, ti.task_id, ti.map_index",
+			  2, (Oid[]) {INT8ARRAYOID, TEXTARRAYOID}, (Datum[]) {id_array, dag_array},
+			  NULL, SPI_OK_SELECT);
+	rows = SPI_tuptable;
+	nrows = SPI_processed;
+
+	ready = palloc0(sizeof(List *) * n);
+	kept = palloc0(sizeof(RunTasks) * n);
+	infos = palloc0(sizeof(QueueInfo *) * n);
+	for (uint64 first = 0; first < nrows;)
+	{
+		int64		run_id;
+		uint64		last = first;
+		RunIndex   *ri;
+		int			i;
+		RunTasks	rt;
+		int			budget = 0;
+		bool		simple = true;
+
+		SPI_tuptable = rows;
+		run_id = DatumGetInt64(col(first, RUN_INSTANCES_NCOLUMNS + 1, &isnull));
+		while (last < nrows &&
+			   DatumGetInt64(col(last, RUN_INSTANCES_NCOLUMNS + 1, &isnull)) == run_id)
+			last++;
+		ri = hash_search(byrun, &run_id, HASH_FIND, NULL);
+		i = ri->index;
+		read_run_tasks(first, (int) (last - first), now, &rt, &advs[i]);
+		rules_evaluate_run(rt.tasks, rt.n, &budget);
+		infos[i] = palloc0(sizeof(QueueInfo) * Max(rt.n, 1));
+		for (int k = 0; k < rt.n && simple; k++)
+		{
+			if (rt.tasks[k].changed)
+				simple = false;
+			else if (rt.tasks[k].ready)
+			{
+				read_queue_info((int) (first + k), RUN_INSTANCES_NCOLUMNS + 2, &infos[i][k]);
+				if (rt.to_expand[k] || infos[i][k].pool != NULL)
+					simple = false;
+				else
+					ready[i] = lappend_int(ready[i], k);
+			}
+		}
+		if (simple && rules_run_outcome(rt.tasks, rt.n) == RUN_GOING)
+		{
+			done[i] = true;
+			kept[i] = rt;
+		}
+		else
+		{
+			memset(&advs[i], 0, sizeof(Advance));
+			ready[i] = NIL;
+		}
+		first = last;
+	}
+
+	/* the DAGs with something to queue: their rows, then their room */
+	ctl.keysize = ORCH_MAX_ID_LEN + 1;
+	ctl.entrysize = sizeof(DagRoom);
+	dags = hash_create("orchestrator batch DAGs", n, &ctl,
+					   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	lock_ids = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+	{
+		bool		found;
+		DagRoom    *d;
+
+		if (ready[i] == NIL || strlen(runs[i].dag_id) > ORCH_MAX_ID_LEN)
+		{
+			if (ready[i] != NIL)
+				done[i] = false;
+			continue;
+		}
+		d = hash_search(dags, runs[i].dag_id, HASH_ENTER, &found);
+		if (!found)
+		{
+			d->locked = false;
+			d->room = 0;
+			lock_ids[nlock++] = CStringGetTextDatum(runs[i].dag_id);
+		}
+	}
+	if (nlock > 0)
+	{
+		Datum		lock_array = PointerGetDatum(construct_array(lock_ids, nlock, TEXTOID, -1,
+																 false, TYPALIGN_INT));
+
+		/* (state.c's order: the runs' rows are held; the DAGs' next, by name) */
+		run_query("SELECT dag_id FROM orchestrator.dag WHERE dag_id = ANY ($1) "
+				  "ORDER BY dag_id FOR NO KEY UPDATE SKIP LOCKED",
+				  1, (Oid[]) {TEXTARRAYOID}, &lock_array, NULL, SPI_OK_SELECT);
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			DagRoom    *d = hash_search(dags, col_text(r, 1), HASH_FIND, NULL);
+
+			if (d != NULL)
+				d->locked = true;
+		}
+		/* counted once locked (a statement of its own: a snapshot after the locks) */
+		run_query("SELECT d.dag_id, "
+				  "       (SELECT count(*) FROM orchestrator.dag_run r "
+				  "        JOIN orchestrator.task_instance ti ON ti.run_id = r.run_id "
+				  "        WHERE r.dag_id = d.dag_id AND r.state = 'running' "
+				  "          AND ti.state IN ('queued', 'running')) "
+				  "FROM unnest($1::text[]) AS d(dag_id)",
+				  1, (Oid[]) {TEXTARRAYOID}, &lock_array, NULL, SPI_OK_SELECT);
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			DagRoom    *d = hash_search(dags, col_text(r, 1), HASH_FIND, NULL);
+			int64		active = DatumGetInt64(col(r, 2, &isnull));
+
+			if (d != NULL)
+			{
+				int			i;
+
+				for (i = 0; i < n && strcmp(runs[i].dag_id, d->dag_id) != 0; i++)
+					;
+				d->room = (int) Max(Min((int64) runs[i].max_active_tasks - active, INT_MAX), 0);
+			}
+		}
+	}
+
+	/* in the batch's order (the runs' logical dates), each run's in task order */
+	for (int i = 0; i < n; i++)
+	{
+		DagRoom    *d;
+		RunTasks   *rt = &kept[i];
+		ListCell   *lc;
+
+		if (ready[i] == NIL || !done[i])
+			continue;
+		d = hash_search(dags, runs[i].dag_id, HASH_FIND, NULL);
+		if (d == NULL || !d->locked)
+		{
+			/* its DAG's row is held (an API call): the run's own path says so */
+			done[i] = false;
+			continue;
+		}
+		foreach(lc, ready[i])
+		{
+			int			k = lfirst_int(lc);
+
+			if (d->room > 0)
+			{
+				set_add(&queue, runs[i].run_id, rt->names[k], rt->map_indexes[k], &infos[i][k]);
+				advs[i].queued++;
+				d->room--;
+			}
+			else
+			{
+				set_add(&wait, runs[i].run_id, rt->names[k], rt->map_indexes[k], &infos[i][k]);
+				advs[i].held = true;
+			}
+		}
+	}
+	queue_set(&queue, now);
+	mark_set_waiting(&wait, now);
 }
 
 /*
@@ -601,13 +1044,24 @@ queue_held(const RunRef *run, const char *extra_pool, TimestampTz now, Advance *
 	for (int i = 0; i < pools.n; i++)
 		if (pools.free[i] > 0)
 			open[nopen++] = CStringGetTextDatum(pools.names[i]);
+	/*
+	 * The first few of each running run, through its index in claim order,
+	 * then the first of them all: never every waiting instance (a fan-out
+	 * of thousands waits whole behind max_active_tasks).  The pool marked
+	 * when it began waiting chooses; its task's, read at the end, decides.
+	 */
 	run_query("SELECT ti.run_id, ti.task_id, ti.map_index, t.pool, t.pool_slots, "
 			  "       t.priority_weight_total "
 			  "FROM orchestrator.dag_run r "
-			  "JOIN orchestrator.task_instance ti ON ti.run_id = r.run_id "
+			  "CROSS JOIN LATERAL ("
+			  "  SELECT w.run_id, w.task_id, w.map_index, w.claim_at "
+			  "  FROM orchestrator.task_instance w "
+			  "  WHERE w.run_id = r.run_id AND w.ready_at IS NOT NULL "
+			  "    AND w.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule') "
+			  "    AND (w.pool IS NULL OR w.pool = ANY ($3)) "
+			  "  ORDER BY w.claim_at LIMIT $2) ti "
 			  "JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
 			  "WHERE r.dag_id = $1 AND r.state = 'running' "
-			  "  AND ti.ready_at IS NOT NULL AND ti.state IN ('scheduled', 'up_for_retry', 'up_for_reschedule') "
 			  "  AND (t.pool IS NULL OR t.pool = ANY ($3)) "
 			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id, ti.map_index LIMIT $2",
 			  3, (Oid[]) {TEXTOID, INT4OID, TEXTARRAYOID},
@@ -743,16 +1197,37 @@ state_advance_after(const RunRef *run, const char *task_id, int map_index,
 
 			foreach(lc, frontier)
 				elems[i++] = CStringGetTextDatum(strVal(lfirst(lc)));
-			/* each scheduled instance, over every instance of its upstream */
-			run_query("SELECT t.task_id, t.trigger_rule, cardinality(t.upstream), "
-					  "       ARRAY(SELECT u.state FROM orchestrator.task_instance u "
-					  "             WHERE u.run_id = $1 AND u.task_id = ANY (t.upstream)), "
-					  "       (SELECT count(DISTINCT u.task_id) FROM orchestrator.task_instance u "
-					  "        WHERE u.run_id = $1 AND u.task_id = ANY (t.upstream)), "
+			/*
+			 * The downstream tasks through their edges' index, their
+			 * instances through the key (OFFSET 0: never through the index
+			 * of a run's unfinished instances, which a fan-out fills, on
+			 * statistics taken while the run was small), and the states of
+			 * their upstream instances, read once per task however many of
+			 * its instances are mapped.
+			 */
+			run_query("WITH t AS MATERIALIZED ("
+					  "  SELECT t.* FROM orchestrator.task t "
+					  "  WHERE orchestrator.upstream_keys(t.dag_id, t.upstream) && "
+					  "        orchestrator.upstream_keys($2, $3) "
+					  "    AND t.dag_id = $2 AND t.upstream && $3), "
+					  "ti AS MATERIALIZED ("
+					  "  SELECT i.run_id, i.task_id, i.map_index FROM t "
+					  "  CROSS JOIN LATERAL (SELECT i.run_id, i.task_id, i.map_index, i.state "
+					  "                      FROM orchestrator.task_instance i "
+					  "                      WHERE i.run_id = $1 AND i.task_id = t.task_id "
+					  "                      OFFSET 0) i "
+					  "  WHERE i.state = 'scheduled'), "
+					  "up AS MATERIALIZED ("
+					  "  SELECT t.task_id, "
+					  "         coalesce(array_agg(u.state) FILTER (WHERE u.task_id IS NOT NULL), '{}') AS states, "
+					  "         count(DISTINCT u.task_id) AS ntasks "
+					  "  FROM t LEFT JOIN orchestrator.task_instance u "
+					  "    ON u.run_id = $1 AND u.task_id = ANY (t.upstream) "
+					  "  WHERE t.task_id IN (SELECT task_id FROM ti) "
+					  "  GROUP BY t.task_id) "
+					  "SELECT t.task_id, t.trigger_rule, cardinality(t.upstream), up.states, up.ntasks, "
 					  "       ti.map_index, " MAPPING_TO_EXPAND_SQL " "
-					  "FROM orchestrator.task t "
-					  "JOIN orchestrator.task_instance ti ON ti.run_id = $1 AND ti.task_id = t.task_id "
-					  "WHERE t.dag_id = $2 AND t.upstream && $3 AND ti.state = 'scheduled' "
+					  "FROM ti JOIN t ON t.task_id = ti.task_id JOIN up ON up.task_id = ti.task_id "
 					  "ORDER BY t.position, ti.map_index",
 					  3, (Oid[]) {INT8OID, TEXTOID, TEXTARRAYOID},
 					  (Datum[]) {Int64GetDatum(run->run_id), CStringGetTextDatum(run->dag_id),
@@ -777,14 +1252,14 @@ state_advance_after(const RunRef *run, const char *task_id, int map_index,
 				name = col_text(r, 1);
 				rule = parse_rule(col_text(r, 2));
 				cardinality = DatumGetInt32(col(r, 3, &isnull));
-				deconstruct_array(DatumGetArrayTypeP(col(r, 4, &isnull)), TEXTOID, -1, false,
-								  TYPALIGN_INT, &states, NULL, &nstates);
 				/* an upstream task added to the DAG has no instance yet: the scheduler's */
 				if (DatumGetInt64(col(r, 5, &isnull)) != cardinality)
 				{
 					adv->undecided = true;
 					continue;
 				}
+				deconstruct_array(DatumGetArrayTypeP(col(r, 4, &isnull)), TEXTOID, -1, false,
+								  TYPALIGN_INT, &states, NULL, &nstates);
 				map_index = DatumGetInt32(col(r, 6, &isnull));
 				for (int s = 0; s < nstates; s++)
 					rules_tally(&tally, parse_state(TextDatumGetCString(states[s])));

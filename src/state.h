@@ -54,6 +54,22 @@ extern bool state_lock_run(int64 run_id, bool skip_locked, RunRef *run);
 extern void state_evaluate_run(const RunRef *run, TimestampTz now, Advance *adv);
 
 /*
+ * The scheduler's: a batch of runs it locked (state_lock_runs), decided
+ * with a few statements for them all, in the common case (ready instances
+ * queued, or nothing to do); done[i] false leaves runs[i] to
+ * state_evaluate_run.  advs[i] tells what happened to runs[i].
+ */
+extern void state_evaluate_batch(const RunRef *runs, int n, TimestampTz now,
+								 Advance *advs, bool *done);
+
+/*
+ * Locks the rows of the runs of ids[0..n) that are running and that no
+ * other transaction holds (SKIP LOCKED), as state_lock_run does one;
+ * locked[i] says which, and runs[i] is filled for those.
+ */
+extern void state_lock_runs(const int64 *ids, int n, RunRef *runs, bool *locked);
+
+/*
  * After task_id (its instance map_index) reached a final state in its worker's transaction: its
  * downstream instances decided (skipped and upstream_failed propagate),
  * ready ones queued as max_active_tasks allows, ready instances of the DAG

@@ -266,20 +266,30 @@ claim_next(TaskRun *task, MemoryContext cxt)
 	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING, "claiming a task");
 
-	/* (a sensor's next poke goes on with its try: same number, same start) */
-	run_query("SELECT ti.run_id, ti.task_id, "
+	/*
+	 * The first queued instance in claim order, through its index, whose
+	 * run is running (looked up by key for each: never a join planned on
+	 * statistics from before a thousand runs started); then what it needs.
+	 * (A sensor's next poke goes on with its try: same number, same start.)
+	 */
+	run_query("WITH c AS ("
+			  "  SELECT c.run_id, c.task_id, c.map_index FROM orchestrator.task_instance c "
+			  "  WHERE c.state = 'queued' "
+			  "    AND (SELECT x.state FROM orchestrator.dag_run x WHERE x.run_id = c.run_id) = 'running' "
+			  "  ORDER BY c.claim_at, c.run_id, c.task_id, c.map_index "
+			  "  LIMIT 1 FOR UPDATE OF c SKIP LOCKED) "
+			  "SELECT ti.run_id, ti.task_id, "
 			  "       ti.try_number + CASE WHEN ti.first_poke_at IS NULL THEN 1 ELSE 0 END, "
 			  "       " RUN_CONTEXT_COLUMNS ", t.spec, "
 			  "       (extract(epoch FROM t.execution_timeout) * 1000)::int8, "
 			  "       t.cache_expiration IS NOT NULL, ti.first_poke_at, t.outlets, "
 			  "       ti.map_index, ti.map_item "
-			  "FROM orchestrator.task_instance ti "
+			  "FROM c "
+			  "JOIN orchestrator.task_instance ti "
+			  "  ON ti.run_id = c.run_id AND ti.task_id = c.task_id AND ti.map_index = c.map_index "
 			  "JOIN orchestrator.dag_run r ON r.run_id = ti.run_id "
 			  "JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
-			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id "
-			  "WHERE ti.state = 'queued' AND r.state = 'running' "
-			  "ORDER BY ti.claim_at, ti.run_id, ti.task_id, ti.map_index "
-			  "LIMIT 1 FOR UPDATE OF ti SKIP LOCKED",
+			  "LEFT JOIN orchestrator.task t ON t.dag_id = r.dag_id AND t.task_id = ti.task_id",
 			  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 	{

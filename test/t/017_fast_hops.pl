@@ -139,6 +139,57 @@ $node->safe_psql('postgres', "ALTER SYSTEM SET orchestrator.worker_idle_timeout 
 wait_for($node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'orchestrator worker'", '0',
 	'idle workers leave after orchestrator.worker_idle_timeout');
 
+# --- 5. a pass decides a batch of new runs at once (state_evaluate_batch):
+# their first tasks queued under max_active_tasks across all the runs, and
+# the runs it leaves to be decided one by one (a mapped task to expand, a
+# task in a pool) in the same pass
+query($node, q{
+SELECT orchestrator.create_dag('wide', max_active_tasks => 2, max_active_runs => 30);
+SELECT orchestrator.add_task('wide', 'r' || i, orchestrator.sql('SELECT pg_sleep(0.05)'))
+  FROM generate_series(1, 3) i;
+SELECT orchestrator.add_task('wide', 'j', orchestrator.sql('SELECT 1'), upstream => ARRAY['r1', 'r2', 'r3']);
+SELECT orchestrator.create_dag('wide_map');
+SELECT orchestrator.add_task('wide_map', 'm', orchestrator.sql('SELECT 1'), expand => '[1, 2, 3]');
+SELECT orchestrator.create_pool('wide_pool', 1);
+SELECT orchestrator.create_dag('wide_pooled');
+SELECT orchestrator.add_task('wide_pooled', 'p' || i, orchestrator.sql('SELECT pg_sleep(0.05)'), pool => 'wide_pool')
+  FROM generate_series(1, 3) i;
+});
+my $first = query($node, "SELECT coalesce(max(run_id), 0) FROM orchestrator.dag_run");
+query($node, q{
+BEGIN;
+SELECT orchestrator.trigger_dag('wide', logical_date => now() - i * interval '1 day') FROM generate_series(1, 25) i;
+SELECT orchestrator.trigger_dag('wide_map');
+SELECT orchestrator.trigger_dag('wide_pooled');
+COMMIT;
+});
+for my $r (split /\n/, query($node, "SELECT run_id FROM orchestrator.dag_run WHERE run_id > $first"))
+{
+	is(query($node, "SELECT orchestrator.wait_run($r, '5 minutes')"), 'success', "run $r of the batch ends");
+}
+is( query($node, qq{
+WITH t AS (
+  SELECT ti.started_at, ti.finished_at FROM orchestrator.task_instances ti
+  JOIN orchestrator.dag_runs r USING (run_id) WHERE r.dag_id = 'wide' AND r.run_id > $first)
+SELECT max((SELECT count(*) FROM t t2 WHERE t2.started_at <= t1.started_at AND t2.finished_at > t1.started_at))
+FROM t t1}) <= 2 ? 'ok' : 'exceeded', 'ok',
+	'never more than max_active_tasks = 2 at once over 25 runs started in one pass');
+is(query($node, "SELECT count(*) FROM orchestrator.task_instances ti JOIN orchestrator.dag_runs r USING (run_id) WHERE r.run_id > $first AND r.dag_id = 'wide' AND ti.state = 'success'"),
+	'100', 'every task of the 25 runs ran once');
+is(query($node, "SELECT string_agg(coalesce(map_index::text, '-'), ',' ORDER BY map_index) FROM orchestrator.task_instances ti JOIN orchestrator.dag_runs r USING (run_id) WHERE r.run_id > $first AND r.dag_id = 'wide_map'"),
+	'0,1,2', 'the mapped task of the same pass expanded, each instance ran');
+is( query($node, qq{
+WITH t AS (
+  SELECT ti.started_at, ti.finished_at FROM orchestrator.task_instances ti
+  JOIN orchestrator.dag_runs r USING (run_id) WHERE r.dag_id = 'wide_pooled' AND r.run_id > $first)
+SELECT count(*) || ' ' || max((SELECT count(*) FROM t t2 WHERE t2.started_at <= t1.started_at AND t2.finished_at > t1.started_at))
+FROM t t1}), '3 1', 'the pooled tasks of the same pass ran one at a time, in their pool of one slot');
+
+# the tables grew across powers of two: the scheduler ANALYZEd them (a
+# manual ANALYZE to the statistics; autovacuum's count apart)
+wait_for($node, "SELECT analyze_count > 0 FROM pg_stat_user_tables WHERE relid = 'orchestrator.task_instance'::regclass",
+	't', 'the scheduler analyzed task_instance as it grew');
+
 ok(!$node->log_contains('lost its worker'), 'no live worker was ever taken for lost');
 ok(!$node->log_contains('could not decide'), 'the workers decided every downstream');
 $node->stop;
