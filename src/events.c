@@ -27,6 +27,7 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/rel.h"
@@ -97,6 +98,56 @@ append_error_field(StringInfo buf, const char *error)
 	appendStringInfo(buf, ", \"error\": %s", escaped.data);
 }
 
+/*
+ * The DAG of a task instance's run: every change of state of every
+ * instance asks (four times a task, a thousand times when a run of a
+ * thousand tasks is created), so the plan is kept, and the last answer is
+ * kept for the rest of the transaction (a run's DAG does not change under
+ * it; a later transaction asks again).
+ */
+static char *
+dag_of_run(int64 run_id)
+{
+	static SPIPlanPtr plan = NULL;
+	static LocalTransactionId cached_lxid = InvalidLocalTransactionId;
+	static int64 cached_run_id;
+	static char cached_dag[ORCH_MAX_ID_LEN + 1];
+	char	   *dag_id = NULL;
+	Datum		value = Int64GetDatum(run_id);
+
+	if (cached_lxid == MyProc->lxid && cached_run_id == run_id)
+		return pstrdup(cached_dag);
+	SPI_connect();
+	if (plan == NULL)
+	{
+		SPIPlanPtr	fresh = SPI_prepare("SELECT dag_id FROM orchestrator.dag_run WHERE run_id = $1",
+										1, (Oid[]) {INT8OID});
+
+		if (fresh == NULL)
+			elog(ERROR, "orchestrator could not plan its event lookup: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(fresh);
+		plan = fresh;
+	}
+	if (SPI_execute_plan(plan, &value, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "orchestrator could not look up the DAG of run " INT64_FORMAT, run_id);
+	if (SPI_processed > 0)
+	{
+		char	   *found = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		/* outlive SPI's memory */
+		dag_id = strcpy(SPI_palloc(strlen(found) + 1), found);
+		if (strlen(found) <= ORCH_MAX_ID_LEN)
+		{
+			strlcpy(cached_dag, found, sizeof(cached_dag));
+			cached_run_id = run_id;
+			cached_lxid = MyProc->lxid;
+		}
+	}
+	SPI_finish();
+	return dag_id;
+}
+
 PG_FUNCTION_INFO_V1(orch_notify_event);
 
 Datum
@@ -135,17 +186,7 @@ orch_notify_event(PG_FUNCTION_ARGS)
 		task_id = column(td, tuple, "task_id");
 		try_number = column(td, tuple, "try_number");
 		error = column(td, tuple, "error");
-		SPI_connect();
-		SPI_execute_with_args("SELECT dag_id FROM orchestrator.dag_run WHERE run_id = $1",
-							  1, (Oid[]) {INT8OID},
-							  (Datum[]) {DirectFunctionCall1(int8in, CStringGetDatum(run_id))},
-							  NULL, true, 1);
-		dag_id = SPI_processed > 0 ?
-			SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
-		/* outlive SPI's memory */
-		if (dag_id)
-			dag_id = strcpy(SPI_palloc(strlen(dag_id) + 1), dag_id);
-		SPI_finish();
+		dag_id = dag_of_run(DatumGetInt64(DirectFunctionCall1(int8in, CStringGetDatum(run_id))));
 	}
 	else
 		dag_id = column(td, tuple, "dag_id");
