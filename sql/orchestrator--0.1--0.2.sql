@@ -499,6 +499,16 @@ COMMENT ON COLUMN orchestrator.task.priority_weight_total IS
 	'The effective weight, by weight_rule: downstream, its own plus all its downstream tasks''; upstream, its own plus all its upstream tasks''; absolute, its own';
 CREATE INDEX task_pool_idx ON orchestrator.task (pool) WHERE pool IS NOT NULL;
 
+-- a DAG's effective weights, computed once at the commit of the
+-- transaction that added its tasks (add_task marks the DAG)
+CREATE FUNCTION orchestrator.task_weights() RETURNS trigger
+LANGUAGE C SET search_path = pg_catalog
+AS 'MODULE_PATHNAME', 'orch_task_weights';
+REVOKE ALL ON FUNCTION orchestrator.task_weights() FROM PUBLIC;
+CREATE CONSTRAINT TRIGGER task_weights AFTER INSERT ON orchestrator.task
+	DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW EXECUTE FUNCTION orchestrator.task_weights();
+
 -- the tasks of 0.1 weigh 1 each, rule downstream: 1 + their downstream tasks
 UPDATE orchestrator.task t SET priority_weight_total = 1 + (
 	WITH RECURSIVE below(task_id) AS (

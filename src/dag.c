@@ -24,6 +24,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -585,47 +586,221 @@ orch_create_dag(PG_FUNCTION_ARGS)
 }
 
 /*
- * A new task's pool and weights.  Its effective weight by its rule (it has
- * no downstream task yet), and its weight added to its upstream tasks'
- * whose rule counts their downstream tasks (each counted once, however
- * many paths lead to it).
+ * Effective weights (task.priority_weight_total) belong to the DAG as a
+ * whole: a task's counts every task below (or above) it.  Kept up to date
+ * task by task, each add_task rewrote the rows of all its ancestors: a DAG
+ * of n tasks defined in one transaction left about n^2/2 dead rows there
+ * (none prunable before the commit), which every later lookup by key read
+ * through: 10 stages of 100 tasks took 11 minutes to define.  So add_task
+ * only marks its DAG, and the deferred trigger task_weights computes each
+ * marked DAG's weights once, at the commit (rules_weight_totals), with one
+ * read and one UPDATE of the rows whose weight changed.
+ */
+static List *weights_pending = NIL;	/* DAG ids, in TopTransactionContext */
+static LocalTransactionId weights_lxid = InvalidLocalTransactionId;
+
+static void
+weights_mark(const char *dag_id)
+{
+	MemoryContext old;
+
+	if (weights_lxid != MyProc->lxid)
+	{
+		weights_pending = NIL;	/* (a past transaction's, freed with it) */
+		weights_lxid = MyProc->lxid;
+	}
+	if (list_member(weights_pending, makeString((char *) dag_id)))
+		return;
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	weights_pending = lappend(weights_pending, makeString(pstrdup(dag_id)));
+	MemoryContextSwitchTo(old);
+}
+
+/* whether dag_id was marked (and is no longer) */
+static bool
+weights_take(const char *dag_id)
+{
+	ListCell   *lc;
+
+	if (weights_lxid != MyProc->lxid)
+		return false;
+	foreach(lc, weights_pending)
+	{
+		if (strcmp(strVal(lfirst(lc)), dag_id) == 0)
+		{
+			weights_pending = foreach_delete_current(weights_pending, lc);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* A DAG's weights, all at once; in the caller's SPI connection. */
+static void
+compute_weights(const char *dag_id)
+{
+	Datum		dag = CStringGetTextDatum(dag_id);
+	int			n;
+	SPITupleTable *rows;
+	RuleWeightTask *tasks;
+	int		   *nchildren;
+	int		   *child_start;
+	int		   *children;
+	int64	   *totals;
+	int64	   *stored;
+	Datum	   *names;
+	Datum	   *changed_names;
+	Datum	   *changed_totals;
+	int			nchanged = 0;
+	int			nedges = 0;
+	HASHCTL		ctl;
+	HTAB	   *byname;
+	bool		isnull;
+	typedef struct
+	{
+		char		task_id[ORCH_MAX_ID_LEN + 1];	/* the key */
+		int			index;
+	}			NameIndex;
+
+	/* (in the order they were added: a task's upstream tasks come first) */
+	run_query("SELECT task_id, upstream, priority_weight, weight_rule, priority_weight_total "
+			  "FROM orchestrator.task WHERE dag_id = $1 ORDER BY position",
+			  1, (Oid[]) {TEXTOID}, &dag, NULL, SPI_OK_SELECT);
+	n = (int) SPI_processed;
+	if (n == 0)
+		return;
+	rows = SPI_tuptable;
+	tasks = palloc0(sizeof(RuleWeightTask) * n);
+	nchildren = palloc0(sizeof(int) * n);
+	child_start = palloc0(sizeof(int) * (n + 1));
+	totals = palloc(sizeof(int64) * n);
+	stored = palloc(sizeof(int64) * n);
+	names = palloc(sizeof(Datum) * n);
+	ctl.keysize = ORCH_MAX_ID_LEN + 1;
+	ctl.entrysize = sizeof(NameIndex);
+	ctl.hcxt = CurrentMemoryContext;
+	byname = hash_create("orchestrator DAG weights", n, &ctl,
+						 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	row = rows->vals[i];
+		char	   *name = SPI_getvalue(row, rows->tupdesc, 1);
+
+		names[i] = CStringGetTextDatum(name);
+		if (strlen(name) <= ORCH_MAX_ID_LEN)
+			((NameIndex *) hash_search(byname, name, HASH_ENTER, NULL))->index = i;
+		tasks[i].weight = DatumGetInt32(SPI_getbinval(row, rows->tupdesc, 3, &isnull));
+		if (!rules_parse_weight_rule(SPI_getvalue(row, rows->tupdesc, 4), &tasks[i].rule))
+			tasks[i].rule = WR_ABSOLUTE;
+		stored[i] = DatumGetInt64(SPI_getbinval(row, rows->tupdesc, 5, &isnull));
+	}
+	for (int i = 0; i < n; i++)
+	{
+		Datum		d = SPI_getbinval(rows->vals[i], rows->tupdesc, 2, &isnull);
+		Datum	   *elems;
+		int			nelems;
+		int		   *up;
+
+		if (isnull)
+			continue;
+		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, NULL, &nelems);
+		up = palloc(sizeof(int) * Max(nelems, 1));
+		for (int e = 0; e < nelems; e++)
+		{
+			char	   *name = TextDatumGetCString(elems[e]);
+			NameIndex  *found = strlen(name) > ORCH_MAX_ID_LEN ? NULL :
+				hash_search(byname, name, HASH_FIND, NULL);
+
+			if (found == NULL)
+				continue;
+			up[tasks[i].nupstream++] = found->index;
+			nchildren[found->index]++;
+			nedges++;
+		}
+		tasks[i].upstream = up;
+	}
+	/* each task's children, from its upstream lists */
+	children = palloc(sizeof(int) * Max(nedges, 1));
+	for (int i = 0; i < n; i++)
+		child_start[i + 1] = child_start[i] + nchildren[i];
+	memset(nchildren, 0, sizeof(int) * n);
+	for (int i = 0; i < n; i++)
+		for (int k = 0; k < tasks[i].nupstream; k++)
+		{
+			int			u = tasks[i].upstream[k];
+
+			children[child_start[u] + nchildren[u]++] = i;
+		}
+	rules_weight_totals(tasks, n, child_start, children, totals,
+						palloc0(sizeof(int) * n), palloc(sizeof(int) * n));
+
+	changed_names = palloc(sizeof(Datum) * n);
+	changed_totals = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		if (totals[i] != stored[i])
+		{
+			changed_names[nchanged] = names[i];
+			changed_totals[nchanged++] = Int64GetDatum(totals[i]);
+		}
+	if (nchanged > 0)
+		run_query("UPDATE orchestrator.task t SET priority_weight_total = u.total "
+				  "FROM unnest($2::text[], $3::int8[]) AS u(task_id, total) "
+				  "WHERE t.dag_id = $1 AND t.task_id = u.task_id",
+				  3, (Oid[]) {TEXTOID, TEXTARRAYOID, INT8ARRAYOID},
+				  (Datum[]) {dag,
+					  PointerGetDatum(construct_array(changed_names, nchanged, TEXTOID, -1,
+													  false, TYPALIGN_INT)),
+					  PointerGetDatum(construct_array(changed_totals, nchanged, INT8OID, 8,
+													  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))},
+				  NULL, SPI_OK_UPDATE);
+}
+
+PG_FUNCTION_INFO_V1(orch_task_weights);
+
+/*
+ * task_weights: a deferred trigger on task (AFTER INSERT), so at the
+ * commit: the first event of a DAG that add_task marked computes its
+ * weights; the others find nothing to do.
+ */
+Datum
+orch_task_weights(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	int			attnum;
+	bool		isnull;
+	Datum		d;
+	char	   *dag_id;
+	CatalogWrite cw;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "orch_task_weights: not called as a trigger");
+	desc = RelationGetDescr(td->tg_relation);
+	attnum = SPI_fnumber(desc, "dag_id");
+	if (attnum <= 0)
+		elog(ERROR, "orchestrator.task has no dag_id");
+	d = heap_getattr(td->tg_trigtuple, attnum, desc, &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+	dag_id = TextDatumGetCString(d);
+	if (!weights_take(dag_id))
+		return PointerGetDatum(NULL);
+	/* as the catalog's owner, as add_task wrote them */
+	catalog_write_begin(&cw);
+	compute_weights(dag_id);
+	catalog_write_end(&cw);
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * A new task's pool and own weight; its effective weight and those of
+ * the rest of its DAG are computed at the commit (compute_weights).
  */
 static void
-set_priority(const char *dag_id, const char *task_id, Datum upstream, const char *pool,
+set_priority(const char *dag_id, const char *task_id, const char *pool,
 			 int pool_slots, int weight, WeightRule rule)
 {
-	int64		upstream_sum = 0;
-	Datum	   *raise;
-	int			nraise = 0;
-	uint64		n;
-	bool		isnull;
-
-	/* its upstream tasks, all the way up */
-	run_query("WITH RECURSIVE above(task_id) AS ( "
-			  "  SELECT unnest($2::text[]) "
-			  "  UNION "
-			  "  SELECT unnest(t.upstream) FROM orchestrator.task t "
-			  "  JOIN above a ON t.dag_id = $1 AND t.task_id = a.task_id) "
-			  "SELECT t.task_id, t.priority_weight, t.weight_rule "
-			  "FROM orchestrator.task t JOIN above a ON t.dag_id = $1 AND t.task_id = a.task_id",
-			  2, (Oid[]) {TEXTOID, TEXTARRAYOID},
-			  (Datum[]) {CStringGetTextDatum(dag_id), upstream}, NULL, SPI_OK_SELECT);
-	n = SPI_processed;
-	raise = palloc(sizeof(Datum) * Max(n, 1));
-	for (uint64 i = 0; i < n; i++)
-	{
-		HeapTuple	row = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		int32		up_weight = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
-		WeightRule	up_rule;
-
-		upstream_sum += up_weight;
-		if (!rules_parse_weight_rule(SPI_getvalue(row, desc, 3), &up_rule))
-			continue;
-		if (rules_weight_to_ancestor(up_rule, weight) != 0)
-			raise[nraise++] = SPI_getbinval(row, desc, 1, &isnull);
-	}
-
 	run_query("UPDATE orchestrator.task SET pool = $3, pool_slots = $4, priority_weight = $5, "
 			  " weight_rule = $6, priority_weight_total = $7 "
 			  "WHERE dag_id = $1 AND task_id = $2",
@@ -635,18 +810,9 @@ set_priority(const char *dag_id, const char *task_id, Datum upstream, const char
 				  Int32GetDatum(weight),
 				  CStringGetTextDatum(rule == WR_UPSTREAM ? "upstream" :
 									  rule == WR_ABSOLUTE ? "absolute" : "downstream"),
-			  Int64GetDatum(rules_effective_weight(rule, weight, upstream_sum, 0))},
+			  Int64GetDatum(rules_effective_weight(rule, weight, 0, 0))},
 			  pool ? "       " : "  n    ", SPI_OK_UPDATE);
-	if (nraise > 0)
-		run_query("UPDATE orchestrator.task SET priority_weight_total = "
-				  " LEAST(GREATEST(priority_weight_total + $3, $4), $5) "
-				  "WHERE dag_id = $1 AND task_id = ANY ($2)",
-				  5, (Oid[]) {TEXTOID, TEXTARRAYOID, INT8OID, INT8OID, INT8OID},
-				  (Datum[]) {CStringGetTextDatum(dag_id),
-					  PointerGetDatum(construct_array(raise, nraise, TEXTOID, -1, false, TYPALIGN_INT)),
-					  Int64GetDatum((int64) weight), Int64GetDatum(-RULES_MAX_WEIGHT),
-				  Int64GetDatum(RULES_MAX_WEIGHT)},
-				  NULL, SPI_OK_UPDATE);
+	weights_mark(dag_id);
 }
 
 PG_FUNCTION_INFO_V1(orch_add_task);
@@ -898,7 +1064,7 @@ orch_add_task(PG_FUNCTION_ARGS)
 			  "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
 			  "coalesce(max(position), 0) + 1 FROM orchestrator.task WHERE dag_id = $1",
 			  17, types, values, nulls, SPI_OK_INSERT);
-	set_priority(dag_id, task_id, values[3], pool, pool_slots, priority_weight, weight_rule);
+	set_priority(dag_id, task_id, pool, pool_slots, priority_weight, weight_rule);
 
 	catalog_write_end(&cw);
 	orch_wake_scheduler_at_commit();

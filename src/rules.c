@@ -296,10 +296,44 @@ rules_effective_weight(WeightRule rule, int64 own, int64 upstream_sum,
 	return own;
 }
 
-int64
-rules_weight_to_ancestor(WeightRule ancestor_rule, int64 weight)
+void
+rules_weight_totals(const RuleWeightTask *tasks, int n, const int *child_start,
+					const int *children, int64 *totals, int *mark, int *stack)
 {
-	return ancestor_rule == WR_DOWNSTREAM ? weight : 0;
+	for (int i = 0; i < n; i++)
+	{
+		bool		down = tasks[i].rule == WR_DOWNSTREAM;
+		int64		sum = 0;
+		int			depth = 0;
+
+		if (tasks[i].rule != WR_DOWNSTREAM && tasks[i].rule != WR_UPSTREAM)
+		{
+			totals[i] = rules_effective_weight(tasks[i].rule, tasks[i].weight, 0, 0);
+			continue;
+		}
+		/* every task reachable from i, once (marked i + 1), summed */
+		mark[i] = i + 1;
+		stack[depth++] = i;
+		while (depth > 0)
+		{
+			int			t = stack[--depth];
+			int			nnext = down ? child_start[t + 1] - child_start[t] : tasks[t].nupstream;
+			const int  *next = down ? children + child_start[t] : tasks[t].upstream;
+
+			for (int k = 0; k < nnext; k++)
+			{
+				int			v = next[k];
+
+				if (v < 0 || v >= n || mark[v] == i + 1)
+					continue;
+				mark[v] = i + 1;
+				sum += tasks[v].weight;
+				stack[depth++] = v;
+			}
+		}
+		totals[i] = rules_effective_weight(tasks[i].rule, tasks[i].weight,
+										   down ? 0 : sum, down ? sum : 0);
+	}
 }
 
 int64

@@ -158,12 +158,28 @@ extern int64 rules_effective_weight(WeightRule rule, int64 own, int64 upstream_s
 									int64 downstream_sum);
 
 /*
- * What a new task adds to the effective weight of one of its upstream
- * tasks (a task is added after its upstream tasks, with no downstream
- * of its own yet): its own weight to a downstream-rule ancestor, nothing to
- * the others.
+ * A DAG's tasks as their weights see them: upstream holds indexes into the
+ * same array; children[child_start[i] .. child_start[i + 1]) are task i's
+ * direct downstream tasks.
  */
-extern int64 rules_weight_to_ancestor(WeightRule ancestor_rule, int64 weight);
+typedef struct RuleWeightTask
+{
+	int64		weight;			/* its own priority_weight */
+	WeightRule	rule;
+	int			nupstream;
+	const int  *upstream;
+} RuleWeightTask;
+
+/*
+ * The effective weight of each of a DAG's n tasks, into totals: its own
+ * and the weights of all its distinct downstream (descendant) or upstream
+ * (ancestor) tasks by its rule, each counted once however many paths lead
+ * to it.  mark and stack are the caller's scratch arrays of n ints, mark
+ * zeroed.  O(n * (n + edges)).
+ */
+extern void rules_weight_totals(const RuleWeightTask *tasks, int n,
+								const int *child_start, const int *children,
+								int64 *totals, int *mark, int *stack);
 
 /*
  * How far ahead of its age a ready instance is claimed: its effective

@@ -161,6 +161,12 @@ is(query($node, "SET ROLE alice; SELECT string_agg(task_id || '=' || priority_we
 	# d: 10 + 4; e: 4 + a, b, c, d
 	'a=20 b=16 c=3 d=14 e=20',
 	'effective weights by Airflow\'s rules (downstream, upstream, absolute)');
+# a task added later, in a transaction of its own: its ancestors' weights
+# change at its commit (the weights are the whole DAG's, computed then)
+query($node, "SET ROLE alice; SELECT orchestrator.add_task('w', 'f', orchestrator.sql('SELECT 1'), '{e}', priority_weight => 5)");
+is(query($node, "SET ROLE alice; SELECT string_agg(task_id || '=' || priority_weight_total, ' ' ORDER BY task_id) FROM orchestrator.tasks WHERE dag_id = 'w'"),
+	'a=25 b=21 c=3 d=19 e=20 f=5',
+	'a task added later weighs on every ancestor whose rule counts it');
 
 # a pool of one slot: a gate holds it; the waiters get it by weight
 query($node, q{

@@ -519,9 +519,71 @@ test_weights(void)
 	check(rules_effective_weight(WR_UPSTREAM, -5, INT64_MIN, 0) == -RULES_MAX_WEIGHT,
 		  "weight: clamped below", NULL);
 
-	check(rules_weight_to_ancestor(WR_DOWNSTREAM, 3) == 3, "a downstream ancestor counts a new task", NULL);
-	check(rules_weight_to_ancestor(WR_UPSTREAM, 3) == 0, "an upstream ancestor does not", NULL);
-	check(rules_weight_to_ancestor(WR_ABSOLUTE, 3) == 0, "an absolute ancestor does not", NULL);
+	/*
+	 * A whole DAG's: a -> b, a -> c, b -> d, c -> d, d -> e (a diamond: d is
+	 * counted once), weights 1, 2, 3, 10, 4; c absolute, e upstream.
+	 */
+	{
+		int			up_b[] = {0},
+					up_c[] = {0},
+					up_d[] = {1, 2},
+					up_e[] = {3};
+		RuleWeightTask dag[5] = {
+			{1, WR_DOWNSTREAM, 0, NULL},
+			{2, WR_DOWNSTREAM, 1, up_b},
+			{3, WR_ABSOLUTE, 1, up_c},
+			{10, WR_DOWNSTREAM, 2, up_d},
+			{4, WR_UPSTREAM, 1, up_e},
+		};
+		int			child_start[6] = {0, 2, 3, 4, 5, 5};
+		int			children[5] = {1, 2, 3, 3, 4};
+		int64		totals[5];
+		int			mark[5] = {0};
+		int			stack[5];
+
+		rules_weight_totals(dag, 5, child_start, children, totals, mark, stack);
+		check(totals[0] == 20, "downstream weight of a DAG's root: each descendant once", NULL);
+		check(totals[1] == 16 && totals[3] == 14, "downstream weights in the middle", NULL);
+		check(totals[2] == 3, "an absolute weight in a DAG", NULL);
+		check(totals[4] == 20, "upstream weight of a leaf: each ancestor once", NULL);
+	}
+	/* a chain of 1,000 and a fan of 1,000 under one root */
+	{
+		enum
+		{
+		N = 1000};
+		static RuleWeightTask dag[2 * N + 1];
+		static int	up[2 * N + 1];
+		static int	child_start[2 * N + 2];
+		static int	children[2 * N];
+		static int64 totals[2 * N + 1];
+		static int	mark[2 * N + 1];
+		static int	stack[2 * N + 1];
+		int			e = 0;
+
+		/* 0: the root; 1..N a chain from it; N+1..2N each right under it */
+		for (int i = 0; i <= 2 * N; i++)
+		{
+			up[i] = i == 0 ? -1 : (i <= N ? i - 1 : 0);
+			dag[i] = (RuleWeightTask) {1, WR_DOWNSTREAM, i == 0 ? 0 : 1, &up[i]};
+		}
+		for (int i = 0; i <= 2 * N; i++)
+		{
+			child_start[i] = e;
+			if (i == 0)
+			{
+				children[e++] = 1;
+				for (int k = N + 1; k <= 2 * N; k++)
+					children[e++] = k;
+			}
+			else if (i < N)
+				children[e++] = i + 1;
+		}
+		child_start[2 * N + 1] = e;
+		rules_weight_totals(dag, 2 * N + 1, child_start, children, totals, mark, stack);
+		check(totals[0] == 2 * N + 1, "a root over a chain and a fan", NULL);
+		check(totals[1] == N && totals[N] == 1 && totals[2 * N] == 1, "a chain's weights", NULL);
+	}
 
 	/* ageing: weight w goes ahead of instances up to w units younger */
 	check(rules_claim_offset_ms(10, 1000) == 10000, "claim offset", NULL);
