@@ -237,11 +237,14 @@ check_table_sizes(void)
  * sample of it costs more.  SKIP_LOCKED: never waits for a VACUUM.
  */
 #define ANALYZE_UP_TO_BLOCKS	4096
+#define ANALYZE_RETRIES			10
 
 void
 orch_analyze_grown_tables(void)
 {
 	static int	analyzed_sizes[lengthof(sized_tables)];
+	static int	analyze_retries[lengthof(sized_tables)];
+	static BlockNumber tried_blocks[lengthof(sized_tables)];
 	static bool initialized = false;
 	Oid			nsp = get_namespace_oid("orchestrator", true);
 
@@ -264,12 +267,35 @@ orch_analyze_grown_tables(void)
 		{
 			char	   *sql = psprintf("ANALYZE (SKIP_LOCKED) orchestrator.%s",
 									   quote_identifier(sized_tables[i]));
+			HeapTuple	tuple;
+			float4		reltuples = -1;
 
 			if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
 				elog(ERROR, "orchestrator could not analyze %s", sized_tables[i]);
-			elog(DEBUG1, "orchestrator: analyzed %s, grown to %u blocks",
-				 sized_tables[i], blocks);
+			tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+			if (HeapTupleIsValid(tuple))
+			{
+				reltuples = ((Form_pg_class) GETSTRUCT(tuple))->reltuples;
+				ReleaseSysCache(tuple);
+			}
+			elog(DEBUG1, "orchestrator: analyzed %s, grown to %u blocks, %.0f rows",
+				 sized_tables[i], blocks, reltuples);
+
+			/*
+			 * Fewer rows than blocks: what grew it is still being written
+			 * (10,000 DAGs created in one transaction, uncommitted, count
+			 * for nothing), and statistics of an empty table would outlive
+			 * its commit.  Again at the next passes: as long as it grows,
+			 * and a few times once it stops (a table of dead rows looks
+			 * the same, and does not grow).
+			 */
+			if (blocks != tried_blocks[i])
+				analyze_retries[i] = 0;
+			tried_blocks[i] = blocks;
+			if (reltuples < (float4) blocks && ++analyze_retries[i] <= ANALYZE_RETRIES)
+				continue;
 		}
+		analyze_retries[i] = 0;
 		analyzed_sizes[i] = size;
 	}
 	initialized = true;

@@ -1626,6 +1626,8 @@ scheduler_tick(void)
 	{
 		schedule_dags(dags);
 		start_asset_runs(asset_dags);
+		/* (a thousand new runs: fresh statistics before they are read) */
+		in_xact(analyze_grown, NULL, "cannot analyze the catalog's tables");
 		in_xact(start_runs, NULL, "cannot start queued runs");
 		evaluate_runs();
 		/* pool slots freed by what no worker hands out (cancel, lost tries) */
@@ -1730,6 +1732,13 @@ orch_scheduler_main(Datum arg)
 	 * flushes every earlier commit with it.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * No JIT: the scheduler runs only its own short statements, and a
+	 * batch's, costed over a hundred DAGs, crossed jit_above_cost and spent
+	 * 50 ms compiling for a millisecond's work.
+	 */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	tick_cxt = AllocSetContextCreate(TopMemoryContext, "orchestrator tick",
 									 ALLOCSET_DEFAULT_SIZES);

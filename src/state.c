@@ -89,19 +89,25 @@ parse_rule(const char *name)
 void
 state_start_runs(TimestampTz now)
 {
-	run_query("WITH free AS ( "
-			  "  SELECT d.dag_id, d.max_active_runs - "
-			  "         (SELECT count(*) FROM orchestrator.dag_run x "
-			  "          WHERE x.dag_id = d.dag_id AND x.state = 'running') AS n "
-			  "  FROM orchestrator.dag d WHERE NOT d.paused "
-			  "    AND d.dag_id IN (SELECT dag_id FROM orchestrator.dag_run WHERE state = 'queued')), "
-			  "queued AS ( "
+	/*
+	 * Each queued run's DAG looked up by key (a LATERAL with OFFSET 0: no
+	 * join of two sets, which statistics taken before a thousand runs
+	 * were queued would make a nested loop over both), with its running
+	 * runs counted through their index.
+	 */
+	run_query("WITH queued AS ( "
 			  "  SELECT r.run_id, r.dag_id, r.logical_date FROM orchestrator.dag_run r "
 			  "  WHERE r.state = 'queued' FOR NO KEY UPDATE SKIP LOCKED), "
 			  "ranked AS ( "
 			  "  SELECT r.run_id, row_number() OVER (PARTITION BY r.dag_id "
 			  "                                      ORDER BY r.logical_date, r.run_id) AS k, f.n "
-			  "  FROM queued r JOIN free f ON f.dag_id = r.dag_id) "
+			  "  FROM queued r "
+			  "  CROSS JOIN LATERAL ( "
+			  "    SELECT d.max_active_runs - "
+			  "           (SELECT count(*) FROM orchestrator.dag_run x "
+			  "            WHERE x.dag_id = d.dag_id AND x.state = 'running') AS n "
+			  "    FROM orchestrator.dag d WHERE d.dag_id = r.dag_id AND NOT d.paused "
+			  "    OFFSET 0) f) "
 			  "UPDATE orchestrator.dag_run r SET state = 'running', started_at = $1, finished_at = NULL "
 			  "FROM ranked WHERE ranked.run_id = r.run_id AND ranked.k <= ranked.n",
 			  1, (Oid[]) {TIMESTAMPTZOID}, (Datum[]) {TimestampTzGetDatum(now)},
@@ -205,6 +211,20 @@ set_done(int64 run_id, const char *task_id, int map_index, TiState state, Timest
 }
 
 /*
+ * How many instances of the DAG named by dag_expr are active (queued or
+ * running, in its running runs): its running runs through their index
+ * (never its history), then each run's active instances through theirs
+ * (OFFSET 0: never a join planned over every active instance).
+ */
+#define ACTIVE_COUNT_SQL(dag_expr) \
+	"(SELECT count(*) FROM " \
+	"   (SELECT r.run_id FROM orchestrator.dag_run r " \
+	"    WHERE r.dag_id = " dag_expr " AND r.state = 'running' OFFSET 0) r " \
+	" CROSS JOIN LATERAL (SELECT 1 FROM orchestrator.task_instance ti " \
+	"                     WHERE ti.run_id = r.run_id AND ti.state IN ('queued', 'running') " \
+	"                     OFFSET 0) a)"
+
+/*
  * Room under the DAG's max_active_tasks, with the DAG's row locked (see
  * the order of locks above) until the end of the transaction, and then the
  * pools its tasks use (and extra_pool), with their free slots (pool.c).
@@ -232,11 +252,7 @@ dag_room(const char *dag_id, int max_active_tasks, bool skip_locked,
 		adv->dag_locked = true;
 		return 0;
 	}
-	/* the DAG's running runs, then their active instances, by index */
-	run_query("SELECT count(*) FROM orchestrator.dag_run r "
-			  "JOIN orchestrator.task_instance ti ON ti.run_id = r.run_id "
-			  "WHERE r.dag_id = $1 AND r.state = 'running' "
-			  "  AND ti.state IN ('queued', 'running')",
+	run_query("SELECT " ACTIVE_COUNT_SQL("$1"),
 			  1, (Oid[]) {TEXTOID}, &value, NULL, SPI_OK_SELECT);
 	active = DatumGetInt64(col(0, 1, &isnull));
 	return (int) Max(Min((int64) max_active_tasks - active, INT_MAX), 0);
@@ -859,8 +875,12 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 	run_query("SELECT " RUN_INSTANCES_COLUMNS ", ti.run_id, t.pool, t.pool_slots, "
 			  "       t.priority_weight_total "
 			  "FROM unnest($1::int8[], $2::text[]) AS u(run_id, dag_id) "
-			  "JOIN orchestrator.task_instance ti ON ti.run_id = u.run_id "
-			  "LEFT JOIN orchestrator.task t ON t.dag_id = u.dag_id AND t.task_id = ti.task_id "
+			  /* (each run's instances, and their tasks, by key: OFFSET 0) */
+			  "CROSS JOIN LATERAL (SELECT ti.* FROM orchestrator.task_instance ti "
+			  "                    WHERE ti.run_id = u.run_id OFFSET 0) ti "
+			  "LEFT JOIN LATERAL (SELECT t.* FROM orchestrator.task t "
+			  "                   WHERE t.dag_id = u.dag_id AND t.task_id = ti.task_id "
+			  "                   OFFSET 0) t ON true "
 			  "ORDER BY ti.run_id, t.position, ti.task_id, ti.map_index",
 			  2, (Oid[]) {INT8ARRAYOID, TEXTARRAYOID}, (Datum[]) {id_array, dag_array},
 			  NULL, SPI_OK_SELECT);
@@ -958,11 +978,7 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 				d->locked = true;
 		}
 		/* counted once locked (a statement of its own: a snapshot after the locks) */
-		run_query("SELECT d.dag_id, "
-				  "       (SELECT count(*) FROM orchestrator.dag_run r "
-				  "        JOIN orchestrator.task_instance ti ON ti.run_id = r.run_id "
-				  "        WHERE r.dag_id = d.dag_id AND r.state = 'running' "
-				  "          AND ti.state IN ('queued', 'running')) "
+		run_query("SELECT d.dag_id, " ACTIVE_COUNT_SQL("d.dag_id") " "
 				  "FROM unnest($1::text[]) AS d(dag_id)",
 				  1, (Oid[]) {TEXTARRAYOID}, &lock_array, NULL, SPI_OK_SELECT);
 		for (uint64 r = 0; r < SPI_processed; r++)
