@@ -194,28 +194,43 @@ forget_kept_plans(void)
 	kept_cxt = NULL;
 }
 
+/*
+ * The size in blocks of busy table i (sized_tables), and its OID; false if
+ * it is not there (the extension is being created or dropped).
+ */
+static bool
+sized_table_blocks(int i, BlockNumber *blocks, Oid *relid)
+{
+	Oid			nsp = get_namespace_oid("orchestrator", true);
+	Relation	rel;
+
+	if (!OidIsValid(nsp))
+		return false;
+	*relid = get_relname_relid(sized_tables[i], nsp);
+	if (!OidIsValid(*relid) || (rel = try_relation_open(*relid, AccessShareLock)) == NULL)
+		return false;
+	*blocks = RelationGetNumberOfBlocks(rel);
+	relation_close(rel, NoLock);
+	return true;
+}
+
 static void
 check_table_sizes(void)
 {
-	Oid			nsp;
 	bool		changed = false;
 
 	if (MyProc->lxid == sizes_checked)
 		return;
 	sizes_checked = MyProc->lxid;
-	nsp = get_namespace_oid("orchestrator", true);
-	if (!OidIsValid(nsp))
-		return;
 	for (int i = 0; i < lengthof(sized_tables); i++)
 	{
-		Oid			relid = get_relname_relid(sized_tables[i], nsp);
-		Relation	rel;
+		Oid			relid;
+		BlockNumber blocks;
 		int			size;
 
-		if (!OidIsValid(relid) || (rel = try_relation_open(relid, AccessShareLock)) == NULL)
+		if (!sized_table_blocks(i, &blocks, &relid))
 			continue;
-		size = pg_leftmost_one_pos32(RelationGetNumberOfBlocks(rel) + 1);
-		relation_close(rel, NoLock);
+		size = pg_leftmost_one_pos32(blocks + 1);
 		if (size != planned_sizes[i])
 			changed = true;
 		planned_sizes[i] = size;
@@ -246,21 +261,15 @@ orch_analyze_grown_tables(void)
 	static int	analyze_retries[lengthof(sized_tables)];
 	static BlockNumber tried_blocks[lengthof(sized_tables)];
 	static bool initialized = false;
-	Oid			nsp = get_namespace_oid("orchestrator", true);
 
-	if (!OidIsValid(nsp))
-		return;
 	for (int i = 0; i < lengthof(sized_tables); i++)
 	{
-		Oid			relid = get_relname_relid(sized_tables[i], nsp);
-		Relation	rel;
+		Oid			relid;
 		BlockNumber blocks;
 		int			size;
 
-		if (!OidIsValid(relid) || (rel = try_relation_open(relid, AccessShareLock)) == NULL)
+		if (!sized_table_blocks(i, &blocks, &relid))
 			continue;
-		blocks = RelationGetNumberOfBlocks(rel);
-		relation_close(rel, NoLock);
 		size = pg_leftmost_one_pos32(blocks + 1);
 		/* (what was there when the scheduler started: autovacuum's) */
 		if (initialized && size > analyzed_sizes[i] && blocks <= ANALYZE_UP_TO_BLOCKS)
