@@ -245,8 +245,9 @@ check_table_sizes(void)
  * was small (the default estimate of an equality, 0.5% of the rows: a
  * nested loop over 1,000 running runs and 1,000 queued instances made
  * each claim read a million pairs, before autovacuum came by).  So the
- * scheduler, at the start of a pass, ANALYZEs each busy table that grew
- * across a power of two in blocks since it last looked (the ANALYZE
+ * scheduler, at the start of a pass and again once it has created the
+ * pass's runs, ANALYZEs each busy table that grew across a power of two
+ * in blocks since it last looked (the ANALYZE
  * invalidates every backend's plans on it).  Up to 32 MB: past that, a
  * table takes longer to double than autovacuum to analyze it, and a
  * sample of it costs more.  SKIP_LOCKED: never waits for a VACUUM.

@@ -1212,6 +1212,45 @@ typedef struct RunEval
 	TimestampTz next_eval;		/* out */
 } RunEval;
 
+/*
+ * A locked run about to be decided: its next look by its deadline, or, past
+ * its dagrun_timeout, failed here instead (false: nothing more to decide).
+ */
+static bool
+eval_prepare(RunEval *eval, RunRef *run)
+{
+	eval->next_eval = tick_now + RUN_EVAL_EVERY;
+	if (run->has_timeout)
+	{
+		if (run->deadline <= tick_now)
+		{
+			ereport(LOG,
+					(errmsg("orchestrator: run " INT64_FORMAT " of DAG \"%s\" exceeded its dagrun_timeout",
+							run->run_id, run->dag_id)));
+			state_fail_run(run->run_id, "dagrun_timeout exceeded", tick_now, true);
+			/* a run slot is free, and room under max_active_tasks */
+			evaluate_everything = true;
+			wake_by(tick_now);
+			return false;
+		}
+		eval->next_eval = Min(eval->next_eval, run->deadline);
+	}
+	run->skip_locked_dag = true;
+	return true;
+}
+
+/* A run decided: its next look by what happened. */
+static void
+eval_finish(RunEval *eval, const Advance *adv)
+{
+	if (adv->dag_locked)
+		eval->next_eval = EVAL_AT_NEXT_PASS;
+	if (adv->retry_at != 0)
+		eval->next_eval = Min(eval->next_eval, adv->retry_at);
+	if (adv->ended)
+		wake_by(tick_now);		/* a run slot is free: schedule again at once */
+}
+
 static void
 evaluate_run(void *arg)
 {
@@ -1219,41 +1258,21 @@ evaluate_run(void *arg)
 	RunRef		run;
 	Advance		adv = {0};
 
-	eval->next_eval = tick_now + RUN_EVAL_EVERY;
 	/* still running, and no API call (cancel_run, clear_task) or worker on it */
 	if (!state_lock_run(eval->run_id, true, &run))
 	{
 		eval->next_eval = EVAL_AT_NEXT_PASS;
 		return;
 	}
-	if (run.has_timeout)
-	{
-		if (run.deadline <= tick_now)
-		{
-			ereport(LOG,
-					(errmsg("orchestrator: run " INT64_FORMAT " of DAG \"%s\" exceeded its dagrun_timeout",
-							run.run_id, run.dag_id)));
-			state_fail_run(run.run_id, "dagrun_timeout exceeded", tick_now, true);
-			/* a run slot is free, and room under max_active_tasks */
-			evaluate_everything = true;
-			wake_by(tick_now);
-			return;
-		}
-		eval->next_eval = Min(eval->next_eval, run.deadline);
-	}
-	run.skip_locked_dag = true;
+	if (!eval_prepare(eval, &run))
+		return;
 	state_evaluate_run(&run, tick_now, &adv);
-	if (adv.dag_locked)
-		eval->next_eval = EVAL_AT_NEXT_PASS;
-	if (adv.retry_at != 0)
-		eval->next_eval = Min(eval->next_eval, adv.retry_at);
-	if (adv.ended)
-		wake_by(tick_now);		/* a run slot is free: schedule again at once */
+	eval_finish(eval, &adv);
 }
 
 /*
  * A batch of runs decided at once (state.c), in a subtransaction: the
- * runs it leaves (a timeout due, a run that changes more than its queue:
+ * runs it leaves (a run that changes more than its queue:
  * state_evaluate_batch), or all of them should it fail, are evaluated one
  * by one (evaluate_run).
  */
@@ -1291,29 +1310,21 @@ evaluate_batch(void *arg)
 			b->done[i] = true;
 			continue;
 		}
-		eval->next_eval = tick_now + RUN_EVAL_EVERY;
-		if (runs[i].has_timeout)
+		if (!eval_prepare(eval, &runs[i]))
 		{
-			if (runs[i].deadline <= tick_now)
-				continue;		/* evaluate_run fails it */
-			eval->next_eval = Min(eval->next_eval, runs[i].deadline);
+			b->done[i] = true;
+			continue;
 		}
-		runs[i].skip_locked_dag = true;
 		batch[nbatch] = runs[i];
 		which[nbatch++] = i;
 	}
 	state_evaluate_batch(batch, nbatch, tick_now, advs, decided);
 	for (int k = 0; k < nbatch; k++)
 	{
-		RunEval    *eval = b->evals[which[k]];
-
 		if (!decided[k])
 			continue;
 		b->done[which[k]] = true;
-		if (advs[k].dag_locked)
-			eval->next_eval = EVAL_AT_NEXT_PASS;
-		if (advs[k].retry_at != 0)
-			eval->next_eval = Min(eval->next_eval, advs[k].retry_at);
+		eval_finish(b->evals[which[k]], &advs[k]);
 	}
 }
 

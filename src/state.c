@@ -114,6 +114,38 @@ state_start_runs(TimestampTz now)
 			  NULL, SPI_OK_UPDATE);
 }
 
+/* positions in an array of runs, by run id */
+typedef struct RunIndex
+{
+	int64		run_id;			/* the key */
+	int			index;
+} RunIndex;
+
+static HTAB *
+index_runs(const int64 *ids, int n)
+{
+	HASHCTL		ctl;
+	HTAB	   *byrun;
+
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(RunIndex);
+	ctl.hcxt = CurrentMemoryContext;
+	byrun = hash_create("orchestrator runs by id", Max(n, 1), &ctl,
+						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	for (int i = 0; i < n; i++)
+		((RunIndex *) hash_search(byrun, &ids[i], HASH_ENTER, NULL))->index = i;
+	return byrun;
+}
+
+/* run_id's position, or -1 */
+static int
+run_index(HTAB *byrun, int64 run_id)
+{
+	RunIndex   *ri = hash_search(byrun, &run_id, HASH_FIND, NULL);
+
+	return ri ? ri->index : -1;
+}
+
 /* a RunRef from the columns run_id, dag_id, max_active_tasks, deadline */
 static void
 read_run_ref(uint64 row, RunRef *run)
@@ -135,24 +167,12 @@ state_lock_runs(const int64 *ids, int n, RunRef *runs, bool *locked)
 {
 	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
 	Datum		array;
-	HASHCTL		ctl;
-	HTAB	   *byrun;
-	typedef struct
-	{
-		int64		run_id;		/* the key */
-		int			index;
-	}			RunIndex;
+	HTAB	   *byrun = index_runs(ids, n);
 
-	ctl.keysize = sizeof(int64);
-	ctl.entrysize = sizeof(RunIndex);
-	ctl.hcxt = CurrentMemoryContext;
-	byrun = hash_create("orchestrator runs to lock", Max(n, 1), &ctl,
-						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	for (int i = 0; i < n; i++)
 	{
 		elems[i] = Int64GetDatum(ids[i]);
 		locked[i] = false;
-		((RunIndex *) hash_search(byrun, &ids[i], HASH_ENTER, NULL))->index = i;
 	}
 	array = PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL,
 											TYPALIGN_DOUBLE));
@@ -165,13 +185,12 @@ state_lock_runs(const int64 *ids, int n, RunRef *runs, bool *locked)
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		bool		isnull;
-		int64		run_id = DatumGetInt64(col(r, 1, &isnull));
-		RunIndex   *ri = hash_search(byrun, &run_id, HASH_FIND, NULL);
+		int			i = run_index(byrun, DatumGetInt64(col(r, 1, &isnull)));
 
-		if (ri == NULL)
+		if (i < 0)
 			continue;
-		read_run_ref(r, &runs[ri->index]);
-		locked[ri->index] = true;
+		read_run_ref(r, &runs[i]);
+		locked[i] = true;
 	}
 }
 
@@ -821,6 +840,7 @@ void
 state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, bool *done)
 {
 	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
+	int64	   *run_ids = palloc(sizeof(int64) * Max(n, 1));
 	Datum	   *dag_ids = palloc(sizeof(Datum) * Max(n, 1));
 	Datum		id_array;
 	Datum		dag_array;
@@ -839,18 +859,15 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 	InstanceSet wait = {0};
 	typedef struct
 	{
-		int64		run_id;		/* the key */
-		int			index;
-	}			RunIndex;
-	typedef struct
-	{
 		char		dag_id[ORCH_MAX_ID_LEN + 1];	/* the key */
+		int			max_active_tasks;
 		bool		locked;
 		int			room;
 	}			DagRoom;
 
 	for (int i = 0; i < n; i++)
 	{
+		run_ids[i] = runs[i].run_id;
 		ids[i] = Int64GetDatum(runs[i].run_id);
 		dag_ids[i] = CStringGetTextDatum(runs[i].dag_id);
 		done[i] = false;
@@ -863,13 +880,7 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 	dag_array = PointerGetDatum(construct_array(dag_ids, n, TEXTOID, -1, false, TYPALIGN_INT));
 	insert_instances(id_array, dag_array);
 
-	ctl.keysize = sizeof(int64);
-	ctl.entrysize = sizeof(RunIndex);
-	ctl.hcxt = CurrentMemoryContext;
-	byrun = hash_create("orchestrator batch runs", n, &ctl,
-						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	for (int i = 0; i < n; i++)
-		((RunIndex *) hash_search(byrun, &runs[i].run_id, HASH_ENTER, NULL))->index = i;
+	byrun = index_runs(run_ids, n);
 
 	/* every instance of the batch, run by run, in each run's task order */
 	run_query("SELECT " RUN_INSTANCES_COLUMNS ", ti.run_id, t.pool, t.pool_slots, "
@@ -894,7 +905,6 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 	{
 		int64		run_id;
 		uint64		last = first;
-		RunIndex   *ri;
 		int			i;
 		RunTasks	rt;
 		int			budget = 0;
@@ -905,8 +915,7 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 		while (last < nrows &&
 			   DatumGetInt64(col(last, RUN_INSTANCES_NCOLUMNS + 1, &isnull)) == run_id)
 			last++;
-		ri = hash_search(byrun, &run_id, HASH_FIND, NULL);
-		i = ri->index;
+		i = run_index(byrun, run_id);
 		read_run_tasks(first, (int) (last - first), now, &rt, &advs[i]);
 		rules_evaluate_run(rt.tasks, rt.n, &budget);
 		infos[i] = palloc0(sizeof(QueueInfo) * Max(rt.n, 1));
@@ -939,6 +948,7 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 	/* the DAGs with something to queue: their rows, then their room */
 	ctl.keysize = ORCH_MAX_ID_LEN + 1;
 	ctl.entrysize = sizeof(DagRoom);
+	ctl.hcxt = CurrentMemoryContext;
 	dags = hash_create("orchestrator batch DAGs", n, &ctl,
 					   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	lock_ids = palloc(sizeof(Datum) * n);
@@ -947,15 +957,17 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 		bool		found;
 		DagRoom    *d;
 
-		if (ready[i] == NIL || strlen(runs[i].dag_id) > ORCH_MAX_ID_LEN)
+		if (ready[i] == NIL)
+			continue;
+		if (strlen(runs[i].dag_id) > ORCH_MAX_ID_LEN)
 		{
-			if (ready[i] != NIL)
-				done[i] = false;
+			done[i] = false;	/* (not an id the API lets in: its own path) */
 			continue;
 		}
 		d = hash_search(dags, runs[i].dag_id, HASH_ENTER, &found);
 		if (!found)
 		{
+			d->max_active_tasks = runs[i].max_active_tasks;
 			d->locked = false;
 			d->room = 0;
 			lock_ids[nlock++] = CStringGetTextDatum(runs[i].dag_id);
@@ -987,13 +999,7 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 			int64		active = DatumGetInt64(col(r, 2, &isnull));
 
 			if (d != NULL)
-			{
-				int			i;
-
-				for (i = 0; i < n && strcmp(runs[i].dag_id, d->dag_id) != 0; i++)
-					;
-				d->room = (int) Max(Min((int64) runs[i].max_active_tasks - active, INT_MAX), 0);
-			}
+				d->room = (int) Max(Min((int64) d->max_active_tasks - active, INT_MAX), 0);
 		}
 	}
 
