@@ -31,6 +31,7 @@
 
 #include "fmgr.h"
 #include "funcapi.h"
+#include "port/pg_bitutils.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/timestamp.h"
@@ -392,9 +393,26 @@ cron_next_wall(const CronSchedule *sched, int64 wall, int64 limit, int64 *result
 		else if (!cron_day_matches(sched, julian, mday))
 			t = (days + 1) * SECS_PER_DAY_I;
 		else if (!(sched->hours & (1U << hour)))
-			t = days * SECS_PER_DAY_I + (hour + 1) * SECS_PER_HOUR_I;
+		{
+			/* the next hour of the set that day, or the next day */
+			uint32		later = sched->hours & ~((1U << hour) - 1);
+
+			if (later == 0)
+				t = (days + 1) * SECS_PER_DAY_I;
+			else
+				t = days * SECS_PER_DAY_I + pg_rightmost_one_pos32(later) * SECS_PER_HOUR_I;
+		}
 		else if (!(sched->minutes & (UINT64CONST(1) << minute)))
-			t += SECS_PER_MINUTE_I;
+		{
+			/* the next minute of the set that hour, or the next hour */
+			uint64		later = sched->minutes & ~((UINT64CONST(1) << minute) - 1);
+
+			if (later == 0)
+				t = days * SECS_PER_DAY_I + (hour + 1) * SECS_PER_HOUR_I;
+			else
+				t = days * SECS_PER_DAY_I + hour * SECS_PER_HOUR_I +
+					pg_rightmost_one_pos64(later) * SECS_PER_MINUTE_I;
+		}
 		else
 		{
 			*result = t;
