@@ -18,14 +18,15 @@
  * SQL: whether the instance ti (of task t, joined) is one to expand when
  * it becomes ready rather than to queue: the unmapped instance of a task
  * with expand or expand_query, or that reads the artifact of a task mapped
- * in the run.
+ * in the run.  (A scalar subquery, probed by key for each instance: an
+ * EXISTS may be planned as a hash of every mapped instance of every run.)
  */
 #define MAPPING_TO_EXPAND_SQL \
 	"(ti.map_index = -1 AND t.task_id IS NOT NULL AND " \
 	" (t.expand IS NOT NULL OR t.expand_query IS NOT NULL OR " \
-	"  EXISTS (SELECT 1 FROM orchestrator.task_instance mi " \
-	"          WHERE mi.run_id = ti.run_id AND mi.task_id = t.spec->>'input' " \
-	"            AND mi.map_index >= 0)))"
+	"  (SELECT true FROM orchestrator.task_instance mi " \
+	"   WHERE mi.run_id = ti.run_id AND mi.task_id = t.spec->>'input' " \
+	"     AND mi.map_index >= 0 LIMIT 1) IS NOT NULL))"
 
 /*
  * Expands the unmapped instance of task_id in run_id, which is scheduled
