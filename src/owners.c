@@ -114,52 +114,85 @@ void
 owners_map(void *arg)
 {
 	Datum		sysid = Int64GetDatum((int64) GetSystemIdentifier());
+	bool		isnull;
+	bool		foreign,
+				unowned,
+				renamed;
+
+	/*
+	 * What needs mapping, in one read: an UPDATE, even of no row, counts as
+	 * a change of definitions (a statement trigger), and the next pass
+	 * would list every DAG again.
+	 */
+	run_query("SELECT coalesce(bool_or(x.owner_sysid <> $1), false), "
+			  "       coalesce(bool_or(x.owner IS NULL AND x.owner_sysid = $1 "
+			  "                        AND EXISTS (SELECT 1 FROM pg_catalog.pg_authid r "
+			  "                                    WHERE r.rolname = x.owner_name)), false), "
+			  "       coalesce(bool_or(x.owner_name IS DISTINCT FROM y.rolname "
+			  "                        AND x.owner_sysid = $1 AND y.oid IS NOT NULL), false) "
+			  "FROM orchestrator.dag x LEFT JOIN pg_catalog.pg_authid y ON y.oid = x.owner",
+			  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_SELECT);
+	foreign = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	unowned = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	renamed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	*(bool *) arg = !foreign;
 
 	/* (rows an API call has locked are left for the next time) */
-	run_query("UPDATE orchestrator.dag d SET owner_sysid = $1, "
-			  " owner = (SELECT r.oid FROM pg_catalog.pg_authid r WHERE r.rolname = d.owner_name) "
-			  "FROM (SELECT dag_id FROM orchestrator.dag WHERE owner_sysid <> $1 "
-			  "      FOR NO KEY UPDATE SKIP LOCKED) l "
-			  "WHERE d.dag_id = l.dag_id "
-			  "RETURNING d.dag_id, d.owner_name::text, d.owner IS NOT NULL",
-			  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE_RETURNING);
-	for (uint64 i = 0; i < SPI_processed; i++)
+	if (foreign)
 	{
-		bool		isnull;
-		bool		found = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
+		run_query("UPDATE orchestrator.dag d SET owner_sysid = $1, "
+				  " owner = (SELECT r.oid FROM pg_catalog.pg_authid r WHERE r.rolname = d.owner_name) "
+				  "FROM (SELECT dag_id FROM orchestrator.dag WHERE owner_sysid <> $1 "
+				  "      FOR NO KEY UPDATE SKIP LOCKED) l "
+				  "WHERE d.dag_id = l.dag_id "
+				  "RETURNING d.dag_id, d.owner_name::text, d.owner IS NOT NULL",
+				  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE_RETURNING);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		found = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
+			char	   *owner_name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 
-		ereport(LOG,
-				(errmsg("orchestrator: DAG \"%s\" was restored from another cluster: %s",
-						SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
-						psprintf(found ? "it belongs to role \"%s\" of this one" :
-								 "it belongs to no one: role \"%s\" does not exist here",
-								 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2) ? SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2) : "?"))));
+			ereport(LOG,
+					(errmsg("orchestrator: DAG \"%s\" was restored from another cluster: %s",
+							SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
+							psprintf(found ? "it belongs to role \"%s\" of this one" :
+									 "it belongs to no one: role \"%s\" does not exist here",
+									 owner_name ? owner_name : "?"))));
+		}
 	}
+
 	/*
 	 * (each statement sees rows committed since the one before: a restore
 	 * may bring foreign rows meanwhile, which only the next pass maps, so
 	 * these two touch rows of this cluster only)
 	 */
-	run_query("UPDATE orchestrator.dag d SET owner = r.oid "
-			  "FROM (SELECT dag_id FROM orchestrator.dag WHERE owner IS NULL AND owner_sysid = $1 "
-			  "      FOR NO KEY UPDATE SKIP LOCKED) l, pg_catalog.pg_authid r "
-			  "WHERE d.dag_id = l.dag_id AND r.rolname = d.owner_name "
-			  "RETURNING d.dag_id, d.owner_name::text",
-			  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE_RETURNING);
-	for (uint64 i = 0; i < SPI_processed; i++)
-		ereport(LOG,
-				(errmsg("orchestrator: DAG \"%s\" now belongs to the new role \"%s\"",
-						SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1), SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2))));
-	run_query("UPDATE orchestrator.dag d SET owner_name = r.rolname "
-			  "FROM (SELECT x.dag_id FROM orchestrator.dag x JOIN pg_catalog.pg_authid y ON y.oid = x.owner "
-			  "      WHERE x.owner_name IS DISTINCT FROM y.rolname AND x.owner_sysid = $1 "
-			  "      FOR NO KEY UPDATE OF x SKIP LOCKED) l, pg_catalog.pg_authid r "
-			  "WHERE d.dag_id = l.dag_id AND r.oid = d.owner AND d.owner_sysid = $1",
-			  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE);
+	if (unowned)
+	{
+		run_query("UPDATE orchestrator.dag d SET owner = r.oid "
+				  "FROM (SELECT dag_id FROM orchestrator.dag WHERE owner IS NULL AND owner_sysid = $1 "
+				  "      FOR NO KEY UPDATE SKIP LOCKED) l, pg_catalog.pg_authid r "
+				  "WHERE d.dag_id = l.dag_id AND r.rolname = d.owner_name "
+				  "RETURNING d.dag_id, d.owner_name::text",
+				  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE_RETURNING);
+		for (uint64 i = 0; i < SPI_processed; i++)
+			ereport(LOG,
+					(errmsg("orchestrator: DAG \"%s\" now belongs to the new role \"%s\"",
+							SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1), SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2))));
+	}
+	if (renamed)
+		run_query("UPDATE orchestrator.dag d SET owner_name = r.rolname "
+				  "FROM (SELECT x.dag_id FROM orchestrator.dag x JOIN pg_catalog.pg_authid y ON y.oid = x.owner "
+				  "      WHERE x.owner_name IS DISTINCT FROM y.rolname AND x.owner_sysid = $1 "
+				  "      FOR NO KEY UPDATE OF x SKIP LOCKED) l, pg_catalog.pg_authid r "
+				  "WHERE d.dag_id = l.dag_id AND r.oid = d.owner AND d.owner_sysid = $1",
+				  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_UPDATE);
 
 	/* what was locked, and skipped, is mapped at a pass a few seconds on */
-	run_query("SELECT 1 FROM orchestrator.dag WHERE owner_sysid <> $1 LIMIT 1",
-			  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_SELECT);
-	*(bool *) arg = SPI_processed == 0;
+	if (foreign)
+	{
+		run_query("SELECT 1 FROM orchestrator.dag WHERE owner_sysid <> $1 LIMIT 1",
+				  1, (Oid[]) {INT8OID}, &sysid, NULL, SPI_OK_SELECT);
+		*(bool *) arg = SPI_processed == 0;
+	}
 }
 
