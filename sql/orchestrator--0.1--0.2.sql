@@ -125,8 +125,11 @@ COMMENT ON COLUMN orchestrator.task_instance.ready_at IS
 
 CREATE INDEX task_instance_unfinished_idx ON orchestrator.task_instance (run_id, state)
 	WHERE state IN ('scheduled', 'queued', 'running', 'up_for_retry', 'up_for_reschedule');
--- a DAG's active runs (max_active_runs, max_active_tasks), never its history
-CREATE INDEX dag_run_active_idx ON orchestrator.dag_run (dag_id, state)
+-- the active runs, and a DAG's (max_active_runs, max_active_tasks), never
+-- its history; one index for both, so that no plan reads every running run
+-- to find one DAG's
+DROP INDEX orchestrator.dag_run_state_idx;
+CREATE INDEX dag_run_state_idx ON orchestrator.dag_run (state, dag_id)
 	WHERE state IN ('queued', 'running');
 -- a finished task's downstream tasks, in its own DAG only: one key per edge,
 -- "dag_id task_id" (an id has no space), so that a name many DAGs share

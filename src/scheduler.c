@@ -259,6 +259,14 @@ in_batches(void (*fn) (void *), void **items, int n, XactResult *results,
 		int			last = Min(n, first + BATCH_SIZE);
 
 		begin_sched_xact();
+
+		/*
+		 * Fresh statistics for each batch: the batches before may have grown
+		 * a table from a few blocks (a thousand runs created), and plans
+		 * made on the statistics of a handful of runs of one DAG read the
+		 * whole table once per DAG.
+		 */
+		orch_analyze_grown_tables();
 		/* the batch at once, as far as the caller can (and nothing fails) */
 		memset(done, 0, sizeof(done));
 		if (at_once != NULL)
@@ -664,6 +672,13 @@ static HTAB *dag_cache = NULL;
 static uint64 dags_seen = 0;	/* with a schedule, at the last full listing */
 
 /*
+ * No entry of the cache needs a look before this time: until then a pass
+ * reads none of them (an idle pass's cost does not grow with the DAGs).
+ * Lowered as entries are set; raised only by a walk through them all.
+ */
+static TimestampTz cache_earliest = DT_NOBEGIN;
+
+/*
  * Every DAG is listed when definitions changed (a trigger on dag and task
  * bumps a generation at commit, orchestrator.c), at the first pass, after
  * a reload, and at a pass a minute after the last full listing at the
@@ -727,12 +742,21 @@ insert_runs(NewRuns *runs)
  * inserting its runs takes; API changes hold more): its active runs and
  * the end of its last scheduled run's interval.  For one DAG or a batch.
  */
+/*
+ * The queued and running runs of the DAGs in the text[] ids, counted by
+ * DAG in one read of the active runs: per DAG, statistics of a few runs of
+ * one DAG (the table before a pass creates a thousand) read every run
+ * once for each DAG.
+ */
+#define ACTIVE_RUNS_OF_DAGS(ids) \
+	"SELECT x.dag_id, count(*) AS n FROM orchestrator.dag_run x " \
+	"WHERE x.state IN ('queued', 'running') AND x.dag_id = ANY (" ids ") " \
+	"GROUP BY x.dag_id"
+
 #define SCHEDULE_READ \
-	"SELECT d.dag_id, " \
-	"       (SELECT count(*) FROM orchestrator.dag_run x " \
-	"        WHERE x.dag_id = d.dag_id AND x.state IN ('queued', 'running')), " \
-	"       l.run_id IS NOT NULL, l.data_interval_end " \
+	"SELECT d.dag_id, coalesce(a.n, 0), l.run_id IS NOT NULL, l.data_interval_end " \
 	"FROM orchestrator.dag d " \
+	"LEFT JOIN (" ACTIVE_RUNS_OF_DAGS("$1") ") a ON a.dag_id = d.dag_id " \
 	"LEFT JOIN LATERAL (SELECT r.run_id, r.data_interval_end FROM orchestrator.dag_run r " \
 	"                   WHERE r.dag_id = d.dag_id AND r.run_type = 'scheduled' " \
 	"                   ORDER BY r.logical_date DESC LIMIT 1) l ON true " \
@@ -949,16 +973,30 @@ due_ids(void)
 	HASH_SEQ_STATUS seq;
 	DagCacheEntry *entry;
 	ArrayBuildState *ids = NULL;
+	TimestampTz earliest = DT_NOEND;
 
+	if (cache_earliest > tick_now)
+	{
+		wake_by(cache_earliest);
+		return (Datum) 0;
+	}
 	hash_seq_init(&seq, dag_cache);
 	while ((entry = hash_seq_search(&seq)) != NULL)
 	{
 		if (entry->next_check <= tick_now || entry->blocked)
+		{
 			ids = accumArrayResult(ids, CStringGetTextDatum(entry->dag_id), false,
 								   TEXTOID, CurrentMemoryContext);
+			/* (set again by this pass: a walk at the next one) */
+			earliest = tick_now;
+		}
 		else
+		{
 			wake_by(entry->next_check);
+			earliest = Min(earliest, entry->next_check);
+		}
 	}
+	cache_earliest = earliest;
 	return ids == NULL ? (Datum) 0 : makeArrayResult(ids, CurrentMemoryContext);
 }
 
@@ -981,6 +1019,7 @@ due_dags(void)
 		ctl.entrysize = sizeof(DagCacheEntry);
 		dag_cache = hash_create("orchestrator DAGs", 1024, &ctl, HASH_ELEM | HASH_STRINGS);
 		definitions_listed = PG_UINT64_MAX;
+		cache_earliest = DT_NOBEGIN;
 	}
 
 	/* forget DAGs dropped since (rarely worth a look: rebuilt when twice the size) */
@@ -1019,9 +1058,9 @@ due_dags(void)
 			return NIL;
 		run_query("SELECT d.dag_id, d.schedule, coalesce(d.start_date, d.created_at), d.end_date, "
 				  "       d.catchup, d.max_active_runs, d.timezone, d.xmin::text::int8, "
-				  "       (SELECT count(*) FROM orchestrator.dag_run r "
-				  "        WHERE r.dag_id = d.dag_id AND r.state IN ('queued', 'running')) "
+				  "       coalesce(a.n, 0) "
 				  "FROM orchestrator.dag d "
+				  "LEFT JOIN (" ACTIVE_RUNS_OF_DAGS("$1") ") a ON a.dag_id = d.dag_id "
 				  "WHERE d.dag_id = ANY ($1) AND NOT d.paused AND d.schedule IS NOT NULL "
 				  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id)",
 				  1, (Oid[]) {TEXTARRAYOID}, &ids, NULL, SPI_OK_SELECT);
@@ -1133,6 +1172,7 @@ schedule_dags(List *dags)
 		else if (results[i] == XACT_FAILED)
 			next_check = tick_now + DAG_RETRY_AFTER_ERROR;
 		entry->next_check = next_check;
+		cache_earliest = Min(cache_earliest, entry->blocked ? tick_now : next_check);
 	}
 }
 
@@ -1592,6 +1632,8 @@ scheduler_tick(void)
 	List	   *dags = NIL;
 	List	   *asset_dags = NIL;
 	TimestampTz pass_start = GetCurrentTimestamp();
+	/* when scheduling, starting runs, deciding runs began, and ended */
+	TimestampTz phases[4] = {pass_start, pass_start, pass_start, pass_start};
 
 	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING, "scheduling");
@@ -1635,12 +1677,16 @@ scheduler_tick(void)
 
 	if (installed && orch_enabled)
 	{
+		phases[0] = GetCurrentTimestamp();
 		schedule_dags(dags);
 		start_asset_runs(asset_dags);
 		/* (a thousand new runs: fresh statistics before they are read) */
 		in_xact(analyze_grown, NULL, "cannot analyze the catalog's tables");
+		phases[1] = GetCurrentTimestamp();
 		in_xact(start_runs, NULL, "cannot start queued runs");
+		phases[2] = GetCurrentTimestamp();
 		evaluate_runs();
+		phases[3] = GetCurrentTimestamp();
 		/* pool slots freed by what no worker hands out (cancel, lost tries) */
 		in_xact(hand_out_pools, NULL, "cannot queue the waiters of pools");
 
@@ -1696,9 +1742,14 @@ scheduler_tick(void)
 
 	/* what a pass costs (bench/sched.sh reads it) */
 	ereport(DEBUG1,
-			(errmsg_internal("orchestrator scheduler: pass took %.3f ms, %d DAGs due, %lld queued",
+			(errmsg_internal("orchestrator scheduler: pass took %.3f ms, %d DAGs due, %lld queued "
+							 "(listing %.1f ms, scheduling %.1f, starting %.1f, deciding %.1f)",
 							 (double) (GetCurrentTimestamp() - pass_start) / 1000.0,
-							 list_length(dags), (long long) queued)));
+							 list_length(dags), (long long) queued,
+							 (double) (phases[0] - pass_start) / 1000.0,
+							 (double) (phases[1] - phases[0]) / 1000.0,
+							 (double) (phases[2] - phases[1]) / 1000.0,
+							 (double) (phases[3] - phases[2]) / 1000.0)));
 
 	/* the due times are on the scheduler's clock; the sleep on the real one */
 	real_now = orch_now();
