@@ -138,5 +138,14 @@ ok($b->poll_query_until('restored',
 		q{SELECT pg_get_userbyid(owner) FROM orchestrator.dag WHERE dag_id = 'carol_dag'}, 'carol'),
 	'a role created later gets its DAG at once');
 
+# a renamed owner's new name is kept (for the next restore), at its commit
+$b->safe_psql('restored', 'ALTER ROLE carol RENAME TO caroline');
+ok($b->poll_query_until('restored',
+		q{SELECT owner_name || ' ' || pg_get_userbyid(owner) FROM orchestrator.dag WHERE dag_id = 'carol_dag'},
+		'caroline caroline'),
+	"a renamed owner's new name is kept");
+is($b->safe_psql('restored', q{SELECT string_agg(dag_id || '=' || owner_name, ', ' ORDER BY dag_id) FROM orchestrator.dag}),
+	'alice_dag=alice, bob_dag=bob, carol_dag=caroline', "and the other DAGs' names are left alone");
+
 $b->stop;
 done_testing();
