@@ -204,4 +204,39 @@ ok($node->log_contains("orchestrator: removed $old runs that ended before"), 'th
 ok(!$node->log_contains('lost its worker'), 'no live worker was ever taken for lost');
 
 $node->stop;
+
+# --- the scheduler's cache of when each DAG is next due: a pass reads none
+# of it while nothing in it can be due, and sleeps until then, so a DAG
+# defined later, due before the others, must lower that bound (else
+# nothing wakes the scheduler for it before the year is out)
+my $c = orch_node('cache');
+set_clock($c, '2030-01-01 00:00:00+00');
+query($c, q{
+SELECT orchestrator.create_dag('yearly', '0 0 1 1 *', start_date => '2030-01-01', timezone => 'UTC');
+SELECT orchestrator.add_task('yearly', 't', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.create_dag('poke');
+SELECT orchestrator.add_task('poke', 't', orchestrator.sql('SELECT 1'));
+});
+# (a trigger_dag changes no definition: its passes read the cache)
+sub poke
+{
+	my ($n) = @_;
+	my $run = query($c, "SELECT orchestrator.trigger_dag('poke', logical_date => '2029-01-01'::timestamptz + interval '$n days')");
+	wait_for($c, "SELECT state FROM orchestrator.dag_runs WHERE run_id = $run", 'success', "poke $n ran");
+}
+poke(1);
+poke(2);
+query($c, q{
+SELECT orchestrator.create_dag('hourly', '0 * * * *', start_date => '2030-01-01', timezone => 'UTC');
+SELECT orchestrator.add_task('hourly', 't', orchestrator.sql('SELECT 1'));
+});
+poke(3);
+is(query($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id IN ('yearly', 'hourly')"), '0',
+	'nothing is due at midnight');
+set_clock($c, '2030-01-01 01:30:00+00');
+wait_for($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'hourly'", '1',
+	'at 01:30, the hourly DAG has its run');
+is(query($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'yearly'"), '0',
+	'and the yearly one is still not due');
+$c->stop;
 done_testing();
