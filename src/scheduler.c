@@ -738,11 +738,6 @@ insert_runs(NewRuns *runs)
 }
 
 /*
- * What the scheduling of a DAG reads, under its row's KEY SHARE lock (what
- * inserting its runs takes; API changes hold more): its active runs and
- * the end of its last scheduled run's interval.  For one DAG or a batch.
- */
-/*
  * The queued and running runs of the DAGs in the text[] ids, counted by
  * DAG in one read of the active runs: per DAG, statistics of a few runs of
  * one DAG (the table before a pass creates a thousand) read every run
@@ -753,6 +748,11 @@ insert_runs(NewRuns *runs)
 	"WHERE x.state IN ('queued', 'running') AND x.dag_id = ANY (" ids ") " \
 	"GROUP BY x.dag_id"
 
+/*
+ * What the scheduling of a DAG reads, under its row's KEY SHARE lock (what
+ * inserting its runs takes; API changes hold more): its active runs and
+ * the end of its last scheduled run's interval.  For one DAG or a batch.
+ */
 #define SCHEDULE_READ \
 	"SELECT d.dag_id, coalesce(a.n, 0), l.run_id IS NOT NULL, l.data_interval_end " \
 	"FROM orchestrator.dag d " \
