@@ -192,5 +192,60 @@ wait_for($node, "SELECT analyze_count > 0 FROM pg_stat_user_tables WHERE relid =
 
 ok(!$node->log_contains('lost its worker'), 'no live worker was ever taken for lost');
 ok(!$node->log_contains('could not decide'), 'the workers decided every downstream');
+
+# --- 6. a waiting worker stopped by an administrator gives its slot up: the
+# next task gets a new worker
+$node->safe_psql('postgres', "ALTER SYSTEM SET orchestrator.worker_idle_timeout = '60s'; SELECT pg_reload_conf()");
+$run = query($node, "SELECT orchestrator.trigger_dag('one', logical_date => now() + interval '2 days')");
+is(query($node, "SELECT orchestrator.wait_run($run, '1 minute')"), 'success', 'a task runs again');
+$pid = query($node, "SELECT worker_pid FROM orchestrator.task_instances WHERE run_id = $run");
+wait_for($node, "SELECT count(*) FROM pg_stat_activity WHERE pid = $pid AND wait_event = 'Extension'", '1',
+	'its worker waits for work');
+query($node, "SELECT pg_terminate_backend($pid)");
+wait_for($node, "SELECT count(*) FROM pg_stat_activity WHERE pid = $pid", '0', 'the waiting worker is stopped');
+$run = query($node, "SELECT orchestrator.trigger_dag('one', logical_date => now() + interval '3 days')");
+is(query($node, "SELECT orchestrator.wait_run($run, '1 minute')"), 'success', 'the next task runs');
+isnt(query($node, "SELECT worker_pid FROM orchestrator.task_instances WHERE run_id = $run"), $pid,
+	'on a new worker');
+# and its slot is free: four tasks that wait for each other all run at once
+# under orchestrator.max_workers = 4
+query($node, q{
+CREATE TABLE go ();
+SELECT orchestrator.create_dag('four');
+SELECT orchestrator.add_task('four', 'w' || i, orchestrator.sql($t$
+    DO $do$ BEGIN WHILE NOT EXISTS (SELECT FROM public.go) LOOP PERFORM pg_sleep(0.05); END LOOP; END $do$$t$))
+  FROM generate_series(1, 4) i;
+});
+$run = query($node, "SELECT orchestrator.trigger_dag('four')");
+wait_for($node, "SELECT count(*) FROM orchestrator.task_instance WHERE run_id = $run AND state = 'running'", '4',
+	'all four workers run: no slot was kept by the stopped worker');
+query($node, "INSERT INTO go DEFAULT VALUES");
+is(query($node, "SELECT orchestrator.wait_run($run, '1 minute')"), 'success', 'the four tasks end');
+
+# --- 7. a worker killed in a task it chained to: the try is lost, counted
+# as failed, retried, and what it wrote is not committed
+query($node, q{
+CREATE TABLE chained (x int);
+SELECT orchestrator.create_dag('chain_kill');
+SELECT orchestrator.add_task('chain_kill', 'a', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.add_task('chain_kill', 'b', orchestrator.sql($$
+    INSERT INTO public.chained SELECT generate_series(1, 100);
+    SELECT CASE WHEN current_setting('orchestrator.try_number') = '1' THEN pg_sleep(600) END$$),
+    upstream => ARRAY['a'], retries => 1, retry_delay => '0');
+});
+$run = query($node, "SELECT orchestrator.trigger_dag('chain_kill')");
+wait_for($node, "SELECT count(*) FROM pg_stat_activity a JOIN orchestrator.task_instance ti ON ti.worker_pid = a.pid WHERE ti.run_id = $run AND ti.task_id = 'b' AND ti.state = 'running' AND a.wait_event = 'PgSleep'",
+	'1', 'the chained task runs its first try');
+$pid = query($node, "SELECT worker_pid FROM orchestrator.task_instance WHERE run_id = $run AND task_id = 'b'");
+is(query($node, "SELECT worker_pid FROM orchestrator.task_instance WHERE run_id = $run AND task_id = 'a'"), $pid,
+	'on the worker that ran its upstream');
+kill 'KILL', $pid;
+# the server restarts after the crash
+$node->poll_query_until('postgres', 'SELECT 1', '1');
+is(query($node, "SELECT orchestrator.wait_run($run, '3 minutes')"), 'success', 'after SIGKILL the chained task is retried');
+is(query($node, "SELECT string_agg(task_id || ' ' || state || ' ' || try_number, ', ' ORDER BY task_id) FROM orchestrator.task_instances WHERE run_id = $run"),
+	'a success 1, b success 2', 'the killed try counted as a failed try, the upstream not run again');
+is(query($node, "SELECT count(*) FROM chained"), '100', 'the rows are loaded exactly once');
+ok($node->log_contains("lost its worker \\(pid $pid\\); counting try 1 as failed"), 'the scheduler logged the lost try');
 $node->stop;
 done_testing();
