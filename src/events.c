@@ -148,8 +148,33 @@ dag_of_run(int64 run_id)
 	return dag_id;
 }
 
+/* one event's payload, queued for the transaction's commit */
+static void
+notify(const char *dag_id, const char *run_id, const char *task_id, const char *state,
+	   const char *try_number, const char *error)
+{
+	StringInfoData payload;
+
+	initStringInfo(&payload);
+	appendStringInfoChar(&payload, '{');
+	append_json_field(&payload, "dag_id", dag_id, false);
+	append_json_field(&payload, "run_id", run_id, true);
+	append_json_field(&payload, "task_id", task_id, false);
+	append_json_field(&payload, "state", state, false);
+	append_json_field(&payload, "try_number", try_number, true);
+	append_error_field(&payload, error);
+	appendStringInfoChar(&payload, '}');
+	Async_Notify("orchestrator_events", payload.data);
+}
+
 PG_FUNCTION_INFO_V1(orch_notify_event);
 
+/*
+ * A row inserted in a later state than a new row's (a scheduled run
+ * created running, an instance created queued: the scheduler decides a
+ * new run as it creates it) is published with the state it skipped
+ * first, so that a listener hears the same changes either way.
+ */
 Datum
 orch_notify_event(PG_FUNCTION_ARGS)
 {
@@ -161,8 +186,8 @@ orch_notify_event(PG_FUNCTION_ARGS)
 	char	   *task_id = NULL;
 	char	   *try_number = NULL;
 	char	   *error = NULL;
+	const char *skipped = NULL;
 	bool		is_task;
-	StringInfoData payload;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "orch_notify_event: not called as a trigger");
@@ -194,15 +219,15 @@ orch_notify_event(PG_FUNCTION_ARGS)
 	if (strcmp(orch_events, "ids") == 0)
 		dag_id = error = NULL;
 
-	initStringInfo(&payload);
-	appendStringInfoChar(&payload, '{');
-	append_json_field(&payload, "dag_id", dag_id, false);
-	append_json_field(&payload, "run_id", run_id, true);
-	append_json_field(&payload, "task_id", task_id, false);
-	append_json_field(&payload, "state", state, false);
-	append_json_field(&payload, "try_number", try_number, true);
-	append_error_field(&payload, error);
-	appendStringInfoChar(&payload, '}');
-	Async_Notify("orchestrator_events", payload.data);
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event) && state != NULL)
+	{
+		if (is_task && strcmp(state, "queued") == 0)
+			skipped = "scheduled";
+		else if (!is_task && strcmp(state, "running") == 0)
+			skipped = "queued";
+	}
+	if (skipped != NULL)
+		notify(dag_id, run_id, task_id, skipped, try_number, NULL);
+	notify(dag_id, run_id, task_id, state, try_number, error);
 	return PointerGetDatum(NULL);
 }

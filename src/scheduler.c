@@ -717,14 +717,20 @@ add_run(NewRuns *runs, const char *dag_id, TimestampTz start, TimestampTz end)
 	runs->n++;
 }
 
+/*
+ * The runs are created running: plan_runs creates none beyond
+ * max_active_runs, counting the queued runs, which the starting phase
+ * starts in the same pass.  (Created queued, each was written a second
+ * time by that phase's UPDATE.)
+ */
 static void
 insert_runs(NewRuns *runs)
 {
 	if (runs->n == 0)
 		return;
 	run_query("INSERT INTO orchestrator.dag_run (dag_id, run_type, logical_date, "
-			  " data_interval_start, data_interval_end, state, queued_at) "
-			  "SELECT u.dag_id, 'scheduled', u.start, u.start, u.finish, 'queued', $4 "
+			  " data_interval_start, data_interval_end, state, queued_at, started_at) "
+			  "SELECT u.dag_id, 'scheduled', u.start, u.start, u.finish, 'running', $4, $4 "
 			  "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) "
 			  "     AS u(dag_id, start, finish) "
 			  "ON CONFLICT (dag_id, logical_date) DO NOTHING",
@@ -845,14 +851,15 @@ plan_runs_apart(DagRow *dag, int row, NewRuns *runs)
 {
 	TimestampTz saved_wake = tick_wake;
 	bool		isnull;
+	int64		active = DatumGetInt64(col_datum(row, 2, &isnull));
 	bool		have_last = DatumGetBool(col_datum(row, 3, &isnull));
 	Datum		d = col_datum(row, 4, &isnull);
+	TimestampTz last_end = isnull ? 0 : DatumGetTimestampTz(d);
 
 	tick_wake = DT_NOEND;
 	PG_TRY();
 	{
-		plan_runs(dag, DatumGetInt64(col_datum(row, 2, &isnull)), have_last,
-				  isnull ? 0 : DatumGetTimestampTz(d), runs);
+		plan_runs(dag, active, have_last, last_end, runs);
 	}
 	PG_FINALLY();
 	{

@@ -146,7 +146,10 @@ run_index(HTAB *byrun, int64 run_id)
 	return ri ? ri->index : -1;
 }
 
-/* a RunRef from the columns run_id, dag_id, max_active_tasks, deadline */
+/*
+ * A RunRef from the columns run_id, dag_id, max_active_tasks, deadline,
+ * and (state_lock_runs') fresh
+ */
 static void
 read_run_ref(uint64 row, RunRef *run)
 {
@@ -155,6 +158,7 @@ read_run_ref(uint64 row, RunRef *run)
 
 	run->run_id = DatumGetInt64(col(row, 1, &isnull));
 	run->skip_locked_dag = false;
+	run->fresh = SPI_tuptable->tupdesc->natts >= 5 && DatumGetBool(col(row, 5, &isnull));
 	run->dag_id = col_text(row, 2);
 	run->max_active_tasks = DatumGetInt32(col(row, 3, &isnull));
 	d = col(row, 4, &isnull);
@@ -177,7 +181,9 @@ state_lock_runs(const int64 *ids, int n, RunRef *runs, bool *locked)
 	array = PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL,
 											TYPALIGN_DOUBLE));
 	/* (the rows in key order: the scheduler's only, and it never waits) */
-	run_query("SELECT r.run_id, r.dag_id, d.max_active_tasks, r.started_at + d.dagrun_timeout "
+	run_query("SELECT r.run_id, r.dag_id, d.max_active_tasks, r.started_at + d.dagrun_timeout, "
+			  "       NOT EXISTS (SELECT 1 FROM orchestrator.task_instance x "
+			  "                   WHERE x.run_id = r.run_id) "
 			  "FROM orchestrator.dag_run r JOIN orchestrator.dag d ON d.dag_id = r.dag_id "
 			  "WHERE r.run_id = ANY ($1) AND r.state = 'running' "
 			  "ORDER BY r.run_id FOR NO KEY UPDATE OF r SKIP LOCKED",
@@ -826,11 +832,89 @@ again:
 }
 
 /*
+ * The instances of new runs (RunRef.fresh), each created in the state
+ * their first evaluation decided: queued, ready but waiting for room
+ * (ready_at set), or scheduled.  One write each: created scheduled, then
+ * queued, the ready ones were written twice, their run's key checked
+ * twice, and read back in between.
+ */
+typedef struct NewInstances
+{
+	ArrayBuildState *run_ids;
+	ArrayBuildState *dag_ids;
+	ArrayBuildState *task_ids;
+	ArrayBuildState *hows;		/* queued, waiting, scheduled */
+	ArrayBuildState *offsets;
+	ArrayBuildState *pools;
+	ArrayBuildState *pool_slots;
+	int			n;
+} NewInstances;
+
+static void
+new_add(NewInstances *ni, const RunRef *run, const char *task_id, const char *how,
+		const QueueInfo *info)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	ni->run_ids = accumArrayResult(ni->run_ids, Int64GetDatum(run->run_id), false, INT8OID, cxt);
+	ni->dag_ids = accumArrayResult(ni->dag_ids, CStringGetTextDatum(run->dag_id), false,
+								   TEXTOID, cxt);
+	ni->task_ids = accumArrayResult(ni->task_ids, CStringGetTextDatum(task_id), false,
+									TEXTOID, cxt);
+	ni->hows = accumArrayResult(ni->hows, CStringGetTextDatum(how), false, TEXTOID, cxt);
+	ni->offsets = accumArrayResult(ni->offsets, Int64GetDatum(info ? info->offset_ms : 0),
+								   false, INT8OID, cxt);
+	ni->pools = accumArrayResult(ni->pools,
+								 info && info->pool ? CStringGetTextDatum(info->pool) : (Datum) 0,
+								 !(info && info->pool), TEXTOID, cxt);
+	ni->pool_slots = accumArrayResult(ni->pool_slots, Int32GetDatum(info ? info->pool_slots : 0),
+									  info == NULL, INT4OID, cxt);
+	ni->n++;
+}
+
+static void
+new_insert(NewInstances *ni, TimestampTz now)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (ni->n == 0)
+		return;
+	/* (max_tries from each task by key, as insert_instances) */
+	run_query("INSERT INTO orchestrator.task_instance (run_id, task_id, state, max_tries, "
+			  " queued_at, ready_at, claim_at, pool, pool_slots) "
+			  "SELECT u.run_id, u.task_id, "
+			  "       CASE WHEN u.how = 'queued' THEN 'queued' ELSE 'scheduled' END, "
+			  "       t.retries + 1, "
+			  "       CASE WHEN u.how = 'queued' THEN $1 END, "
+			  "       CASE WHEN u.how = 'waiting' THEN $1 END, "
+			  "       CASE WHEN u.how <> 'scheduled' THEN $1 - u.offset_ms * interval '1 millisecond' END, "
+			  "       u.pool, u.pool_slots "
+			  "FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], "
+			  "            $8::int4[]) AS u(run_id, dag_id, task_id, how, offset_ms, pool, pool_slots) "
+			  "CROSS JOIN LATERAL (SELECT t.retries FROM orchestrator.task t "
+			  "                    WHERE t.dag_id = u.dag_id AND t.task_id = u.task_id OFFSET 0) t "
+			  "ON CONFLICT DO NOTHING",
+			  8, (Oid[]) {TIMESTAMPTZOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+			  INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID},
+			  (Datum[]) {TimestampTzGetDatum(now), makeArrayResult(ni->run_ids, cxt),
+				  makeArrayResult(ni->dag_ids, cxt), makeArrayResult(ni->task_ids, cxt),
+				  makeArrayResult(ni->hows, cxt), makeArrayResult(ni->offsets, cxt),
+			  makeArrayResult(ni->pools, cxt), makeArrayResult(ni->pool_slots, cxt)},
+			  NULL, SPI_OK_INSERT);
+	/* a task gone, or an instance made meanwhile: what was decided is not */
+	if (SPI_processed != (uint64) ni->n)
+		elog(ERROR, "orchestrator: %d new task instances decided, " UINT64_FORMAT " created",
+			 ni->n, SPI_processed);
+}
+
+/*
  * The scheduler's batch of running runs, locked (state_lock_runs), decided
  * with a few statements for them all: their instances created and read at
  * once, the rules applied to each run, and the ready instances queued
  * under their DAGs' max_active_tasks (rows locked in one statement, SKIP
- * LOCKED, then counted) with one UPDATE.  Only the common case is decided
+ * LOCKED, then counted) with one UPDATE.  A new run's instances are read
+ * from its tasks instead, and created once decided (new_insert).  Only the
+ * common case is decided
  * here: a run whose evaluation changes an instance's state (skipped,
  * upstream_failed), ends the run, expands a mapped task, queues into a
  * pool, or finds its DAG's row held is left (done[i] false) for
@@ -842,8 +926,13 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
 	int64	   *run_ids = palloc(sizeof(int64) * Max(n, 1));
 	Datum	   *dag_ids = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *fresh = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *old_ids = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *old_dags = palloc(sizeof(Datum) * Max(n, 1));
+	int			nold = 0;
 	Datum		id_array;
 	Datum		dag_array;
+	Datum		fresh_array;
 	HASHCTL		ctl;
 	HTAB	   *byrun;
 	HTAB	   *dags;
@@ -857,6 +946,8 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 	bool		isnull;
 	InstanceSet queue = {0};
 	InstanceSet wait = {0};
+	NewInstances created = {0};
+	char	  **hows;			/* of each fresh run: each instance's, new_insert's */
 	typedef struct
 	{
 		char		dag_id[ORCH_MAX_ID_LEN + 1];	/* the key */
@@ -870,6 +961,12 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 		run_ids[i] = runs[i].run_id;
 		ids[i] = Int64GetDatum(runs[i].run_id);
 		dag_ids[i] = CStringGetTextDatum(runs[i].dag_id);
+		fresh[i] = BoolGetDatum(runs[i].fresh);
+		if (!runs[i].fresh)
+		{
+			old_ids[nold] = ids[i];
+			old_dags[nold++] = dag_ids[i];
+		}
 		done[i] = false;
 		memset(&advs[i], 0, sizeof(Advance));
 	}
@@ -878,22 +975,37 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 	id_array = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL,
 											   TYPALIGN_DOUBLE));
 	dag_array = PointerGetDatum(construct_array(dag_ids, n, TEXTOID, -1, false, TYPALIGN_INT));
-	insert_instances(id_array, dag_array);
+	fresh_array = PointerGetDatum(construct_array(fresh, n, BOOLOID, 1, true, TYPALIGN_CHAR));
+	/* (the tasks added since to runs that have instances) */
+	if (nold > 0)
+		insert_instances(PointerGetDatum(construct_array(old_ids, nold, INT8OID, 8,
+														 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
+						 PointerGetDatum(construct_array(old_dags, nold, TEXTOID, -1,
+														 false, TYPALIGN_INT)));
 
 	byrun = index_runs(run_ids, n);
 
-	/* every instance of the batch, run by run, in each run's task order */
+	/*
+	 * every instance of the batch, run by run, in each run's task order (a
+	 * new run's: one scheduled instance of each task, not yet created)
+	 */
 	run_query("SELECT " RUN_INSTANCES_COLUMNS ", ti.run_id, t.pool, t.pool_slots, "
 			  "       t.priority_weight_total "
-			  "FROM unnest($1::int8[], $2::text[]) AS u(run_id, dag_id) "
+			  "FROM unnest($1::int8[], $2::text[], $3::bool[]) AS u(run_id, dag_id, fresh) "
 			  /* (each run's instances, and their tasks, by key: OFFSET 0) */
-			  "CROSS JOIN LATERAL (SELECT ti.* FROM orchestrator.task_instance ti "
-			  "                    WHERE ti.run_id = u.run_id OFFSET 0) ti "
+			  "CROSS JOIN LATERAL ( "
+			  "  (SELECT ti.run_id, ti.task_id, ti.state, ti.next_try_at, ti.map_index "
+			  "   FROM orchestrator.task_instance ti "
+			  "   WHERE NOT u.fresh AND ti.run_id = u.run_id OFFSET 0) "
+			  "  UNION ALL "
+			  "  SELECT u.run_id, t.task_id, 'scheduled', NULL::timestamptz, -1 "
+			  "  FROM orchestrator.task t WHERE u.fresh AND t.dag_id = u.dag_id) ti "
 			  "LEFT JOIN LATERAL (SELECT t.* FROM orchestrator.task t "
 			  "                   WHERE t.dag_id = u.dag_id AND t.task_id = ti.task_id "
 			  "                   OFFSET 0) t ON true "
 			  "ORDER BY ti.run_id, t.position, ti.task_id, ti.map_index",
-			  2, (Oid[]) {INT8ARRAYOID, TEXTARRAYOID}, (Datum[]) {id_array, dag_array},
+			  3, (Oid[]) {INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID},
+			  (Datum[]) {id_array, dag_array, fresh_array},
 			  NULL, SPI_OK_SELECT);
 	rows = SPI_tuptable;
 	nrows = SPI_processed;
@@ -901,6 +1013,7 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 	ready = palloc0(sizeof(List *) * n);
 	kept = palloc0(sizeof(RunTasks) * n);
 	infos = palloc0(sizeof(QueueInfo *) * n);
+	hows = palloc0(sizeof(char *) * n);
 	for (uint64 first = 0; first < nrows;)
 	{
 		int64		run_id;
@@ -936,6 +1049,11 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 		{
 			done[i] = true;
 			kept[i] = rt;
+			if (runs[i].fresh)
+			{
+				hows[i] = palloc(Max(rt.n, 1));
+				memset(hows[i], 's', Max(rt.n, 1));
+			}
 		}
 		else
 		{
@@ -1025,19 +1143,37 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 
 			if (d->room > 0)
 			{
-				set_add(&queue, runs[i].run_id, rt->names[k], rt->map_indexes[k], &infos[i][k]);
+				if (runs[i].fresh)
+					hows[i][k] = 'q';
+				else
+					set_add(&queue, runs[i].run_id, rt->names[k], rt->map_indexes[k], &infos[i][k]);
 				advs[i].queued++;
 				d->room--;
 			}
 			else
 			{
-				set_add(&wait, runs[i].run_id, rt->names[k], rt->map_indexes[k], &infos[i][k]);
+				if (runs[i].fresh)
+					hows[i][k] = 'w';
+				else
+					set_add(&wait, runs[i].run_id, rt->names[k], rt->map_indexes[k], &infos[i][k]);
 				advs[i].held = true;
 			}
 		}
 	}
 	queue_set(&queue, now);
 	mark_set_waiting(&wait, now);
+
+	/* the new runs decided here: their instances, created */
+	for (int i = 0; i < n; i++)
+	{
+		if (!done[i] || !runs[i].fresh)
+			continue;
+		for (int k = 0; k < kept[i].n; k++)
+			new_add(&created, &runs[i], kept[i].names[k],
+					hows[i][k] == 'q' ? "queued" : hows[i][k] == 'w' ? "waiting" : "scheduled",
+					hows[i][k] == 's' ? NULL : &infos[i][k]);
+	}
+	new_insert(&created, now);
 }
 
 /*

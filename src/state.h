@@ -24,6 +24,8 @@ typedef struct RunRef
 	TimestampTz deadline;		/* started_at + dagrun_timeout */
 	/* the scheduler's: a DAG row another transaction holds is not waited for */
 	bool		skip_locked_dag;
+	/* state_lock_runs': no task instance yet (a run to decide as it is created) */
+	bool		fresh;
 } RunRef;
 
 /* what an evaluation did */

@@ -56,6 +56,31 @@ ok(!(grep { /"queued"/ && /"run_id": (\d+)/ && $1 != $run } @events), 'nothing f
 my @run_states = map { /"task_id": null, "state": "(\w+)"/ ? $1 : () } @events;
 is(join(' ', @run_states), 'queued running failed', "the run's changes, each once, in order");
 
+# a scheduled run, which the scheduler creates running and decides as it
+# creates its instances: a listener hears the same changes, in order
+my ($rc_s, $out_s, $err_s) = $node->psql('postgres', q{
+LISTEN orchestrator_events;
+SELECT orchestrator.create_dag('ev_once', '@once', start_date => '2021-01-01');
+SELECT orchestrator.add_task('ev_once', 'a', orchestrator.sql('SELECT 1'));
+DO $$ BEGIN
+  WHILE NOT EXISTS (SELECT FROM orchestrator.dag_run WHERE dag_id = 'ev_once') LOOP
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT orchestrator.wait_run((SELECT run_id FROM orchestrator.dag_run WHERE dag_id = 'ev_once'), '3 minutes');
+SELECT pg_sleep(0.5);
+});
+my @once = $out_s =~ /Asynchronous notification "orchestrator_events" with payload "(.*)" received/g;
+s/\\"/"/g for @once;
+is(join(' ', map { /"dag_id": "ev_once", .*"task_id": null, "state": "(\w+)"/ ? $1 : () } @once),
+	'queued running success', "a scheduled run's changes, each once, in order");
+is(join(' ', map { /"dag_id": "ev_once", .*"task_id": "a", "state": "(\w+)"/ ? $1 : () } @once),
+	'scheduled queued running success', "its task's changes, each once, in order");
+is(query($node, q{
+SELECT r.run_type || ' ' || (r.queued_at = r.started_at) || ' ' || ti.state || ' ' || (ti.queued_at >= r.started_at)
+FROM orchestrator.dag_run r JOIN orchestrator.task_instance ti USING (run_id) WHERE r.dag_id = 'ev_once'}),
+	'scheduled true success true', 'the run created started, its instance queued after');
+
 # orchestrator.events = 'ids'
 query($node, "ALTER SYSTEM SET orchestrator.events = 'ids'; SELECT pg_reload_conf()");
 @events = listen_to_run('2021-01-02');

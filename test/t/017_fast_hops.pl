@@ -142,7 +142,9 @@ wait_for($node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'orc
 # --- 5. a pass decides a batch of new runs at once (state_evaluate_batch):
 # their first tasks queued under max_active_tasks across all the runs, and
 # the runs it leaves to be decided one by one (a mapped task to expand, a
-# task in a pool) in the same pass
+# task in a pool) in the same pass.  The instances held back for want of
+# room are queued by the workers, as room frees: the scheduler is frozen
+# once the pass made them.
 query($node, q{
 SELECT orchestrator.create_dag('wide', max_active_tasks => 2, max_active_runs => 30);
 SELECT orchestrator.add_task('wide', 'r' || i, orchestrator.sql('SELECT pg_sleep(0.05)'))
@@ -163,10 +165,16 @@ SELECT orchestrator.trigger_dag('wide_map');
 SELECT orchestrator.trigger_dag('wide_pooled');
 COMMIT;
 });
+wait_for($node, "SELECT count(*) > 0 FROM orchestrator.task_instance WHERE run_id > $first AND state IN ('running', 'success')",
+	't', 'the pass decided the runs: a worker runs their tasks');
+is(query($node, "SELECT count(*) FROM orchestrator.task_instance ti JOIN orchestrator.dag_run r USING (run_id) WHERE r.run_id > $first AND r.dag_id = 'wide'"),
+	'100', "the pass created every instance of the 25 runs of 'wide' at once");
+kill 'STOP', $sched;
 for my $r (split /\n/, query($node, "SELECT run_id FROM orchestrator.dag_run WHERE run_id > $first"))
 {
 	is(query($node, "SELECT orchestrator.wait_run($r, '5 minutes')"), 'success', "run $r of the batch ends");
 }
+kill 'CONT', $sched;
 is( query($node, qq{
 WITH t AS (
   SELECT ti.started_at, ti.finished_at FROM orchestrator.task_instances ti
