@@ -12,8 +12,8 @@
 #     stage joined before the next), trigger to run end
 #   draining 10,000 queued tasks spread over 100 runs, in tasks per second
 #   the scheduler's pass with BENCH_DAGS DAGs defined: idle, and when 1,000
-#     of them are due in the same minute; and its CPU time over a minute
-#     with nothing due
+#     of them are due in the same minute (the median of three days, and
+#     each); and its CPU time over a minute with nothing due
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -145,16 +145,24 @@ idle_pass=$(passes | tail -n +$((before + 1)) | awk '$5 == 0 && !p {print $3; p 
 cpu0=$(cpu)
 sleep 60
 idle_cpu=$(( ($(cpu) - cpu0) * 1000 / tick ))
-# the minute the 1,000 come due (on the scheduler's test clock)
-before=$(passes | wc -l)
-q "ALTER SYSTEM SET orchestrator.test_clock = '$(q "SELECT ('$start'::timestamptz + interval '1 day 12 hours 31 minutes')")'" >/dev/null
-q "SELECT pg_reload_conf()" >/dev/null
-for _ in $(seq 120); do
-	[ "$(q "SELECT count(*) FROM orchestrator.dag_run WHERE dag_id ~ '^d[0-9]+$'")" -ge 1000 ] && break
-	sleep 1
+# the minute the 1,000 come due (on the scheduler's test clock), on three
+# days in a row: the first day's pass also grows the run tables from the
+# bench's few hundred runs (ANALYZEs, plans made again), and this 2-core
+# machine's figures vary by a third from one pass to the next
+due_passes=""
+for day in 1 2 3; do
+	before=$(passes | wc -l)
+	q "ALTER SYSTEM SET orchestrator.test_clock = '$(q "SELECT ('$start'::timestamptz + interval '$day day 12 hours 31 minutes')")'" >/dev/null
+	q "SELECT pg_reload_conf()" >/dev/null
+	for _ in $(seq 120); do
+		[ "$(q "SELECT count(*) FROM orchestrator.dag_run WHERE dag_id ~ '^d[0-9]+$' AND state = 'success'")" -ge $((day * 1000)) ] && break
+		sleep 1
+	done
+	sleep 2
+	due_passes="$due_passes $(passes | tail -n +$((before + 1)) | awk '$5 >= 1000 && !p {print $3; p = 1}')"
 done
-sleep 2
-due_pass=$(passes | tail -n +$((before + 1)) | awk '$5 >= 1000 && !p {print $3; p = 1}')
+# the median of the three, and all three in order
+due_pass="$(echo $due_passes | tr ' ' '\n' | sort -n | sed -n 2p) ms (days 1-3: $(echo $due_passes | sed 's/ /, /g') ms)"
 q "ALTER SYSTEM RESET orchestrator.test_clock" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
 
@@ -169,6 +177,6 @@ cat <<EOF
 | fan-out/fan-in, 10 stages of 100, trigger to run end | $stages s | |
 | draining 10,000 tasks over 100 runs | $drain tasks/s | |
 | a scheduler pass, $dags DAGs defined, none due | ${idle_pass:-?} ms | |
-| a scheduler pass when 1,000 of them are due | ${due_pass:-?} ms | |
+| a scheduler pass when 1,000 of them are due, median of 3 days | ${due_pass:-?} | |
 | the idle scheduler's CPU time over 60 s | ${idle_cpu} ms | |
 EOF
