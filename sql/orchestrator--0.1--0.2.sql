@@ -131,6 +131,14 @@ CREATE INDEX task_instance_unfinished_idx ON orchestrator.task_instance (run_id,
 DROP INDEX orchestrator.dag_run_state_idx;
 CREATE INDEX dag_run_state_idx ON orchestrator.dag_run (state, dag_id)
 	WHERE state IN ('queued', 'running');
+-- a run's queued and running instances (a DAG's room under
+-- max_active_tasks is counted run by run), and every running one: keyed
+-- (state, run_id), so that counting one run's reads its own entries, even
+-- by a plan made while statistics said nothing was queued (by (state)
+-- alone, each count read every queued instance of every run)
+DROP INDEX orchestrator.task_instance_active_idx;
+CREATE INDEX task_instance_active_idx ON orchestrator.task_instance (state, run_id)
+	WHERE state IN ('queued', 'running');
 -- a finished task's downstream tasks, in its own DAG only: one key per edge,
 -- "dag_id task_id" (an id has no space), so that a name many DAGs share
 -- does not bring them all
