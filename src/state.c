@@ -947,7 +947,7 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 	InstanceSet queue = {0};
 	InstanceSet wait = {0};
 	NewInstances created = {0};
-	char	  **hows;			/* of each fresh run: each instance's, new_insert's */
+	const char ***hows;			/* of each fresh run: each instance's, for new_insert */
 	typedef struct
 	{
 		char		dag_id[ORCH_MAX_ID_LEN + 1];	/* the key */
@@ -1013,7 +1013,7 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 	ready = palloc0(sizeof(List *) * n);
 	kept = palloc0(sizeof(RunTasks) * n);
 	infos = palloc0(sizeof(QueueInfo *) * n);
-	hows = palloc0(sizeof(char *) * n);
+	hows = palloc0(sizeof(const char **) * n);
 	for (uint64 first = 0; first < nrows;)
 	{
 		int64		run_id;
@@ -1051,8 +1051,9 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 			kept[i] = rt;
 			if (runs[i].fresh)
 			{
-				hows[i] = palloc(Max(rt.n, 1));
-				memset(hows[i], 's', Max(rt.n, 1));
+				hows[i] = palloc(sizeof(const char *) * Max(rt.n, 1));
+				for (int k = 0; k < rt.n; k++)
+					hows[i][k] = "scheduled";
 			}
 		}
 		else
@@ -1144,7 +1145,7 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 			if (d->room > 0)
 			{
 				if (runs[i].fresh)
-					hows[i][k] = 'q';
+					hows[i][k] = "queued";
 				else
 					set_add(&queue, runs[i].run_id, rt->names[k], rt->map_indexes[k], &infos[i][k]);
 				advs[i].queued++;
@@ -1153,7 +1154,7 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 			else
 			{
 				if (runs[i].fresh)
-					hows[i][k] = 'w';
+					hows[i][k] = "waiting";
 				else
 					set_add(&wait, runs[i].run_id, rt->names[k], rt->map_indexes[k], &infos[i][k]);
 				advs[i].held = true;
@@ -1169,9 +1170,8 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 		if (!done[i] || !runs[i].fresh)
 			continue;
 		for (int k = 0; k < kept[i].n; k++)
-			new_add(&created, &runs[i], kept[i].names[k],
-					hows[i][k] == 'q' ? "queued" : hows[i][k] == 'w' ? "waiting" : "scheduled",
-					hows[i][k] == 's' ? NULL : &infos[i][k]);
+			new_add(&created, &runs[i], kept[i].names[k], hows[i][k],
+					strcmp(hows[i][k], "scheduled") == 0 ? NULL : &infos[i][k]);
 	}
 	new_insert(&created, now);
 }
