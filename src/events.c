@@ -30,6 +30,8 @@
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
 #include "orchestrator.h"
@@ -99,24 +101,76 @@ append_error_field(StringInfo buf, const char *error)
 }
 
 /*
+ * The DAGs of runs this transaction already knows (events_know_run), by
+ * run: the scheduler decides a thousand new runs in a few statements, and
+ * each instance it creates would otherwise be one lookup.  Kept in the
+ * transaction's memory, forgotten with it.
+ */
+typedef struct RunDag
+{
+	int64		run_id;
+	char		dag_id[ORCH_MAX_ID_LEN + 1];
+} RunDag;
+
+static HTAB *known_runs = NULL;
+static LocalTransactionId known_lxid = InvalidLocalTransactionId;
+
+static HTAB *
+known_runs_of_xact(bool create)
+{
+	if (known_lxid != MyProc->lxid)
+	{
+		/* (the last transaction's table went with its memory) */
+		known_runs = NULL;
+		known_lxid = MyProc->lxid;
+	}
+	if (known_runs == NULL && create)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(RunDag);
+		ctl.hcxt = TopTransactionContext;
+		known_runs = hash_create("orchestrator runs' DAGs", 256, &ctl,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	return known_runs;
+}
+
+/*
+ * A run's DAG, as the caller read it with the run's row (a run never
+ * changes DAG): what its events need, without a lookup, for the rest of
+ * the transaction.
+ */
+void
+events_know_run(int64 run_id, const char *dag_id)
+{
+	RunDag	   *entry;
+
+	if (strlen(dag_id) > ORCH_MAX_ID_LEN)
+		return;
+	entry = hash_search(known_runs_of_xact(true), &run_id, HASH_ENTER, NULL);
+	strlcpy(entry->dag_id, dag_id, sizeof(entry->dag_id));
+}
+
+/*
  * The DAG of a task instance's run: every change of state of every
- * instance asks (four times a task, a thousand times when a run of a
- * thousand tasks is created), so the plan is kept, and the last answer is
- * kept for the rest of the transaction (a run's DAG does not change under
- * it; a later transaction asks again).
+ * instance asks (four times a task), so the plan is kept, and the answer
+ * is kept for the rest of the transaction (a run's DAG does not change
+ * under it; a later transaction asks again).
  */
 static char *
 dag_of_run(int64 run_id)
 {
 	static SPIPlanPtr plan = NULL;
-	static LocalTransactionId cached_lxid = InvalidLocalTransactionId;
-	static int64 cached_run_id;
-	static char cached_dag[ORCH_MAX_ID_LEN + 1];
+	HTAB	   *known = known_runs_of_xact(false);
+	RunDag	   *entry;
 	char	   *dag_id = NULL;
 	Datum		value = Int64GetDatum(run_id);
 
-	if (cached_lxid == MyProc->lxid && cached_run_id == run_id)
-		return pstrdup(cached_dag);
+	if (known != NULL &&
+		(entry = hash_search(known, &run_id, HASH_FIND, NULL)) != NULL)
+		return pstrdup(entry->dag_id);
 	SPI_connect();
 	if (plan == NULL)
 	{
@@ -137,14 +191,10 @@ dag_of_run(int64 run_id)
 
 		/* outlive SPI's memory */
 		dag_id = strcpy(SPI_palloc(strlen(found) + 1), found);
-		if (strlen(found) <= ORCH_MAX_ID_LEN)
-		{
-			strlcpy(cached_dag, found, sizeof(cached_dag));
-			cached_run_id = run_id;
-			cached_lxid = MyProc->lxid;
-		}
 	}
 	SPI_finish();
+	if (dag_id != NULL)
+		events_know_run(run_id, dag_id);
 	return dag_id;
 }
 

@@ -194,6 +194,9 @@ extern void owners_changed_at_commit(void);
 extern uint64 owners_generation(void);
 extern void owners_map(void *arg);
 
+/* events (events.c): a run's DAG, read with its row, for its instances' events */
+extern void events_know_run(int64 run_id, const char *dag_id);
+
 /* callbacks (callback.c), for the scheduler */
 extern void orch_drop_lost_callbacks(void);
 

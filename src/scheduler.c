@@ -40,6 +40,7 @@
 #include "postgres.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -696,6 +697,96 @@ static TimestampTz last_full_listing = 0;	/* real time */
 /* after an error, a DAG is tried again this much later (or when changed) */
 #define DAG_RETRY_AFTER_ERROR	(60 * USECS_PER_SEC)
 
+/*
+ * What the scheduler keeps of each running run between passes: when to
+ * look at it next (4. below).  The scheduling phase decides the runs it
+ * creates (decide_new_runs), the deciding phase the others.
+ */
+typedef struct RunCacheEntry
+{
+	int64		run_id;			/* the key */
+	TimestampTz next_eval;
+	bool		seen;			/* still running at this pass */
+} RunCacheEntry;
+
+static HTAB *run_cache = NULL;
+
+#define RUN_EVAL_EVERY		(60 * USECS_PER_SEC)
+/* a run skipped (locked) or failed: evaluated at the next pass, whatever the clock */
+#define EVAL_AT_NEXT_PASS	DT_NOBEGIN
+
+typedef struct RunEval
+{
+	int64		run_id;
+	TimestampTz next_eval;		/* out */
+} RunEval;
+
+/*
+ * A locked run about to be decided: its next look by its deadline, or, past
+ * its dagrun_timeout, failed here instead (false: nothing more to decide).
+ */
+static bool
+eval_prepare(RunEval *eval, RunRef *run)
+{
+	eval->next_eval = tick_now + RUN_EVAL_EVERY;
+	if (run->has_timeout)
+	{
+		if (run->deadline <= tick_now)
+		{
+			ereport(LOG,
+					(errmsg("orchestrator: run " INT64_FORMAT " of DAG \"%s\" exceeded its dagrun_timeout",
+							run->run_id, run->dag_id)));
+			state_fail_run(run->run_id, "dagrun_timeout exceeded", tick_now, true);
+			/* a run slot is free, and room under max_active_tasks */
+			evaluate_everything = true;
+			wake_by(tick_now);
+			return false;
+		}
+		eval->next_eval = Min(eval->next_eval, run->deadline);
+	}
+	run->skip_locked_dag = true;
+	return true;
+}
+
+/* A run decided: its next look by what happened. */
+static void
+eval_finish(RunEval *eval, const Advance *adv)
+{
+	if (adv->dag_locked)
+		eval->next_eval = EVAL_AT_NEXT_PASS;
+	if (adv->retry_at != 0)
+		eval->next_eval = Min(eval->next_eval, adv->retry_at);
+	if (adv->ended)
+		wake_by(tick_now);		/* a run slot is free: schedule again at once */
+}
+
+static void
+run_cache_init(void)
+{
+	HASHCTL		ctl;
+
+	if (run_cache != NULL)
+		return;
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(RunCacheEntry);
+	run_cache = hash_create("orchestrator runs", 256, &ctl, HASH_ELEM | HASH_BLOBS);
+}
+
+/* A run looked at (and committed, or not): when to look at it again. */
+static void
+note_evaluated(const RunEval *eval, bool committed)
+{
+	RunCacheEntry *entry;
+
+	run_cache_init();
+	entry = hash_search(run_cache, &eval->run_id, HASH_ENTER, NULL);
+	entry->next_eval = committed ? eval->next_eval : EVAL_AT_NEXT_PASS;
+	entry->seen = true;
+	/* again in a second (of real time: the test clock may stand still) */
+	wake_by(entry->next_eval == EVAL_AT_NEXT_PASS ? tick_now + USECS_PER_SEC :
+			entry->next_eval);
+}
+
 /* The runs a pass creates, inserted with one statement. */
 typedef struct NewRuns
 {
@@ -721,26 +812,43 @@ add_run(NewRuns *runs, const char *dag_id, TimestampTz start, TimestampTz end)
  * The runs are created running: plan_runs creates none beyond
  * max_active_runs, counting the queued runs, which the starting phase
  * starts in the same pass.  (Created queued, each was written a second
- * time by that phase's UPDATE.)
+ * time by that phase's UPDATE.)  With "returning", the runs created are
+ * left in SPI_tuptable as RunRefs (state_read_run_ref), and counted.
  */
-static void
-insert_runs(NewRuns *runs)
+#define INSERT_RUNS \
+	"INSERT INTO orchestrator.dag_run (dag_id, run_type, logical_date, " \
+	" data_interval_start, data_interval_end, state, queued_at, started_at) " \
+	"SELECT u.dag_id, 'scheduled', u.start, u.start, u.finish, 'running', $4, $4 " \
+	"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) " \
+	"     AS u(dag_id, start, finish) " \
+	"ON CONFLICT (dag_id, logical_date) DO NOTHING"
+
+static uint64
+insert_runs(NewRuns *runs, bool returning)
 {
+	Datum		values[4];
+
 	if (runs->n == 0)
-		return;
-	run_query("INSERT INTO orchestrator.dag_run (dag_id, run_type, logical_date, "
-			  " data_interval_start, data_interval_end, state, queued_at, started_at) "
-			  "SELECT u.dag_id, 'scheduled', u.start, u.start, u.finish, 'running', $4, $4 "
-			  "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) "
-			  "     AS u(dag_id, start, finish) "
-			  "ON CONFLICT (dag_id, logical_date) DO NOTHING",
-			  4, (Oid[]) {TEXTARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID},
-			  (Datum[]) {makeArrayResult(runs->dag_ids, CurrentMemoryContext),
-				  makeArrayResult(runs->starts, CurrentMemoryContext),
-				  makeArrayResult(runs->ends, CurrentMemoryContext),
-			  TimestampTzGetDatum(tick_now)},
-			  NULL, SPI_OK_INSERT);
+		return 0;
+	values[0] = makeArrayResult(runs->dag_ids, CurrentMemoryContext);
+	values[1] = makeArrayResult(runs->starts, CurrentMemoryContext);
+	values[2] = makeArrayResult(runs->ends, CurrentMemoryContext);
+	values[3] = TimestampTzGetDatum(tick_now);
 	memset(runs, 0, sizeof(NewRuns));
+	if (!returning)
+	{
+		run_query(INSERT_RUNS, 4,
+				  (Oid[]) {TEXTARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID},
+				  values, NULL, SPI_OK_INSERT);
+		return SPI_processed;
+	}
+	/* (each new run's DAG under the KEY SHARE lock SCHEDULE_READ took) */
+	run_query("WITH n AS (" INSERT_RUNS " RETURNING run_id, dag_id, started_at) "
+			  "SELECT n.run_id, n.dag_id, d.max_active_tasks, n.started_at + d.dagrun_timeout, true "
+			  "FROM n JOIN orchestrator.dag d ON d.dag_id = n.dag_id",
+			  4, (Oid[]) {TEXTARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID},
+			  values, NULL, SPI_OK_SELECT);
+	return SPI_processed;
 }
 
 /*
@@ -887,7 +995,8 @@ schedule_dag(void *arg)
 		return;
 	}
 	plan_runs_apart(dag, 0, &runs);
-	insert_runs(&runs);
+	/* (decided by the deciding phase) */
+	insert_runs(&runs, false);
 }
 
 /*
@@ -899,7 +1008,48 @@ typedef struct DagBatch
 {
 	DagRow	  **dags;
 	int			n;
+	List	   *decided;		/* out: the new runs it decided (RunEval) */
 } DagBatch;
+
+/*
+ * The runs a batch just created, decided in its transaction as the
+ * deciding phase would (state.c): no other transaction sees them yet, so
+ * none is locked first, and none is read or locked again by that phase
+ * (evaluate_runs finds them in the run cache, to look at by their
+ * deadline).  The runs state_evaluate_batch leaves (pools, expansions) are
+ * left to that phase.
+ */
+static void
+decide_new_runs(DagBatch *b, uint64 n)
+{
+	SPITupleTable *tuptable = SPI_tuptable;
+	RunRef	   *runs = palloc(sizeof(RunRef) * Max(n, 1));
+	RunEval    *evals = palloc(sizeof(RunEval) * Max(n, 1));
+	Advance    *advs = palloc0(sizeof(Advance) * Max(n, 1));
+	bool	   *decided = palloc(sizeof(bool) * Max(n, 1));
+	int			nruns = 0;
+
+	for (uint64 r = 0; r < n; r++)
+	{
+		SPI_tuptable = tuptable;
+		state_read_run_ref(r, &runs[nruns]);
+		evals[nruns].run_id = runs[nruns].run_id;
+		if (eval_prepare(&evals[nruns], &runs[nruns]))
+			nruns++;
+	}
+	state_evaluate_batch(runs, nruns, tick_now, advs, decided);
+	for (int k = 0; k < nruns; k++)
+	{
+		RunEval    *eval;
+
+		if (!decided[k])
+			continue;
+		eval_finish(&evals[k], &advs[k]);
+		eval = MemoryContextAlloc(tick_cxt, sizeof(RunEval));
+		*eval = evals[k];
+		b->decided = lappend(b->decided, eval);
+	}
+}
 
 static void
 schedule_batch_at_once(void *arg)
@@ -948,18 +1098,27 @@ schedule_batch_at_once(void *arg)
 		SPI_tuptable = tuptable;
 		plan_runs_apart(b->dags[i], *(int *) (entry + ORCH_MAX_ID_LEN + 1), &runs);
 	}
-	insert_runs(&runs);
+	decide_new_runs(b, insert_runs(&runs, true));
 }
+
+/* the new runs the pass's batches decided, for the run cache (tick_cxt) */
+static List *decided_runs = NIL;
 
 static bool
 schedule_batch(DagRow **dags, int n)
 {
 	TimestampTz saved_wake = tick_wake;
-	DagBatch	b = {dags, n};
+	DagBatch	b = {dags, n, NIL};
 	ErrorData  *edata = in_subxact(schedule_batch_at_once, &b);
 
 	if (edata == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(tick_cxt);
+
+		decided_runs = list_concat(decided_runs, b.decided);
+		MemoryContextSwitchTo(old);
 		return true;
+	}
 	ereport(DEBUG1,
 			(errmsg("orchestrator scheduler: a batch of %d DAGs failed (%s); one at a time",
 					n, edata->message)));
@@ -1157,7 +1316,12 @@ schedule_dags(List *dags)
 
 	foreach(lc, dags)
 		items[i++] = lfirst(lc);
+	decided_runs = NIL;
 	in_batches(schedule_dag, items, n, results, schedule_what, schedule_at_once);
+	/* (committed with their batch) */
+	foreach(lc, decided_runs)
+		note_evaluated(lfirst(lc), true);
+	decided_runs = NIL;
 
 	for (i = 0; i < n; i++)
 	{
@@ -1240,64 +1404,6 @@ start_runs(void *arg)
  * to be looked at: an API call, a worker that could not decide, a lost
  * try.  A pass's cost does not grow with runs that nothing happened to.
  */
-typedef struct RunCacheEntry
-{
-	int64		run_id;			/* the key */
-	TimestampTz next_eval;
-	bool		seen;			/* still running at this pass */
-} RunCacheEntry;
-
-static HTAB *run_cache = NULL;
-
-#define RUN_EVAL_EVERY		(60 * USECS_PER_SEC)
-/* a run skipped (locked) or failed: evaluated at the next pass, whatever the clock */
-#define EVAL_AT_NEXT_PASS	DT_NOBEGIN
-
-typedef struct RunEval
-{
-	int64		run_id;
-	TimestampTz next_eval;		/* out */
-} RunEval;
-
-/*
- * A locked run about to be decided: its next look by its deadline, or, past
- * its dagrun_timeout, failed here instead (false: nothing more to decide).
- */
-static bool
-eval_prepare(RunEval *eval, RunRef *run)
-{
-	eval->next_eval = tick_now + RUN_EVAL_EVERY;
-	if (run->has_timeout)
-	{
-		if (run->deadline <= tick_now)
-		{
-			ereport(LOG,
-					(errmsg("orchestrator: run " INT64_FORMAT " of DAG \"%s\" exceeded its dagrun_timeout",
-							run->run_id, run->dag_id)));
-			state_fail_run(run->run_id, "dagrun_timeout exceeded", tick_now, true);
-			/* a run slot is free, and room under max_active_tasks */
-			evaluate_everything = true;
-			wake_by(tick_now);
-			return false;
-		}
-		eval->next_eval = Min(eval->next_eval, run->deadline);
-	}
-	run->skip_locked_dag = true;
-	return true;
-}
-
-/* A run decided: its next look by what happened. */
-static void
-eval_finish(RunEval *eval, const Advance *adv)
-{
-	if (adv->dag_locked)
-		eval->next_eval = EVAL_AT_NEXT_PASS;
-	if (adv->retry_at != 0)
-		eval->next_eval = Min(eval->next_eval, adv->retry_at);
-	if (adv->ended)
-		wake_by(tick_now);		/* a run slot is free: schedule again at once */
-}
-
 static void
 evaluate_run(void *arg)
 {
@@ -1412,14 +1518,7 @@ evaluate_runs(void)
 	XactResult *results;
 
 	evaluate_everything = false;
-	if (run_cache == NULL)
-	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(int64);
-		ctl.entrysize = sizeof(RunCacheEntry);
-		run_cache = hash_create("orchestrator runs", 256, &ctl, HASH_ELEM | HASH_BLOBS);
-	}
+	run_cache_init();
 
 	orch_begin_xact();
 	run_query("SELECT r.run_id FROM orchestrator.dag_run r "
@@ -1456,17 +1555,7 @@ evaluate_runs(void)
 	results = palloc(sizeof(XactResult) * Max(nevals, 1));
 	in_batches(evaluate_run, evals, nevals, results, evaluate_what, evaluate_at_once);
 	for (int i = 0; i < nevals; i++)
-	{
-		RunEval    *eval = evals[i];
-
-		if (results[i] != XACT_COMMITTED)
-			eval->next_eval = EVAL_AT_NEXT_PASS;
-		entry = hash_search(run_cache, &eval->run_id, HASH_FIND, NULL);
-		entry->next_eval = eval->next_eval;
-		/* again in a second (of real time: the test clock may stand still) */
-		wake_by(eval->next_eval == EVAL_AT_NEXT_PASS ? tick_now + USECS_PER_SEC :
-				eval->next_eval);
-	}
+		note_evaluated(evals[i], results[i] == XACT_COMMITTED);
 
 	/* runs no longer running are forgotten */
 	hash_seq_init(&seq, run_cache);
@@ -1616,6 +1705,16 @@ apply_retention(bool installed)
 						total, timestamptz_to_str(cutoff), orch_history_retention)));
 }
 
+/* the user and system CPU time between two getrusage calls, in ms */
+static double
+cpu_ms(const struct rusage *from, const struct rusage *to)
+{
+	return (double) (to->ru_utime.tv_sec - from->ru_utime.tv_sec +
+					 to->ru_stime.tv_sec - from->ru_stime.tv_sec) * 1000.0 +
+		(double) (to->ru_utime.tv_usec - from->ru_utime.tv_usec +
+				  to->ru_stime.tv_usec - from->ru_stime.tv_usec) / 1000.0;
+}
+
 /* 0. The statistics of the busy tables, when they grew fast (dag.c). */
 static void
 analyze_grown(void *arg)
@@ -1641,7 +1740,10 @@ scheduler_tick(void)
 	TimestampTz pass_start = GetCurrentTimestamp();
 	/* when scheduling, starting runs, deciding runs began, and ended */
 	TimestampTz phases[4] = {pass_start, pass_start, pass_start, pass_start};
+	struct rusage ru_start;
+	struct rusage ru_end;
 
+	getrusage(RUSAGE_SELF, &ru_start);
 	orch_begin_xact();
 	pgstat_report_activity(STATE_RUNNING, "scheduling");
 
@@ -1747,16 +1849,19 @@ scheduler_tick(void)
 	/* for the budget and orchestrator.schedulers */
 	registry_publish(reap_workers(), (int) Min(queued, INT_MAX / 2), cap);
 
-	/* what a pass costs (bench/sched.sh reads it) */
+	/* what a pass costs (bench/sched.sh reads it), and its CPU time */
+	getrusage(RUSAGE_SELF, &ru_end);
 	ereport(DEBUG1,
 			(errmsg_internal("orchestrator scheduler: pass took %.3f ms, %d DAGs due, %lld queued "
-							 "(listing %.1f ms, scheduling %.1f, starting %.1f, deciding %.1f)",
+							 "(listing %.1f ms, scheduling %.1f, starting %.1f, deciding %.1f; "
+							 "CPU %.1f ms)",
 							 (double) (GetCurrentTimestamp() - pass_start) / 1000.0,
 							 list_length(dags), (long long) queued,
 							 (double) (phases[0] - pass_start) / 1000.0,
 							 (double) (phases[1] - phases[0]) / 1000.0,
 							 (double) (phases[2] - phases[1]) / 1000.0,
-							 (double) (phases[3] - phases[2]) / 1000.0)));
+							 (double) (phases[3] - phases[2]) / 1000.0,
+							 cpu_ms(&ru_start, &ru_end))));
 
 	/* the due times are on the scheduler's clock; the sleep on the real one */
 	real_now = orch_now();
@@ -1860,20 +1965,21 @@ orch_scheduler_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 			/*
 			 * the clock may have moved back (orchestrator.test_clock): what
-			 * the cache says is due later may be due before; forward, what
+			 * the caches say is due later may be due before; forward, what
 			 * came due is looked at anyway
 			 */
-			if (dag_cache != NULL && orch_now() < tick_now)
+			if (orch_now() < tick_now)
 			{
-				hash_destroy(dag_cache);
+				if (dag_cache != NULL)
+					hash_destroy(dag_cache);
 				dag_cache = NULL;
+				evaluate_everything = true;
 			}
 			/*
 			 * and owners mapped again, should anything have been missed (the
 			 * DAGs are listed again a minute after the last listing anyway)
 			 */
 			owners_mapped = PG_UINT64_MAX;
-			evaluate_everything = true;
 		}
 	}
 }

@@ -148,10 +148,11 @@ run_index(HTAB *byrun, int64 run_id)
 
 /*
  * A RunRef from the columns run_id, dag_id, max_active_tasks, deadline,
- * and (state_lock_runs') fresh
+ * and (state_lock_runs', the scheduler's new runs) fresh, of row "row" of
+ * SPI_tuptable
  */
-static void
-read_run_ref(uint64 row, RunRef *run)
+void
+state_read_run_ref(uint64 row, RunRef *run)
 {
 	bool		isnull;
 	Datum		d;
@@ -164,6 +165,8 @@ read_run_ref(uint64 row, RunRef *run)
 	d = col(row, 4, &isnull);
 	run->has_timeout = !isnull;
 	run->deadline = isnull ? 0 : DatumGetTimestampTz(d);
+	/* (its instances' events need it: no lookup each) */
+	events_know_run(run->run_id, run->dag_id);
 }
 
 void
@@ -195,7 +198,7 @@ state_lock_runs(const int64 *ids, int n, RunRef *runs, bool *locked)
 
 		if (i < 0)
 			continue;
-		read_run_ref(r, &runs[i]);
+		state_read_run_ref(r, &runs[i]);
 		locked[i] = true;
 	}
 }
@@ -217,7 +220,7 @@ state_lock_run(int64 run_id, bool skip_locked, RunRef *run)
 			  1, (Oid[]) {INT8OID}, &value, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return false;
-	read_run_ref(0, run);
+	state_read_run_ref(0, run);
 	return true;
 }
 

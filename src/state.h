@@ -45,6 +45,13 @@ typedef struct Advance
 extern void state_start_runs(TimestampTz now);
 
 /*
+ * A RunRef from row "row" of SPI_tuptable, whose columns are run_id,
+ * dag_id, max_active_tasks, started_at + dagrun_timeout and, optionally,
+ * fresh (the run has no task instance yet)
+ */
+extern void state_read_run_ref(uint64 row, RunRef *run);
+
+/*
  * Locks a running run's row (FOR NO KEY UPDATE): everything that changes
  * its task instances' states holds it, so that two siblings finishing at
  * once decide their join one after the other.  False if the run is not
