@@ -722,8 +722,9 @@ typedef struct RunEval
 } RunEval;
 
 /*
- * A locked run about to be decided: its next look by its deadline, or, past
- * its dagrun_timeout, failed here instead (false: nothing more to decide).
+ * A run about to be decided (locked, or new: no other transaction sees it
+ * yet): its next look by its deadline, or, past its dagrun_timeout, failed
+ * here instead (false: nothing more to decide).
  */
 static bool
 eval_prepare(RunEval *eval, RunRef *run)
