@@ -131,6 +131,11 @@ CREATE INDEX task_instance_unfinished_idx ON orchestrator.task_instance (run_id,
 DROP INDEX orchestrator.dag_run_state_idx;
 CREATE INDEX dag_run_state_idx ON orchestrator.dag_run (state, dag_id)
 	WHERE state IN ('queued', 'running');
+-- the logical dates a DAG's manual, backfill and asset runs hold: the
+-- scheduler goes past those intervals (the scheduled runs, most of the
+-- table, are not in it)
+CREATE INDEX dag_run_unscheduled_idx ON orchestrator.dag_run (dag_id, logical_date)
+	WHERE run_type <> 'scheduled';
 -- a run's queued and running instances (a DAG's room under
 -- max_active_tasks is counted run by run), and every running one: keyed
 -- (state, run_id), so that counting one run's reads its own entries, even

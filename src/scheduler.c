@@ -865,11 +865,18 @@ insert_runs(NewRuns *runs, bool returning)
 
 /*
  * What the scheduling of a DAG reads, under its row's KEY SHARE lock (what
- * inserting its runs takes; API changes hold more): its active runs and
- * the end of its last scheduled run's interval.  For one DAG or a batch.
+ * inserting its runs takes; API changes hold more): its active runs, the
+ * end of its last scheduled run's interval, and the logical dates from
+ * there on that other runs hold (a manual run given that date, a backfill
+ * ahead of the schedule: dag_run_unscheduled_idx, most often empty).  For
+ * one DAG or a batch.
  */
 #define SCHEDULE_READ \
-	"SELECT d.dag_id, coalesce(a.n, 0), l.run_id IS NOT NULL, l.data_interval_end " \
+	"SELECT d.dag_id, coalesce(a.n, 0), l.run_id IS NOT NULL, l.data_interval_end, " \
+	"       ARRAY(SELECT h.logical_date FROM orchestrator.dag_run h " \
+	"             WHERE h.dag_id = d.dag_id AND h.run_type <> 'scheduled' " \
+	"             AND h.logical_date >= coalesce(l.data_interval_end, d.start_date, d.created_at) " \
+	"             ORDER BY h.logical_date) " \
 	"FROM orchestrator.dag d " \
 	"LEFT JOIN (" ACTIVE_RUNS_OF_DAGS("$1") ") a ON a.dag_id = d.dag_id " \
 	"LEFT JOIN LATERAL (SELECT r.run_id, r.data_interval_end FROM orchestrator.dag_run r " \
@@ -879,16 +886,39 @@ insert_runs(NewRuns *runs, bool returning)
 	"FOR KEY SHARE OF d SKIP LOCKED"
 
 /*
+ * The logical dates another run holds (SCHEDULE_READ's last column),
+ * ascending, taken in order as plan_runs goes through the intervals.
+ */
+typedef struct HeldDates
+{
+	Datum	   *dates;
+	int			n;
+	int			next;
+} HeldDates;
+
+/* Whether another run holds the interval that starts at "start". */
+static bool
+held_by_another_run(HeldDates *held, TimestampTz start)
+{
+	while (held->next < held->n && DatumGetTimestampTz(held->dates[held->next]) < start)
+		held->next++;
+	return held->next < held->n && DatumGetTimestampTz(held->dates[held->next]) == start;
+}
+
+/*
  * 2. The runs a DAG's schedule makes due.  A run's logical date is the
  * start of its data interval, and it is created once the interval has
  * ended.  With catchup, every interval from start_date on gets a run;
  * without, only the latest complete one.  No run starts after end_date, and
- * no more are created than max_active_runs allows.  The DAG's own next
- * wake-up (wake_by) is collected apart, into dag->next_check.
+ * no more are created than max_active_runs allows.  An interval whose
+ * logical date another run holds has that run as its own, as in Airflow:
+ * the schedule goes on past it (else it would be planned again at every
+ * pass, and a catchup would stop there).  The DAG's own next wake-up
+ * (wake_by) is collected apart, into dag->next_check.
  */
 static void
 plan_runs(DagRow *dag, int64 active, bool have_last, TimestampTz last_end,
-		  NewRuns *runs)
+		  HeldDates *held, NewRuns *runs)
 {
 	CronSchedule sched;
 	pg_tz	   *tz;
@@ -898,7 +928,7 @@ plan_runs(DagRow *dag, int64 active, bool have_last, TimestampTz last_end,
 
 	if (sched.once)
 	{
-		if (have_last)
+		if (have_last || held_by_another_run(held, dag->start))
 			return;
 		if (dag->start > tick_now)
 		{
@@ -910,7 +940,7 @@ plan_runs(DagRow *dag, int64 active, bool have_last, TimestampTz last_end,
 		return;
 	}
 
-	for (int created = 0; active < dag->max_active_runs; created++)
+	for (int created = 0; active < dag->max_active_runs;)
 	{
 		TimestampTz start;
 		TimestampTz end;
@@ -946,9 +976,13 @@ plan_runs(DagRow *dag, int64 active, bool have_last, TimestampTz last_end,
 		}
 		if (dag->has_end && start > dag->end_date)
 			return;
-		add_run(runs, dag->dag_id, start, end);
 		have_last = true;
 		last_end = end;
+		/* (not counted: the held dates are finite, and each is passed once) */
+		if (held_by_another_run(held, start))
+			continue;
+		add_run(runs, dag->dag_id, start, end);
+		created++;
 		active++;
 		dag->active = active;
 	}
@@ -964,11 +998,15 @@ plan_runs_apart(DagRow *dag, int row, NewRuns *runs)
 	bool		have_last = DatumGetBool(col_datum(row, 3, &isnull));
 	Datum		d = col_datum(row, 4, &isnull);
 	TimestampTz last_end = isnull ? 0 : DatumGetTimestampTz(d);
+	HeldDates	held = {0};
 
+	deconstruct_array(DatumGetArrayTypeP(col_datum(row, 5, &isnull)), TIMESTAMPTZOID,
+					  sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &held.dates, NULL, &held.n);
 	tick_wake = DT_NOEND;
 	PG_TRY();
 	{
-		plan_runs(dag, active, have_last, last_end, runs);
+		plan_runs(dag, active, have_last, last_end, &held, runs);
 	}
 	PG_FINALLY();
 	{

@@ -238,5 +238,32 @@ wait_for($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'hourly'
 	'at 01:30, the hourly DAG has its run');
 is(query($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'yearly'"), '0',
 	'and the yearly one is still not due');
+
+# --- an interval whose logical date another run already holds (a manual
+# run given that date, a backfill ahead of the schedule) is that interval's
+# run, as in Airflow: the schedule goes on past it instead of planning it
+# again at every pass (one run at a time, the catchup stopped there)
+query($c, q{
+SELECT orchestrator.create_dag('held', '0 * * * *', start_date => '2030-01-01 01:00', catchup => true,
+                               max_active_runs => 1, timezone => 'UTC');
+SELECT orchestrator.add_task('held', 't', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.trigger_dag('held', logical_date => '2030-01-01 02:00+00');
+SELECT orchestrator.backfill('held', '2030-01-01 03:00+00', '2030-01-01 03:00+00');
+SELECT orchestrator.create_dag('held_once', '@once', start_date => '2030-01-01 05:00');
+SELECT orchestrator.add_task('held_once', 't', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.trigger_dag('held_once', logical_date => '2030-01-01 05:00+00');
+});
+set_clock($c, '2030-01-01 05:30:00+00');
+wait_for($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'held' AND state = 'success'", '4',
+	'a catchup past intervals that other runs hold');
+is( query($c,
+		"SELECT string_agg(to_char(logical_date AT TIME ZONE 'UTC', 'HH24') || ' ' || run_type, ', ' ORDER BY logical_date) FROM orchestrator.dag_runs WHERE dag_id = 'held'"
+	),
+	'01 scheduled, 02 manual, 03 backfill, 04 scheduled',
+	'the held intervals get no scheduled run; the next ones do');
+wait_for($c, "SELECT state FROM orchestrator.dag_runs WHERE dag_id = 'held_once'", 'success',
+	'an @once DAG whose date a manual run holds');
+is(query($c, "SELECT string_agg(run_type, ', ') FROM orchestrator.dag_runs WHERE dag_id = 'held_once'"),
+	'manual', 'has that run only');
 $c->stop;
 done_testing();
