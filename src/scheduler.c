@@ -656,21 +656,24 @@ typedef struct DagRow
 /*
  * What the scheduler knows of a DAG with a schedule: when it next needs
  * looking at, as long as neither its row nor its number of active runs
- * changed.  A pass looks only at the DAGs due, so its cost does not grow
- * with the DAGs defined.
+ * changed, and its definition as of its row's version.  A pass looks only
+ * at the DAGs due, so its cost does not grow with the DAGs defined; and
+ * it reads none of their definitions while none changed (a due DAG's row
+ * is read once, locked, by the scheduling read).
  */
 typedef struct DagCacheEntry
 {
 	char		dag_id[ORCH_MAX_ID_LEN + 1];	/* the key */
-	TransactionId xmin;
+	TransactionId xmin;			/* invalid: to be listed again */
 	int64		active;
 	TimestampTz next_check;
 	bool		blocked;		/* at max_active_runs: looked at each pass */
 	uint64		listed;			/* the listing that last returned it */
+	DagRow	   *def;			/* its definition at xmin (dag_cache_cxt) */
 } DagCacheEntry;
 
 static HTAB *dag_cache = NULL;
-static uint64 dags_seen = 0;	/* with a schedule, at the last full listing */
+static MemoryContext dag_cache_cxt = NULL;	/* the cache and its definitions */
 
 /*
  * No entry of the cache needs a look before this time: until then a pass
@@ -682,11 +685,13 @@ static TimestampTz cache_earliest = DT_NOBEGIN;
 /*
  * Every DAG is listed when definitions changed (a trigger on dag and task
  * bumps a generation at commit, orchestrator.c), at the first pass, after
- * a reload, and at a pass a minute after the last full listing at the
+ * the test clock moved back, and at a pass a minute after the last full listing at the
  * latest (should a change have come by a way that fires no trigger: a
- * restore with triggers disabled).  Other passes list only the DAGs the
- * cache says are due, and those blocked at max_active_runs: a trigger_dag
- * or a finished run costs no look at 10,000 DAGs.
+ * restore with triggers disabled).  Other passes read none of the DAGs the
+ * cache says are due (it holds their definitions), and list only those
+ * blocked at max_active_runs or to be listed again: a trigger_dag or a
+ * finished run costs no look at 10,000 DAGs, and a thousand DAGs due
+ * are read once each, by the scheduling read.
  */
 static uint64 definitions_listed = PG_UINT64_MAX;
 static uint64 listings = 0;
@@ -868,15 +873,17 @@ insert_runs(NewRuns *runs, bool returning)
  * inserting its runs takes; API changes hold more): its active runs, the
  * end of its last scheduled run's interval, and the logical dates from
  * there on that other runs hold (a manual run given that date, a backfill
- * ahead of the schedule: dag_run_unscheduled_idx, most often empty).  For
- * one DAG or a batch.
+ * ahead of the schedule: dag_run_unscheduled_idx, most often empty), and
+ * its row's version (to tell whether the definition planned from is
+ * still its own).  For one DAG or a batch.
  */
 #define SCHEDULE_READ \
 	"SELECT d.dag_id, coalesce(a.n, 0), l.run_id IS NOT NULL, l.data_interval_end, " \
 	"       ARRAY(SELECT h.logical_date FROM orchestrator.dag_run h " \
 	"             WHERE h.dag_id = d.dag_id AND h.run_type <> 'scheduled' " \
 	"             AND h.logical_date >= coalesce(l.data_interval_end, d.start_date, d.created_at) " \
-	"             ORDER BY h.logical_date) " \
+	"             ORDER BY h.logical_date), " \
+	"       d.xmin::text::int8 " \
 	"FROM orchestrator.dag d " \
 	"LEFT JOIN (" ACTIVE_RUNS_OF_DAGS("$1") ") a ON a.dag_id = d.dag_id " \
 	"LEFT JOIN LATERAL (SELECT r.run_id, r.data_interval_end FROM orchestrator.dag_run r " \
@@ -988,7 +995,11 @@ plan_runs(DagRow *dag, int64 active, bool have_last, TimestampTz last_end,
 	}
 }
 
-/* plan_runs, with the DAG's wake-ups collected into dag->next_check */
+/*
+ * plan_runs from SCHEDULE_READ's row, with the DAG's wake-ups collected
+ * into dag->next_check; a DAG whose row changed since the definition in
+ * hand was read is skipped (and listed again).
+ */
 static void
 plan_runs_apart(DagRow *dag, int row, NewRuns *runs)
 {
@@ -1000,6 +1011,14 @@ plan_runs_apart(DagRow *dag, int row, NewRuns *runs)
 	TimestampTz last_end = isnull ? 0 : DatumGetTimestampTz(d);
 	HeldDates	held = {0};
 
+	if ((TransactionId) DatumGetInt64(col_datum(row, 6, &isnull)) != dag->xmin)
+	{
+		/* its definition changed since it was listed: listed again */
+		dag->skipped = true;
+		wake_by(tick_now + USECS_PER_SEC);
+		return;
+	}
+	dag->active = active;
 	deconstruct_array(DatumGetArrayTypeP(col_datum(row, 5, &isnull)), TIMESTAMPTZOID,
 					  sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
 					  &held.dates, NULL, &held.n);
@@ -1168,12 +1187,47 @@ schedule_batch(DagRow **dags, int n)
 	return false;
 }
 
+/* The cache's copy of a DAG's definition, in one chunk (dag_cache_cxt). */
+static DagRow *
+dag_def_copy(const DagRow *dag)
+{
+	size_t		lid = strlen(dag->dag_id) + 1;
+	size_t		lsched = strlen(dag->schedule) + 1;
+	size_t		ltz = strlen(dag->timezone) + 1;
+	DagRow	   *def = MemoryContextAlloc(dag_cache_cxt, sizeof(DagRow) + lid + lsched + ltz);
+	char	   *p = (char *) (def + 1);
+
+	*def = *dag;
+	def->dag_id = memcpy(p, dag->dag_id, lid);
+	def->schedule = memcpy(p + lid, dag->schedule, lsched);
+	def->timezone = memcpy(p + lid + lsched, dag->timezone, ltz);
+	return def;
+}
+
+static void
+dag_cache_forget(DagCacheEntry *entry)
+{
+	if (entry->def != NULL)
+		pfree(entry->def);
+	hash_search(dag_cache, entry->dag_id, HASH_REMOVE, NULL);
+}
+
+static void
+dag_cache_reset(void)
+{
+	if (dag_cache_cxt != NULL)
+		MemoryContextReset(dag_cache_cxt);
+	dag_cache = NULL;
+}
+
 /*
- * The DAGs the cache says need a look (due, blocked at max_active_runs),
- * as a text[], or 0 if none; the scheduler wakes by the others' times.
+ * The DAGs the cache says need a look: those due whose definition it
+ * holds, into *from_cache (allocated in tick_cxt); the others (blocked at
+ * max_active_runs, or to be listed again) as a text[] of ids to read, or 0
+ * if none.  The scheduler wakes by the others' times.
  */
 static Datum
-due_ids(void)
+due_ids(List **from_cache)
 {
 	HASH_SEQ_STATUS seq;
 	DagCacheEntry *entry;
@@ -1188,7 +1242,30 @@ due_ids(void)
 	hash_seq_init(&seq, dag_cache);
 	while ((entry = hash_seq_search(&seq)) != NULL)
 	{
-		if (entry->next_check <= tick_now || entry->blocked)
+		if (entry->next_check <= tick_now && entry->def != NULL &&
+			TransactionIdIsValid(entry->xmin))
+		{
+			/*
+			 * no definition changed since the last full listing: as listed
+			 * then (the scheduling read skips it should its row have changed
+			 * since, plan_runs_apart)
+			 */
+			MemoryContext old = MemoryContextSwitchTo(tick_cxt);
+			DagRow	   *dag = palloc(sizeof(DagRow));
+
+			*dag = *entry->def;
+			dag->dag_id = pstrdup(entry->def->dag_id);
+			dag->schedule = pstrdup(entry->def->schedule);
+			dag->timezone = pstrdup(entry->def->timezone);
+			dag->xmin = entry->xmin;
+			dag->active = entry->active;
+			dag->skipped = false;
+			*from_cache = lappend(*from_cache, dag);
+			MemoryContextSwitchTo(old);
+			entry->listed = listings;
+			earliest = tick_now;
+		}
+		else if (entry->next_check <= tick_now || entry->blocked)
 		{
 			ids = accumArrayResult(ids, CStringGetTextDatum(entry->dag_id), false,
 								   TEXTOID, CurrentMemoryContext);
@@ -1213,27 +1290,25 @@ static List *
 due_dags(void)
 {
 	List	   *dags = NIL;
+	Datum		ids = (Datum) 0;
 	MemoryContext old;
 	bool		full;
+	uint64		nrows = 0;
 
 	if (dag_cache == NULL)
 	{
 		HASHCTL		ctl;
 
+		if (dag_cache_cxt == NULL)
+			dag_cache_cxt = AllocSetContextCreate(TopMemoryContext, "orchestrator DAGs",
+												  ALLOCSET_DEFAULT_SIZES);
 		ctl.keysize = ORCH_MAX_ID_LEN + 1;
 		ctl.entrysize = sizeof(DagCacheEntry);
-		dag_cache = hash_create("orchestrator DAGs", 1024, &ctl, HASH_ELEM | HASH_STRINGS);
+		ctl.hcxt = dag_cache_cxt;
+		dag_cache = hash_create("orchestrator DAGs", 1024, &ctl,
+								HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 		definitions_listed = PG_UINT64_MAX;
 		cache_earliest = DT_NOBEGIN;
-	}
-
-	/* forget DAGs dropped since (rarely worth a look: rebuilt when twice the size) */
-	if (hash_get_num_entries(dag_cache) > 10000 &&
-		hash_get_num_entries(dag_cache) > 2 * dags_seen)
-	{
-		hash_destroy(dag_cache);
-		dag_cache = NULL;
-		return due_dags();
 	}
 
 	listings++;
@@ -1254,13 +1329,10 @@ due_dags(void)
 				  "WHERE NOT d.paused AND d.schedule IS NOT NULL "
 				  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id)",
 				  0, NULL, NULL, NULL, SPI_OK_SELECT);
+		nrows = SPI_processed;
 	}
-	else
+	else if ((ids = due_ids(&dags)) != (Datum) 0)
 	{
-		Datum		ids = due_ids();
-
-		if (ids == (Datum) 0)
-			return NIL;
 		run_query("SELECT d.dag_id, d.schedule, coalesce(d.start_date, d.created_at), d.end_date, "
 				  "       d.catchup, d.max_active_runs, d.timezone, d.xmin::text::int8, "
 				  "       coalesce(a.n, 0) "
@@ -1269,9 +1341,10 @@ due_dags(void)
 				  "WHERE d.dag_id = ANY ($1) AND NOT d.paused AND d.schedule IS NOT NULL "
 				  "AND EXISTS (SELECT 1 FROM orchestrator.task t WHERE t.dag_id = d.dag_id)",
 				  1, (Oid[]) {TEXTARRAYOID}, &ids, NULL, SPI_OK_SELECT);
+		nrows = SPI_processed;
 	}
 	old = MemoryContextSwitchTo(tick_cxt);
-	for (uint64 i = 0; i < SPI_processed; i++)
+	for (uint64 i = 0; i < nrows; i++)
 	{
 		DagRow	   *dag;
 		DagCacheEntry *entry;
@@ -1308,19 +1381,37 @@ due_dags(void)
 		dags = lappend(dags, dag);
 	}
 	MemoryContextSwitchTo(old);
-	if (full)
-		dags_seen = SPI_processed;
 
-	/* due but no longer listed (paused, dropped, unscheduled): forgotten */
+	/*
+	 * No longer listed (paused, dropped, unscheduled, without tasks):
+	 * forgotten.  After a full listing, every such DAG, so that no cached
+	 * definition outlives its DAG's listing; else those read and not found.
+	 */
+	if (full)
 	{
 		HASH_SEQ_STATUS seq;
 		DagCacheEntry *entry;
 
 		hash_seq_init(&seq, dag_cache);
 		while ((entry = hash_seq_search(&seq)) != NULL)
-			if ((entry->next_check <= tick_now || entry->blocked) &&
-				entry->listed != listings)
-				hash_search(dag_cache, entry->dag_id, HASH_REMOVE, NULL);
+			if (entry->listed != listings)
+				dag_cache_forget(entry);
+	}
+	else if (ids != (Datum) 0)
+	{
+		Datum	   *names;
+		int			n;
+
+		deconstruct_array(DatumGetArrayTypeP(ids), TEXTOID, -1, false, TYPALIGN_INT,
+						  &names, NULL, &n);
+		for (int i = 0; i < n; i++)
+		{
+			char	   *name = TextDatumGetCString(names[i]);
+			DagCacheEntry *entry = hash_search(dag_cache, name, HASH_FIND, NULL);
+
+			if (entry != NULL && entry->listed != listings)
+				dag_cache_forget(entry);
+		}
 	}
 	return dags;
 }
@@ -1352,6 +1443,7 @@ schedule_dags(List *dags)
 	XactResult *results = palloc(sizeof(XactResult) * Max(n, 1));
 	int			i = 0;
 	ListCell   *lc;
+	bool		found;
 
 	foreach(lc, dags)
 		items[i++] = lfirst(lc);
@@ -1368,7 +1460,10 @@ schedule_dags(List *dags)
 		TimestampTz next_check = dag->next_check;
 		DagCacheEntry *entry;
 
-		entry = hash_search(dag_cache, dag->dag_id, HASH_ENTER, NULL);
+		entry = hash_search(dag_cache, dag->dag_id, HASH_ENTER, &found);
+		if (found && entry->def != NULL)
+			pfree(entry->def);
+		entry->def = dag_def_copy(dag);
 		entry->xmin = dag->xmin;
 		entry->active = dag->active;
 		entry->blocked = dag->active >= dag->max_active_runs;
@@ -2009,9 +2104,7 @@ orch_scheduler_main(Datum arg)
 			 */
 			if (orch_now() < tick_now)
 			{
-				if (dag_cache != NULL)
-					hash_destroy(dag_cache);
-				dag_cache = NULL;
+				dag_cache_reset();
 				evaluate_everything = true;
 			}
 			/*

@@ -265,5 +265,35 @@ wait_for($c, "SELECT state FROM orchestrator.dag_runs WHERE dag_id = 'held_once'
 	'an @once DAG whose date a manual run holds');
 is(query($c, "SELECT string_agg(run_type, ', ') FROM orchestrator.dag_runs WHERE dag_id = 'held_once'"),
 	'manual', 'has that run only');
+
+# --- a pass reads nothing of the DAGs it knows to be due: it holds their
+# definitions, as of their rows' versions, and so must never plan from one
+# that changed since.  Three DAGs seen at 05:30, due at 06:00, then
+# replaced: one by another schedule, one by none, one paused.
+query($c, q{
+SELECT orchestrator.create_dag(d, '0 * * * *', start_date => '2030-01-01 05:00', timezone => 'UTC')
+  FROM unnest(ARRAY['redefined', 'unscheduled', 'paused_later']) d;
+SELECT orchestrator.add_task(d, 't', orchestrator.sql('SELECT 1'))
+  FROM unnest(ARRAY['redefined', 'unscheduled', 'paused_later']) d;
+});
+poke(4);
+poke(5);
+query($c, q{
+SELECT orchestrator.create_dag('redefined', '30 * * * *', start_date => '2030-01-01 05:00', timezone => 'UTC');
+SELECT orchestrator.add_task('redefined', 't', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.create_dag('unscheduled');
+SELECT orchestrator.add_task('unscheduled', 't', orchestrator.sql('SELECT 1'));
+SELECT orchestrator.pause_dag('paused_later');
+});
+poke(6);
+set_clock($c, '2030-01-01 06:45:00+00');
+wait_for($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'redefined' AND state = 'success'", '1',
+	'a DAG given another schedule while the scheduler knew when it was due');
+is( query($c,
+		"SELECT to_char(logical_date AT TIME ZONE 'UTC', 'HH24:MI') FROM orchestrator.dag_runs WHERE dag_id = 'redefined'"),
+	'05:30', 'runs by its new schedule');
+poke(7);
+is( query($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id IN ('unscheduled', 'paused_later')"),
+	'0', 'one left without a schedule, or paused, gets no scheduled run');
 $c->stop;
 done_testing();
