@@ -649,6 +649,7 @@ typedef struct DagRow
 	char	   *timezone;
 	TransactionId xmin;			/* of its row: changes with its definition */
 	int64		active;			/* its queued and running runs */
+	bool		idle;			/* none, as the scheduling read found it */
 	bool		skipped;		/* locked by another transaction */
 	TimestampTz next_check;		/* when it next needs looking at */
 } DagRow;
@@ -1011,6 +1012,7 @@ plan_runs_apart(DagRow *dag, int row, NewRuns *runs)
 	TimestampTz last_end = isnull ? 0 : DatumGetTimestampTz(d);
 	HeldDates	held = {0};
 
+	dag->idle = false;
 	if ((TransactionId) DatumGetInt64(col_datum(row, 6, &isnull)) != dag->xmin)
 	{
 		/* its definition changed since it was listed: listed again */
@@ -1019,6 +1021,7 @@ plan_runs_apart(DagRow *dag, int row, NewRuns *runs)
 		return;
 	}
 	dag->active = active;
+	dag->idle = (active == 0);
 	deconstruct_array(DatumGetArrayTypeP(col_datum(row, 5, &isnull)), TIMESTAMPTZOID,
 					  sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
 					  &held.dates, NULL, &held.n);
@@ -1086,11 +1089,25 @@ decide_new_runs(DagBatch *b, uint64 n)
 	Advance    *advs = palloc0(sizeof(Advance) * Max(n, 1));
 	bool	   *decided = palloc(sizeof(bool) * Max(n, 1));
 	int			nruns = 0;
+	HTAB	   *idle;
+	HASHCTL		ctl;
+
+	/* the DAGs with no other run active (RunRef.dag_idle) */
+	ctl.keysize = ORCH_MAX_ID_LEN + 1;
+	ctl.entrysize = ORCH_MAX_ID_LEN + 1;
+	ctl.hcxt = CurrentMemoryContext;
+	idle = hash_create("orchestrator idle DAGs", Max(b->n, 1), &ctl,
+					   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	for (int i = 0; i < b->n; i++)
+		if (b->dags[i]->idle && !b->dags[i]->skipped)
+			(void) hash_search(idle, b->dags[i]->dag_id, HASH_ENTER, NULL);
 
 	for (uint64 r = 0; r < n; r++)
 	{
 		SPI_tuptable = tuptable;
 		state_read_run_ref(r, &runs[nruns]);
+		runs[nruns].dag_idle = strlen(runs[nruns].dag_id) <= ORCH_MAX_ID_LEN &&
+			hash_search(idle, runs[nruns].dag_id, HASH_FIND, NULL) != NULL;
 		evals[nruns].run_id = runs[nruns].run_id;
 		if (eval_prepare(&evals[nruns], &runs[nruns]))
 			nruns++;
@@ -1259,6 +1276,7 @@ due_ids(List **from_cache)
 			dag->timezone = pstrdup(entry->def->timezone);
 			dag->xmin = entry->xmin;
 			dag->active = entry->active;
+			dag->idle = false;
 			dag->skipped = false;
 			*from_cache = lappend(*from_cache, dag);
 			MemoryContextSwitchTo(old);

@@ -159,6 +159,7 @@ state_read_run_ref(uint64 row, RunRef *run)
 
 	run->run_id = DatumGetInt64(col(row, 1, &isnull));
 	run->skip_locked_dag = false;
+	run->dag_idle = false;
 	run->fresh = SPI_tuptable->tupdesc->natts >= 5 && DatumGetBool(col(row, 5, &isnull));
 	run->dag_id = col_text(row, 2);
 	run->max_active_tasks = DatumGetInt32(col(row, 3, &isnull));
@@ -956,8 +957,11 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 		char		dag_id[ORCH_MAX_ID_LEN + 1];	/* the key */
 		int			max_active_tasks;
 		bool		locked;
+		bool		count;		/* some active instance of it may exist */
 		int			room;
 	}			DagRoom;
+	Datum	   *count_ids;
+	int			ncount = 0;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -1091,9 +1095,12 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 		{
 			d->max_active_tasks = runs[i].max_active_tasks;
 			d->locked = false;
+			d->count = false;
 			d->room = 0;
 			lock_ids[nlock++] = CStringGetTextDatum(runs[i].dag_id);
 		}
+		if (!(runs[i].fresh && runs[i].dag_idle))
+			d->count = true;
 	}
 	if (nlock > 0)
 	{
@@ -1104,18 +1111,28 @@ state_evaluate_batch(const RunRef *runs, int n, TimestampTz now, Advance *advs, 
 		run_query("SELECT dag_id FROM orchestrator.dag WHERE dag_id = ANY ($1) "
 				  "ORDER BY dag_id FOR NO KEY UPDATE SKIP LOCKED",
 				  1, (Oid[]) {TEXTARRAYOID}, &lock_array, NULL, SPI_OK_SELECT);
+		count_ids = palloc(sizeof(Datum) * nlock);
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
 			DagRoom    *d = hash_search(dags, col_text(r, 1), HASH_FIND, NULL);
 
-			if (d != NULL)
-				d->locked = true;
+			if (d == NULL)
+				continue;
+			d->locked = true;
+			/* (a DAG whose runs here are all new, and was idle: all its room) */
+			d->room = d->max_active_tasks;
+			if (d->count)
+				count_ids[ncount++] = CStringGetTextDatum(d->dag_id);
 		}
 		/* counted once locked (a statement of its own: a snapshot after the locks) */
-		run_query("SELECT d.dag_id, " ACTIVE_COUNT_SQL("d.dag_id") " "
-				  "FROM unnest($1::text[]) AS d(dag_id)",
-				  1, (Oid[]) {TEXTARRAYOID}, &lock_array, NULL, SPI_OK_SELECT);
-		for (uint64 r = 0; r < SPI_processed; r++)
+		if (ncount > 0)
+			run_query("SELECT d.dag_id, " ACTIVE_COUNT_SQL("d.dag_id") " "
+					  "FROM unnest($1::text[]) AS d(dag_id)",
+					  1, (Oid[]) {TEXTARRAYOID},
+					  (Datum[]) {PointerGetDatum(construct_array(count_ids, ncount, TEXTOID,
+																 -1, false, TYPALIGN_INT))},
+					  NULL, SPI_OK_SELECT);
+		for (uint64 r = 0; ncount > 0 && r < SPI_processed; r++)
 		{
 			DagRoom    *d = hash_search(dags, col_text(r, 1), HASH_FIND, NULL);
 			int64		active = DatumGetInt64(col(r, 2, &isnull));

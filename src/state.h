@@ -26,6 +26,14 @@ typedef struct RunRef
 	bool		skip_locked_dag;
 	/* state_lock_runs': no task instance yet (a run to decide as it is created) */
 	bool		fresh;
+
+	/*
+	 * the scheduler's, of a fresh run: no other run of its DAG was queued or
+	 * running when it was created (read under the DAG's KEY SHARE lock,
+	 * which every API call that makes runs conflicts with, and only the
+	 * scheduler starts runs), so no instance of the DAG is active to count
+	 */
+	bool		dag_idle;
 } RunRef;
 
 /* what an evaluation did */

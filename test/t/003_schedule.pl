@@ -295,5 +295,35 @@ is( query($c,
 poke(7);
 is( query($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id IN ('unscheduled', 'paused_later')"),
 	'0', 'one left without a schedule, or paused, gets no scheduled run');
+
+# --- max_active_tasks when the scheduler creates a run while another run
+# of the DAG is running (the new run's instances wait for room), and when
+# it creates two runs of an idle DAG at once (they share its room)
+query($c, q{
+CREATE TABLE roomy_seen (dag text, active bigint);
+CREATE FUNCTION roomy_note(dag text) RETURNS void LANGUAGE sql AS $$
+  INSERT INTO roomy_seen SELECT dag, count(*) FROM orchestrator.task_instance ti
+    JOIN orchestrator.dag_run r USING (run_id) WHERE r.dag_id = dag AND ti.state IN ('queued', 'running');
+  SELECT pg_sleep(2) $$;
+SELECT orchestrator.create_dag(d, '0 * * * *', start_date => '2030-01-01 06:00', catchup => true,
+                               max_active_runs => 2, max_active_tasks => 3, timezone => 'UTC')
+  FROM unnest(ARRAY['roomy', 'roomy_two']) d;
+SELECT orchestrator.add_task(d, 't' || i, orchestrator.sql(format('SELECT roomy_note(%L)', d)))
+  FROM unnest(ARRAY['roomy', 'roomy_two']) d, generate_series(1, 3) i;
+SELECT orchestrator.pause_dag('roomy_two');
+});
+set_clock($c, '2030-01-01 07:30:00+00');
+wait_for($c, "SELECT count(*) FROM orchestrator.task_instances WHERE dag_id = 'roomy' AND state = 'running'", '3',
+	'the first run of a DAG with max_active_tasks => 3 runs its three tasks');
+set_clock($c, '2030-01-01 08:30:00+00');
+wait_for($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'roomy' AND state = 'success'", '2',
+	'a second run created while they ran');
+is(query($c, "SELECT max(active) FROM roomy_seen WHERE dag = 'roomy'"), '3',
+	'waited for room: never more than three of its instances queued or running');
+query($c, "SELECT orchestrator.unpause_dag('roomy_two')");
+wait_for($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'roomy_two' AND state = 'success'", '2',
+	'two runs of an idle DAG created at once');
+is(query($c, "SELECT max(active) FROM roomy_seen WHERE dag = 'roomy_two'"), '3',
+	'share its room: never more than three of their instances queued or running');
 $c->stop;
 done_testing();
