@@ -43,6 +43,7 @@
 #include <sys/resource.h>
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -58,7 +59,9 @@
 #include "utils/array.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -686,9 +689,10 @@ static TimestampTz cache_earliest = DT_NOBEGIN;
 /*
  * Every DAG is listed when definitions changed (a trigger on dag and task
  * bumps a generation at commit, orchestrator.c), at the first pass, after
- * the test clock moved back, and at a pass a minute after the last full listing at the
- * latest (should a change have come by a way that fires no trigger: a
- * restore with triggers disabled).  Other passes read none of the DAGs the
+ * the test clock moved back, and at a pass a minute or more after the last
+ * full listing if the tables were written since (should a change have
+ * come by a way that fires no trigger: a restore with triggers disabled;
+ * definitions_written).  Other passes read none of the DAGs the
  * cache says are due (it holds their definitions), and list only those
  * blocked at max_active_runs or to be listed again: a trigger_dag or a
  * finished run costs no look at 10,000 DAGs, and a thousand DAGs due
@@ -697,6 +701,7 @@ static TimestampTz cache_earliest = DT_NOBEGIN;
 static uint64 definitions_listed = PG_UINT64_MAX;
 static uint64 listings = 0;
 static TimestampTz last_full_listing = 0;	/* real time */
+static int64 written_at_listing = -1;	/* definitions_written() then */
 
 #define FULL_LISTING_EVERY	(60 * USECS_PER_SEC)
 
@@ -1305,8 +1310,38 @@ due_ids(List **from_cache)
 }
 
 /*
+ * The rows of dag and task inserted, updated or deleted, by the cumulative
+ * statistics (which count them whatever fires or not), or -1 if they are
+ * not counted (track_counts = off).  A change that fired no trigger shows
+ * here within a second or so of its commit.
+ */
+static int64
+definitions_written(void)
+{
+	static const char *const tables[] = {"dag", "task"};
+	Oid			nsp = get_namespace_oid("orchestrator", true);
+	int64		written = 0;
+
+	if (!pgstat_track_counts || !OidIsValid(nsp))
+		return -1;
+	for (int i = 0; i < lengthof(tables); i++)
+	{
+		Datum		relid = ObjectIdGetDatum(get_relname_relid(tables[i], nsp));
+
+		written += DatumGetInt64(DirectFunctionCall1(pg_stat_get_tuples_inserted, relid)) +
+			DatumGetInt64(DirectFunctionCall1(pg_stat_get_tuples_updated, relid)) +
+			DatumGetInt64(DirectFunctionCall1(pg_stat_get_tuples_deleted, relid));
+	}
+	return written;
+}
+
+/*
  * The DAGs with a schedule that need a look, read in the pass's first
- * transaction: all of them, or those the cache says are due.
+ * transaction: all of them, or those the cache says are due.  A minute
+ * after the last full listing, every DAG is listed again only if the
+ * definitions' tables were written since (so that the pass of the
+ * thousand DAGs due at 12:30, after an idle minute, is not also a listing
+ * of all ten thousand).
  */
 static List *
 due_dags(void)
@@ -1334,12 +1369,20 @@ due_dags(void)
 	}
 
 	listings++;
-	full = definitions_listed != orch_definitions_generation() ||
-		GetCurrentTimestamp() - last_full_listing >= FULL_LISTING_EVERY;
+	full = definitions_listed != orch_definitions_generation();
+	if (!full && GetCurrentTimestamp() - last_full_listing >= FULL_LISTING_EVERY)
+	{
+		int64		written = definitions_written();
+
+		full = written < 0 || written != written_at_listing;
+		last_full_listing = GetCurrentTimestamp();
+	}
 	if (full)
 	{
 		definitions_listed = orch_definitions_generation();
 		last_full_listing = GetCurrentTimestamp();
+		/* (before the listing's snapshot: a write counted later lists again) */
+		written_at_listing = definitions_written();
 		/* the active runs counted from the few active ones, not per DAG */
 		run_query("SELECT d.dag_id, d.schedule, coalesce(d.start_date, d.created_at), d.end_date, "
 				  "       d.catchup, d.max_active_runs, d.timezone, d.xmin::text::int8, "

@@ -325,5 +325,29 @@ wait_for($c, "SELECT count(*) FROM orchestrator.dag_runs WHERE dag_id = 'roomy_t
 	'two runs of an idle DAG created at once');
 is(query($c, "SELECT max(active) FROM roomy_seen WHERE dag = 'roomy_two'"), '3',
 	'share its room: never more than three of their instances queued or running');
+
+# --- a DAG that came by a way that fires no trigger (a data-only restore
+# with triggers disabled) is listed at the first pass a minute or more
+# after the last full listing: every DAG is listed again then when the
+# cumulative statistics say that dag or task was written since (passes
+# made by trigger_dag, every few seconds, until it is)
+query($c, q{
+SET session_replication_role = replica;
+INSERT INTO orchestrator.dag
+  SELECT (jsonb_populate_record(d, jsonb_build_object('dag_id', 'untriggered'))).*
+  FROM orchestrator.dag d WHERE dag_id = 'hourly';
+INSERT INTO orchestrator.task
+  SELECT (jsonb_populate_record(t, jsonb_build_object('dag_id', 'untriggered'))).*
+  FROM orchestrator.task t WHERE dag_id = 'hourly';
+});
+my $listed = 0;
+for my $n (100 .. 140)
+{
+	poke($n);
+	$listed = query($c, "SELECT count(*) > 0 FROM orchestrator.dag_runs WHERE dag_id = 'untriggered'") eq 't';
+	last if $listed;
+	sleep 5;
+}
+ok($listed, 'a DAG inserted with triggers disabled gets its runs');
 $c->stop;
 done_testing();
