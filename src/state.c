@@ -916,7 +916,8 @@ new_insert(NewInstances *ni, TimestampTz now)
  * with a few statements for them all: their instances created and read at
  * once, the rules applied to each run, and the ready instances queued
  * under their DAGs' max_active_tasks (rows locked in one statement, SKIP
- * LOCKED, then counted) with one UPDATE.  A new run's instances are read
+ * LOCKED, then counted, but for a DAG whose runs here are all new and that
+ * had no other: RunRef.dag_idle) with one UPDATE.  A new run's instances are read
  * from its tasks instead, and created once decided (new_insert).  Only the
  * common case is decided
  * here: a run whose evaluation changes an instance's state (skipped,

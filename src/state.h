@@ -29,9 +29,10 @@ typedef struct RunRef
 
 	/*
 	 * the scheduler's, of a fresh run: no other run of its DAG was queued or
-	 * running when it was created (read under the DAG's KEY SHARE lock,
-	 * which every API call that makes runs conflicts with, and only the
-	 * scheduler starts runs), so no instance of the DAG is active to count
+	 * running when it was created, as read under the DAG's KEY SHARE lock
+	 * (which every API call that makes or reopens runs conflicts with; only
+	 * the scheduler starts runs, and workers queue only in running ones), so
+	 * no instance of the DAG is active to count
 	 */
 	bool		dag_idle;
 } RunRef;
